@@ -1,0 +1,191 @@
+//! The QEMU command line for a [`LaunchPlan`], built by one small function per option group.
+//!
+//! Paths stay `OsString` from end to end. A value that goes inside a QEMU option list
+//! (`-drive file=...`, `-name ...`) has every `,` doubled, QEMU's escape, so a path like
+//! `/tmp/a,file=/etc/shadow` is one literal path and cannot add options. Options that take their
+//! argument whole (`-kernel`, `-initrd`, `-append`, `-bios`) get it unescaped.
+
+use std::{
+    ffi::{OsStr, OsString},
+    os::unix::ffi::{OsStrExt, OsStringExt},
+};
+
+use crate::{
+    plan::{ConsolePlan, LaunchPlan},
+    spec::DiskFormat,
+};
+
+/// The chardev id of the guest console.
+pub const CONSOLE_CHARDEV: &str = "con0";
+
+/// The whole command line, binary first.
+pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut argv = vec![plan.binary.clone().into_os_string()];
+    for group in [
+        common(),
+        name(plan),
+        machine(plan),
+        cpu(plan),
+        resources(plan),
+        console(plan),
+        boot(plan),
+        disks(plan),
+    ] {
+        argv.extend(group);
+    }
+    argv
+}
+
+fn os(s: impl Into<String>) -> OsString {
+    OsString::from(s.into())
+}
+
+/// Doubles every `,` so the value stays one value inside a QEMU option list.
+pub fn escape(value: &OsStr) -> OsString {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// `key=value` pairs after a head, with the head as is: `q35,gic-version=max`.
+fn list(head: &str, options: &[String]) -> OsString {
+    let mut s = head.to_owned();
+    for o in options {
+        s.push(',');
+        s.push_str(o);
+    }
+    os(s)
+}
+
+fn common() -> Vec<OsString> {
+    // No default devices, no config files from /etc, no window; a guest reboot ends QEMU so a
+    // panicking guest (panic=-1) cannot loop.
+    ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
+        .map(os)
+        .to_vec()
+}
+
+fn name(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut v = OsString::from("guest=");
+    v.push(escape(OsStr::new(&plan.name)));
+    vec![os("-name"), v]
+}
+
+fn machine(plan: &LaunchPlan) -> Vec<OsString> {
+    vec![
+        os("-machine"),
+        list(&plan.machine.kind, &plan.machine.options),
+        os("-accel"),
+        os(plan.accel.as_str()),
+    ]
+}
+
+fn cpu(plan: &LaunchPlan) -> Vec<OsString> {
+    match &plan.cpu {
+        Some(c) => vec![os("-cpu"), list(&c.model, &c.options)],
+        None => Vec::new(),
+    }
+}
+
+fn resources(plan: &LaunchPlan) -> Vec<OsString> {
+    vec![
+        os("-m"),
+        os(format!("{}M", plan.memory.mib())),
+        os("-smp"),
+        os(plan.smp.to_string()),
+    ]
+}
+
+fn console(plan: &LaunchPlan) -> Vec<OsString> {
+    // stdio, not a file: the launcher reads QEMU's stdout, tees it to the user and the log, and
+    // watches it for panics and markers. signal=off keeps Ctrl-C for the launcher.
+    let mut v = vec![os("-chardev"), os(format!("stdio,id={CONSOLE_CHARDEV},signal=off"))];
+    match &plan.console {
+        ConsolePlan::Serial { .. } => v.extend([os("-serial"), os(format!("chardev:{CONSOLE_CHARDEV}"))]),
+        ConsolePlan::Device { device } => {
+            v.extend([os("-device"), os(format!("{device},chardev={CONSOLE_CHARDEV}"))])
+        }
+    }
+    v
+}
+
+fn boot(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut v = Vec::new();
+    if let Some(fw) = &plan.firmware {
+        v.extend([os("-bios"), fw.clone().into_os_string()]);
+    }
+    if let Some(k) = &plan.kernel {
+        v.extend([os("-kernel"), k.kernel.clone().into_os_string()]);
+        if let Some(i) = &k.initrd {
+            v.extend([os("-initrd"), i.clone().into_os_string()]);
+        }
+        v.extend([os("-append"), os(k.append.clone())]);
+    }
+    v
+}
+
+fn disks(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut v = Vec::new();
+    for (i, d) in plan.disks.iter().enumerate() {
+        let id = format!("disk{i}");
+        let mut drive = OsString::from(format!("if=none,id={id},file="));
+        let (format, access) = match d.disk.format {
+            DiskFormat::Dir => {
+                drive.push("fat:");
+                ("raw", "readonly=on")
+            }
+            DiskFormat::Raw if d.disk.writable => ("raw", "snapshot=off"),
+            DiskFormat::Raw => ("raw", "snapshot=on"),
+            DiskFormat::Qcow2 if d.disk.writable => ("qcow2", "snapshot=off"),
+            DiskFormat::Qcow2 => ("qcow2", "snapshot=on"),
+        };
+        drive.push(escape(d.disk.path.as_os_str()));
+        drive.push(format!(",format={format},{access}"));
+        v.extend([os("-drive"), drive, os("-device"), os(format!("{},drive={id}", d.device))]);
+    }
+    v
+}
+
+/// The command line as one shell-quoted line, for `--dry-run` and `--verbose`. Bytes, because
+/// a path need not be UTF-8.
+pub fn shell_line(argv: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, a) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        match shlex::bytes::try_quote(a.as_bytes()) {
+            Ok(q) => out.extend_from_slice(&q),
+            // Only a NUL byte makes quoting fail, and no OS argument can hold one.
+            Err(_) => out.extend_from_slice(&a.as_bytes().escape_ascii().collect::<Vec<u8>>()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_doubles_commas_only() {
+        assert_eq!(escape(OsStr::new("/tmp/a,file=/etc/shadow")), "/tmp/a,,file=/etc/shadow");
+        assert_eq!(escape(OsStr::new("plain")), "plain");
+        let raw = OsStr::from_bytes(b"\xff,\xfe");
+        assert_eq!(escape(raw).as_bytes(), b"\xff,,\xfe");
+    }
+
+    #[test]
+    fn shell_line_quotes_what_needs_it() {
+        let argv = [os("qemu"), os("-append"), os("console=ttyS0 panic=-1"), os("it's")];
+        assert_eq!(
+            String::from_utf8(shell_line(&argv)).unwrap(),
+            r#"qemu -append 'console=ttyS0 panic=-1' "it's""#
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Command-line syntax (clap derive types only). Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use qemu_direct::spec::AccelRequest;
+
+/// Launch and control QEMU virtual machines directly, without libvirt.
+#[derive(Debug, Parser)]
+#[command(name = "qemu-direct", version, about)]
+pub struct Cli {
+    /// Read machine profiles from this directory instead of the built-in ones.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub profile_dir: Option<PathBuf>,
+    /// Use host facts from this file (as written by `probe --json`) instead of probing this host.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub host_facts: Option<PathBuf>,
+    /// The KVM device to probe.
+    #[arg(long, global = true, value_name = "PATH", default_value = "/dev/kvm")]
+    pub kvm_device: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the host: its arch, the KVM verdict and why, the QEMU emulators found.
+    Probe {
+        /// Print the facts as JSON (usable with --host-facts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the machine profiles (guest architectures).
+    Profiles {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a guest description into a launch plan and show it, with the reasons.
+    Plan {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a guest: stream its serial console to stdout (and a log file) until it powers off.
+    Run(RunArgs),
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Print the QEMU command line, shell-quoted, and exit without starting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop the guest and exit 5 after this long (e.g. 90s, 2m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Stop the guest and exit 0 once the console prints this text.
+    #[arg(long, value_name = "TEXT")]
+    pub until: Option<String>,
+    /// Write the console here [default: $XDG_STATE_HOME/qemu-direct/logs/NAME.log].
+    #[arg(long, value_name = "FILE", conflicts_with = "no_console_log")]
+    pub console_log: Option<PathBuf>,
+    /// Write no console log.
+    #[arg(long)]
+    pub no_console_log: bool,
+    /// Print the QEMU command line before starting it.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// The guest description. Flags override the same keys of --spec.
+#[derive(Debug, Args, Default)]
+pub struct SpecArgs {
+    /// Read the guest description from a TOML file.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Instance name [default: the guest arch].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest architecture: x86_64, aarch64, ppc64le, s390x, mipsel, riscv64, i686, or an alias.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Accelerator: auto (KVM when usable, else TCG), kvm, or tcg.
+    #[arg(long, value_name = "auto|kvm|tcg")]
+    pub accel: Option<AccelRequest>,
+    /// QEMU machine type, overriding the profile's.
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// Guest memory, e.g. 512M or 2G.
+    #[arg(long, short = 'm')]
+    pub memory: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    pub smp: Option<u32>,
+    /// Kernel image to boot directly.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line (console= and panic=-1 are added unless given).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
+    /// Disk image (raw or qcow2; writes are discarded unless --disk-writable), or a directory
+    /// shown read-only as a FAT disk.
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Let the guest write to the disk image.
+    #[arg(long)]
+    pub disk_writable: bool,
+    /// Firmware image (QEMU -bios).
+    #[arg(long, value_name = "FILE")]
+    pub firmware: Option<PathBuf>,
+    /// QEMU binary to use instead of the profile's from PATH.
+    #[arg(long, value_name = "FILE")]
+    pub emulator: Option<PathBuf>,
+    /// A Nova image property, KEY=VALUE (hw_emulation_architecture, hw_architecture, hw_machine_type).
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 90s, 2m or 500ms"))
+}

@@ -1,0 +1,101 @@
+//! qemu-direct: launch and control QEMU virtual machines directly, with no libvirt in between.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! CLI flags / TOML / Nova properties -> SpecInput -> VmSpec -> (HostFacts) -> LaunchPlan -> argv -> running QEMU
+//! ```
+//!
+//! - [`spec`]: the user's description, validated ([`spec::SpecInput::validate`]).
+//! - [`profile`]: per-architecture facts from `machine-profiles/*.toml`.
+//! - [`host`]: what this host offers (arch, KVM verdict, emulators), as a plain value.
+//! - [`plan`]: the pure decision ([`plan::resolve`]) of what to run and why.
+//! - [`argv`]: the QEMU command line for a plan.
+//! - [`vm`]: running a plan and reporting how it ended.
+//!
+//! ```no_run
+//! use qemu_direct::{host::{HostFacts, ProbeOptions}, plan, profile::ProfileSet, spec::SpecInput, vm};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let profiles = ProfileSet::embedded()?;
+//! let spec = SpecInput {
+//!     arch: Some("aarch64".into()),
+//!     kernel: Some("guests/aarch64/kernel".into()),
+//!     initrd: Some("guests/aarch64/initrd.gz".into()),
+//!     ..Default::default()
+//! }
+//! .validate(&profiles)?;
+//! let host = HostFacts::probe(&profiles, &ProbeOptions::default());
+//! let plan = plan::resolve(&spec, &profiles, &host)?;
+//! let report = vm::run(&plan, &vm::RunOptions::default(), &mut tokio::io::sink()).await?;
+//! assert_eq!(report.outcome, vm::Outcome::PoweredOff);
+//! # Ok(()) }
+//! ```
+
+pub mod arch;
+pub mod argv;
+pub mod host;
+pub mod pathser;
+pub mod plan;
+pub mod profile;
+pub mod size;
+pub mod spec;
+pub mod vm;
+
+/// Process exit codes of the `qemu-direct` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// The guest powered off cleanly, or the `--until` text appeared.
+    Success = 0,
+    /// An unexpected failure of the launcher itself (I/O, resources).
+    Failure = 1,
+    /// Bad input: an invalid spec, flag, file or host requirement. Nothing was started.
+    BadInput = 2,
+    /// QEMU failed to start or exited with an error.
+    QemuFailed = 3,
+    /// The guest kernel panicked.
+    GuestPanicked = 4,
+    /// `--timeout` expired; the guest was stopped.
+    Timeout = 5,
+    /// The hypervisor stopped the guest (e.g. KVM internal error).
+    GuestCrashed = 6,
+    /// SIGINT or SIGTERM stopped the run.
+    Interrupted = 130,
+}
+
+/// Any error of the library, with its exit code and a hint where one is known.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Machine profiles.
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    /// The guest description.
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    /// Planning for this host.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Running.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+}
+
+impl Error {
+    /// The exit code this error ends the command with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Profile(_) | Error::Spec(_) | Error::Plan(_) => ExitCode::BadInput,
+            Error::Vm(vm::VmError::Spawn { .. }) => ExitCode::QemuFailed,
+            Error::Vm(_) => ExitCode::Failure,
+        }
+    }
+
+    /// What the user could do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Plan(p) => p.hint(),
+            _ => None,
+        }
+    }
+}

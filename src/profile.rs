@@ -1,0 +1,415 @@
+//! Machine profiles: every per-architecture fact qemu-direct uses, read from
+//! `machine-profiles/<arch>.toml` (embedded at build time, or a directory given at run time).
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    arch::{self, Arch, Endian},
+    size::MemSize,
+};
+
+include!(concat!(env!("OUT_DIR"), "/embedded_profiles.rs"));
+
+/// A QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Linux KVM: the guest runs on the host CPU; only for guests native to the host.
+    Kvm,
+    /// QEMU's Tiny Code Generator: emulation, for any guest on any host.
+    Tcg,
+}
+
+impl Accel {
+    /// The name QEMU's `-accel` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One guest architecture, as written in its profile file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineProfile {
+    /// Canonical name; also the file's stem.
+    pub name: String,
+    /// One line for listings.
+    pub summary: String,
+    /// Other spellings users and Nova images use (`amd64`, `arm64`, `ppc64el`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The `qemu-system-*` binary that emulates this architecture.
+    pub binary: String,
+    /// The Debian package that ships [`Self::binary`], named in "not installed" errors.
+    pub package: String,
+    /// How a host of this architecture is recognised from the build target.
+    pub host: HostMatch,
+    /// Guest memory when the spec gives none.
+    pub default_memory: MemSize,
+    /// The most memory the machine type accepts, where QEMU sets a limit below the host's.
+    #[serde(default)]
+    pub max_memory: Option<MemSize>,
+    /// The most vCPUs the machine type accepts.
+    pub max_cpus: u32,
+    /// Suffix of virtio device names on this machine's bus: `-pci`, `-ccw` or `-device` (MMIO).
+    pub device_suffix: String,
+    /// A device (QEMU `-device` spelling, without `chardev=`) that carries the firmware's own
+    /// messages when nothing else would show them, used for firmware-only boots.
+    #[serde(default)]
+    pub firmware_console: Option<String>,
+    /// The guest's serial console.
+    pub console: ConsoleProfile,
+    /// Firmware facts.
+    pub firmware: FirmwareProfile,
+    /// Names libvirt uses for this guest.
+    pub libvirt: LibvirtNames,
+    /// Machine and CPU per accelerator; an accelerator absent here is never used for this arch.
+    pub accel: BTreeMap<Accel, AccelProfile>,
+}
+
+/// Recognises the host a binary runs on.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostMatch {
+    /// Rust's `std::env::consts::ARCH` on such a host.
+    pub rust_arch: String,
+    /// Byte order of such a host.
+    pub endian: Endian,
+}
+
+/// The guest's serial console.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleProfile {
+    /// Device name for the kernel's `console=` (`ttyS0`, `ttyAMA0`, `hvc0`, `ttysclp0`).
+    pub kernel: String,
+}
+
+/// Firmware facts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareProfile {
+    /// Debian packages that provide firmware for this architecture.
+    pub packages: Vec<String>,
+}
+
+/// libvirt's names for this guest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtNames {
+    /// `<type arch=...>`.
+    pub arch: String,
+    /// `<type machine=...>`.
+    pub machine: String,
+}
+
+/// Machine type and CPU under one accelerator.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccelProfile {
+    /// Host architectures on which this accelerator runs the guest (KVM: the native hosts).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// QEMU machine type.
+    pub machine: String,
+    /// `key=value` machine properties always set under this accelerator.
+    #[serde(default)]
+    pub machine_options: Vec<String>,
+    /// Machine properties added only when booting a kernel directly (`-kernel`).
+    #[serde(default)]
+    pub kernel_machine_options: Vec<String>,
+    /// Default `-cpu` model.
+    pub cpu: String,
+    /// `key=value` properties appended to the default CPU model.
+    #[serde(default)]
+    pub cpu_options: Vec<String>,
+}
+
+/// Errors reading or using machine profiles.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// A profile file could not be read.
+    #[error("cannot read machine profile {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A profile file is not valid.
+    #[error("invalid machine profile {file}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// What is wrong, with the line where the parser knows it.
+        message: String,
+    },
+    /// Two profiles claim one name.
+    #[error("machine profiles {first} and {second} both claim the name '{name}'")]
+    Duplicate {
+        /// The name.
+        name: String,
+        /// One file.
+        first: String,
+        /// The other file.
+        second: String,
+    },
+    /// A profile directory with no profiles in it.
+    #[error("no machine profiles (*.toml) in {0}")]
+    Empty(PathBuf),
+    /// A name no profile answers to.
+    #[error("unknown architecture '{given}' in {field}; valid: {valid}")]
+    UnknownArch {
+        /// Where the name came from (`--arch`, `hw_architecture`, ...).
+        field: String,
+        /// The name as given.
+        given: String,
+        /// The valid names and aliases.
+        valid: String,
+    },
+}
+
+/// All known guest architectures.
+#[derive(Debug, Clone)]
+pub struct ProfileSet {
+    profiles: Vec<MachineProfile>,
+}
+
+impl ProfileSet {
+    /// The profiles built into the binary.
+    pub fn embedded() -> Result<Self, ProfileError> {
+        Self::from_sources(EMBEDDED.iter().map(|(n, t)| (n.to_string(), t.to_string())))
+    }
+
+    /// File names of the embedded profiles, for checking that none was left out.
+    pub fn embedded_file_names() -> Vec<&'static str> {
+        EMBEDDED.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// The profiles in a directory (`--profile-dir`), replacing the embedded ones.
+    pub fn from_dir(dir: &Path) -> Result<Self, ProfileError> {
+        let read_err = |source| ProfileError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir).map_err(read_err)? {
+            let path = entry.map_err(read_err)?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = fs::read_to_string(&path).map_err(|source| ProfileError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                files.push((path.display().to_string(), text));
+            }
+        }
+        if files.is_empty() {
+            return Err(ProfileError::Empty(dir.to_owned()));
+        }
+        files.sort();
+        Self::from_sources(files)
+    }
+
+    fn from_sources(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, ProfileError> {
+        let mut profiles = Vec::new();
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+        for (file, text) in files {
+            let p: MachineProfile = toml::from_str(&text).map_err(|e| ProfileError::Invalid {
+                file: file.clone(),
+                message: e.to_string().trim().replace('\n', " "),
+            })?;
+            check_profile(&file, &p)?;
+            for name in std::iter::once(&p.name).chain(&p.aliases) {
+                if let Some(first) = claimed.insert(arch::fold(name), file.clone()) {
+                    return Err(ProfileError::Duplicate {
+                        name: name.clone(),
+                        first,
+                        second: file,
+                    });
+                }
+            }
+            profiles.push(p);
+        }
+        profiles.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(ProfileSet { profiles })
+    }
+
+    /// Every profile, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &MachineProfile> {
+        self.profiles.iter()
+    }
+
+    /// Looks up an architecture by name or alias, case-insensitively. `field` names where the
+    /// value came from, for the error.
+    pub fn resolve(&self, field: &str, given: &str) -> Result<&MachineProfile, ProfileError> {
+        let folded = arch::fold(given);
+        self.profiles
+            .iter()
+            .find(|p| std::iter::once(&p.name).chain(&p.aliases).any(|n| arch::fold(n) == folded))
+            .ok_or_else(|| ProfileError::UnknownArch {
+                field: field.to_owned(),
+                given: given.to_owned(),
+                valid: self.valid_names(),
+            })
+    }
+
+    /// The profile of a canonical arch. Panics never: an `Arch` comes from this set or one like
+    /// it, but a different set may lack it, hence the `Option`.
+    pub fn get(&self, arch: &Arch) -> Option<&MachineProfile> {
+        self.profiles.iter().find(|p| p.name == arch.as_str())
+    }
+
+    /// The profile matching a host build target, if any.
+    pub fn for_host(&self, rust_arch: &str, endian: Endian) -> Option<&MachineProfile> {
+        self.profiles
+            .iter()
+            .find(|p| p.host.rust_arch == rust_arch && p.host.endian == endian)
+    }
+
+    fn valid_names(&self) -> String {
+        self.profiles
+            .iter()
+            .map(|p| {
+                if p.aliases.is_empty() {
+                    p.name.clone()
+                } else {
+                    format!("{} ({})", p.name, p.aliases.join(", "))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl MachineProfile {
+    /// The canonical arch this profile describes.
+    pub fn arch(&self) -> Arch {
+        Arch::new_canonical(&self.name)
+    }
+}
+
+fn check_profile(file: &str, p: &MachineProfile) -> Result<(), ProfileError> {
+    let invalid = |message: String| ProfileError::Invalid {
+        file: file.to_owned(),
+        message,
+    };
+    let stem = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if stem != p.name {
+        return Err(invalid(format!("name '{}' differs from the file name '{stem}.toml'", p.name)));
+    }
+    if !["-pci", "-ccw", "-device"].contains(&p.device_suffix.as_str()) {
+        return Err(invalid(format!(
+            "device_suffix '{}' is not one of -pci, -ccw, -device",
+            p.device_suffix
+        )));
+    }
+    if !p.accel.contains_key(&Accel::Tcg) {
+        return Err(invalid("no [accel.tcg] table: every guest must be emulatable".into()));
+    }
+    if p.max_cpus == 0 {
+        return Err(invalid("max_cpus must be at least 1".into()));
+    }
+    for (accel, a) in &p.accel {
+        for opt in a.machine_options.iter().chain(&a.kernel_machine_options).chain(&a.cpu_options) {
+            let well_formed = opt.split_once('=').is_some_and(|(k, v)| !k.is_empty() && !v.is_empty());
+            if !well_formed || opt.contains(',') {
+                return Err(invalid(format!("[accel.{accel}] option '{opt}' is not key=value")));
+            }
+        }
+        if *accel == Accel::Kvm && a.hosts.is_empty() {
+            return Err(invalid("[accel.kvm] lists no native hosts".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_file_is_embedded_and_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("machine-profiles");
+        let mut on_disk: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        on_disk.sort();
+        assert_eq!(on_disk, ProfileSet::embedded_file_names());
+        let set = ProfileSet::embedded().unwrap();
+        assert_eq!(set.iter().count(), on_disk.len());
+        let from_dir = ProfileSet::from_dir(&dir).unwrap();
+        assert_eq!(from_dir.iter().count(), on_disk.len());
+    }
+
+    #[test]
+    fn resolves_aliases_case_insensitively() {
+        let set = ProfileSet::embedded().unwrap();
+        for (given, want) in [
+            ("AMD64", "x86_64"),
+            ("arm64", "aarch64"),
+            ("ppc64el", "ppc64le"),
+            ("i386", "i686"),
+            ("X86-64", "x86_64"),
+            ("s390x", "s390x"),
+            ("mipsel", "mipsel"),
+            ("riscv64", "riscv64"),
+        ] {
+            assert_eq!(set.resolve("--arch", given).unwrap().name, want, "{given}");
+        }
+        let err = set.resolve("--arch", "sparc").unwrap_err().to_string();
+        assert!(err.contains("unknown architecture 'sparc' in --arch"), "{err}");
+        assert!(err.contains("aarch64 (arm64)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_file_and_line() {
+        let good = EMBEDDED.iter().find(|(n, _)| *n == "x86_64.toml").unwrap().1;
+        let bad = good.replace("summary =", "sumary =");
+        let err = ProfileSet::from_sources([("x86_64.toml".into(), bad)]).unwrap_err().to_string();
+        assert!(err.contains("x86_64.toml") && err.contains("sumary"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn rejects_malformed_options_and_duplicate_names() {
+        let good = EMBEDDED.iter().find(|(n, _)| *n == "aarch64.toml").unwrap().1;
+        let bad = good.replace("\"gic-version=max\"", "\"gic-version\"");
+        let err = ProfileSet::from_sources([("aarch64.toml".into(), bad)]).unwrap_err().to_string();
+        assert!(err.contains("'gic-version' is not key=value"), "{err}");
+        let twin = good.replace("name = \"aarch64\"", "name = \"arm64x\"");
+        let err = ProfileSet::from_sources([
+            ("aarch64.toml".into(), good.to_string()),
+            ("arm64x.toml".into(), twin),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("both claim the name 'arm64'"), "{err}");
+    }
+
+    #[test]
+    fn host_matching_uses_arch_and_endianness() {
+        let set = ProfileSet::embedded().unwrap();
+        assert_eq!(set.for_host("powerpc64", Endian::Little).unwrap().name, "ppc64le");
+        assert!(set.for_host("powerpc64", Endian::Big).is_none());
+        assert_eq!(set.for_host("mips", Endian::Little).unwrap().name, "mipsel");
+        assert_eq!(set.for_host("x86_64", Endian::Little).unwrap().name, "x86_64");
+    }
+}

@@ -1,0 +1,770 @@
+//! The guest description a user gives: from command-line flags, a TOML file (`--spec`), and
+//! Nova image properties (`--property KEY=VALUE`). [`SpecInput`] is the raw, mergeable form;
+//! [`VmSpec`] is the validated one: names resolved, sizes parsed, files checked.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    io::Read,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    arch::Arch,
+    pathser,
+    profile::{ProfileError, ProfileSet},
+    size::MemSize,
+};
+
+/// Nova image properties qemu-direct understands, with what each means here.
+pub const PROPERTIES: &[(&str, &str)] = &[
+    (
+        "hw_emulation_architecture",
+        "guest arch to emulate on any host (wins over hw_architecture)",
+    ),
+    (
+        "hw_architecture",
+        "guest arch that must run natively; with hw_emulation_architecture, the host arch required",
+    ),
+    ("hw_machine_type", "QEMU machine type"),
+];
+
+/// Which accelerator the user asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelRequest {
+    /// KVM when it is usable for this guest here, else TCG, saying why.
+    #[default]
+    Auto,
+    /// KVM or an error saying why it cannot be used.
+    Kvm,
+    /// TCG even where KVM would work.
+    Tcg,
+}
+
+impl FromStr for AccelRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(AccelRequest::Auto),
+            "kvm" => Ok(AccelRequest::Kvm),
+            "tcg" => Ok(AccelRequest::Tcg),
+            _ => Err(format!("'{s}' is not an accelerator; valid: auto, kvm, tcg")),
+        }
+    }
+}
+
+impl fmt::Display for AccelRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AccelRequest::Auto => "auto",
+            AccelRequest::Kvm => "kvm",
+            AccelRequest::Tcg => "tcg",
+        })
+    }
+}
+
+/// A guest description before validation: every field optional, so a TOML file and
+/// command-line flags can be layered ([`SpecInput::overlay`]). Also the `--spec` file format.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecInput {
+    /// Instance name.
+    pub name: Option<String>,
+    /// Guest architecture (name or alias).
+    pub arch: Option<String>,
+    /// `auto`, `kvm` or `tcg`.
+    pub accel: Option<AccelRequest>,
+    /// QEMU machine type, overriding the profile's.
+    pub machine: Option<String>,
+    /// Guest memory, e.g. `512M`.
+    pub memory: Option<String>,
+    /// vCPU count.
+    pub smp: Option<u32>,
+    /// Kernel image for a direct kernel boot.
+    #[serde(default, with = "pathser::option")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[serde(default, with = "pathser::option")]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line.
+    pub append: Option<String>,
+    /// Disk image (raw or qcow2), or a directory shown to the guest as a read-only FAT disk.
+    #[serde(default, with = "pathser::option")]
+    pub disk: Option<PathBuf>,
+    /// Let the guest write to the disk image (default: writes go to a throw-away overlay).
+    pub disk_writable: Option<bool>,
+    /// Firmware image passed as `-bios`.
+    #[serde(default, with = "pathser::option")]
+    pub firmware: Option<PathBuf>,
+    /// A QEMU binary to use instead of the profile's from `PATH`.
+    #[serde(default, with = "pathser::option")]
+    pub emulator: Option<PathBuf>,
+    /// Nova image properties, `KEY = "VALUE"`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Errors in a guest description. Each names the field, the value and what would be valid.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A spec file could not be read.
+    #[error("cannot read spec file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A spec file is not valid TOML of the expected shape.
+    #[error("invalid spec file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words, with the line.
+        message: String,
+    },
+    /// A field with a value that is not valid.
+    #[error("invalid {field} '{value}': {expected}")]
+    Invalid {
+        /// The field (`--memory`, `memory`, `--property`...).
+        field: String,
+        /// The value given.
+        value: String,
+        /// What would be valid.
+        expected: String,
+    },
+    /// An unknown architecture.
+    #[error(transparent)]
+    Arch(#[from] ProfileError),
+    /// Two fields that cannot both hold.
+    #[error("{first} conflicts with {second}: {why}")]
+    Conflict {
+        /// One field and its value.
+        first: String,
+        /// The other.
+        second: String,
+        /// Why.
+        why: String,
+    },
+    /// A file the spec names cannot be used.
+    #[error("{field} {path}: {problem}")]
+    File {
+        /// The field.
+        field: String,
+        /// The path, as given.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// Where the guest architecture comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "kebab-case")]
+pub enum ArchChoice {
+    /// Named to be run here, emulated if need be (`--arch`, `hw_emulation_architecture`).
+    Given {
+        /// The guest arch.
+        arch: Arch,
+        /// The field that named it.
+        field: String,
+        /// With `hw_emulation_architecture`, `hw_architecture` names the host it must run on.
+        host_required: Option<Arch>,
+    },
+    /// `hw_architecture` alone: the guest must be native to the host.
+    NativeOnly {
+        /// The guest arch.
+        arch: Arch,
+    },
+    /// Nothing said: the host's own arch.
+    Host,
+}
+
+/// A disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A raw image.
+    Raw,
+    /// A qcow2 image.
+    Qcow2,
+    /// A host directory shown as a FAT disk (QEMU vvfat), read-only.
+    Dir,
+}
+
+/// A disk to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// The image or directory.
+    #[serde(with = "pathser")]
+    pub path: PathBuf,
+    /// Its format, read from the file's header.
+    pub format: DiskFormat,
+    /// Whether guest writes reach the image.
+    pub writable: bool,
+}
+
+/// A direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelBoot {
+    /// Kernel image.
+    #[serde(with = "pathser")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[serde(default, with = "pathser::option")]
+    pub initrd: Option<PathBuf>,
+    /// The user's part of the kernel command line.
+    pub append: Option<String>,
+}
+
+/// A validated guest description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Instance name, if given.
+    pub name: Option<String>,
+    /// Guest architecture and where it came from.
+    pub arch: ArchChoice,
+    /// Accelerator request.
+    pub accel: AccelRequest,
+    /// Machine type override and the field that set it.
+    pub machine: Option<String>,
+    /// Memory, if given.
+    pub memory: Option<MemSize>,
+    /// vCPUs, if given.
+    pub smp: Option<u32>,
+    /// Direct kernel boot.
+    pub kernel: Option<KernelBoot>,
+    /// Disks.
+    pub disks: Vec<Disk>,
+    /// `-bios` image.
+    #[serde(default, with = "pathser::option")]
+    pub firmware: Option<PathBuf>,
+    /// QEMU binary override.
+    #[serde(default, with = "pathser::option")]
+    pub emulator: Option<PathBuf>,
+}
+
+impl SpecInput {
+    /// Reads a `--spec` TOML file. Relative paths in it are taken relative to the file.
+    pub fn from_file(path: &Path) -> Result<SpecInput, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut input: SpecInput = toml::from_str(&text).map_err(|e| SpecError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut input.kernel,
+            &mut input.initrd,
+            &mut input.disk,
+            &mut input.firmware,
+            &mut input.emulator,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(input)
+    }
+
+    /// Layers `top` over `self`: every field `top` sets wins; properties merge key by key.
+    pub fn overlay(mut self, top: SpecInput) -> SpecInput {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if top.$f.is_some() { self.$f = top.$f; } )* };
+        }
+        take!(
+            name,
+            arch,
+            accel,
+            machine,
+            memory,
+            smp,
+            kernel,
+            initrd,
+            append,
+            disk,
+            disk_writable,
+            firmware,
+            emulator
+        );
+        self.properties.extend(top.properties);
+        self
+    }
+
+    /// Adds a `KEY=VALUE` property as given on the command line.
+    pub fn add_property(&mut self, kv: &str) -> Result<(), SpecError> {
+        let (k, v) = kv.split_once('=').ok_or_else(|| SpecError::Invalid {
+            field: "--property".into(),
+            value: kv.into(),
+            expected: "write KEY=VALUE, e.g. hw_architecture=aarch64".into(),
+        })?;
+        self.properties.insert(k.trim().to_owned(), v.trim().to_owned());
+        Ok(())
+    }
+
+    /// Validates against the known architectures and the file system.
+    pub fn validate(&self, profiles: &ProfileSet) -> Result<VmSpec, SpecError> {
+        for (k, v) in &self.properties {
+            if !PROPERTIES.iter().any(|(name, _)| name == k) {
+                return Err(SpecError::Invalid {
+                    field: "property".into(),
+                    value: k.clone(),
+                    expected: format!(
+                        "unknown key; valid: {}",
+                        PROPERTIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+            if v.is_empty() {
+                return Err(SpecError::Invalid {
+                    field: format!("property {k}"),
+                    value: v.clone(),
+                    expected: "a value is required".into(),
+                });
+            }
+        }
+        let prop = |k: &str| self.properties.get(k).map(String::as_str);
+        let arch = self.arch_choice(profiles, prop("hw_emulation_architecture"), prop("hw_architecture"))?;
+
+        let machine = match (self.machine.as_deref(), prop("hw_machine_type")) {
+            (Some(m), Some(p)) if m != p => {
+                return Err(SpecError::Conflict {
+                    first: format!("--machine {m}"),
+                    second: format!("hw_machine_type={p}"),
+                    why: "they name different machine types; give one".into(),
+                });
+            }
+            (Some(m), _) => Some(check_machine("machine", m)?),
+            (None, Some(p)) => Some(check_machine("hw_machine_type", p)?),
+            (None, None) => None,
+        };
+
+        let memory = self
+            .memory
+            .as_deref()
+            .map(|m| {
+                m.parse::<MemSize>().map_err(|e| SpecError::Invalid {
+                    field: "memory".into(),
+                    value: m.into(),
+                    expected: e.to_string(),
+                })
+            })
+            .transpose()?;
+
+        if self.smp == Some(0) {
+            return Err(SpecError::Invalid {
+                field: "smp".into(),
+                value: "0".into(),
+                expected: "at least 1 vCPU".into(),
+            });
+        }
+
+        if let Some(name) = &self.name {
+            check_name(name)?;
+        }
+
+        let kernel = match &self.kernel {
+            Some(k) => Some(KernelBoot {
+                kernel: readable_file("kernel", k)?,
+                initrd: self.initrd.as_deref().map(|i| readable_file("initrd", i)).transpose()?,
+                append: self.append.clone(),
+            }),
+            None => {
+                for (field, set) in [
+                    ("initrd", self.initrd.is_some()),
+                    ("append", self.append.is_some()),
+                ] {
+                    if set {
+                        return Err(SpecError::Conflict {
+                            first: field.into(),
+                            second: "no kernel".into(),
+                            why: format!("{field} only applies to a direct kernel boot; add --kernel"),
+                        });
+                    }
+                }
+                None
+            }
+        };
+        if let Some(append) = &self.append {
+            if append.contains('\n') || append.contains('\0') {
+                return Err(SpecError::Invalid {
+                    field: "append".into(),
+                    value: append.escape_default().to_string(),
+                    expected: "one line without NUL bytes".into(),
+                });
+            }
+        }
+
+        let disks = self
+            .disk
+            .as_deref()
+            .map(|d| disk("disk", d, self.disk_writable.unwrap_or(false)))
+            .transpose()?
+            .into_iter()
+            .collect();
+
+        let firmware = self
+            .firmware
+            .as_deref()
+            .map(|f| readable_file("firmware", f))
+            .transpose()?;
+        let emulator = self.emulator.as_deref().map(executable).transpose()?;
+
+        Ok(VmSpec {
+            name: self.name.clone(),
+            arch,
+            accel: self.accel.unwrap_or_default(),
+            machine,
+            memory,
+            smp: self.smp,
+            kernel,
+            disks,
+            firmware,
+            emulator,
+        })
+    }
+
+    fn arch_choice(
+        &self,
+        profiles: &ProfileSet,
+        emulation: Option<&str>,
+        hw: Option<&str>,
+    ) -> Result<ArchChoice, SpecError> {
+        let resolve = |field: &str, v: &str| profiles.resolve(field, v).map(|p| p.arch());
+        let cli = self.arch.as_deref().map(|a| resolve("arch", a)).transpose()?;
+        let emulation = emulation
+            .map(|a| resolve("hw_emulation_architecture", a))
+            .transpose()?;
+        let hw = hw.map(|a| resolve("hw_architecture", a)).transpose()?;
+        if let (Some(c), Some(e)) = (&cli, &emulation) {
+            if c != e {
+                return Err(SpecError::Conflict {
+                    first: format!("--arch {c}"),
+                    second: format!("hw_emulation_architecture={e}"),
+                    why: "they name different guest architectures; give one".into(),
+                });
+            }
+        }
+        Ok(match (cli, emulation, hw) {
+            (_, Some(arch), host_required) => ArchChoice::Given {
+                arch,
+                field: "hw_emulation_architecture".into(),
+                host_required,
+            },
+            (Some(arch), None, hw) => {
+                if let Some(h) = hw {
+                    if h != arch {
+                        return Err(SpecError::Conflict {
+                            first: format!("--arch {arch}"),
+                            second: format!("hw_architecture={h}"),
+                            why: format!(
+                                "hw_architecture names the guest arch unless hw_emulation_architecture is set; \
+                                 to emulate {arch} on a {h} host set hw_emulation_architecture={arch}"
+                            ),
+                        });
+                    }
+                }
+                ArchChoice::Given {
+                    arch,
+                    field: "arch".into(),
+                    host_required: None,
+                }
+            }
+            (None, None, Some(arch)) => ArchChoice::NativeOnly { arch },
+            (None, None, None) => ArchChoice::Host,
+        })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn check_machine(field: &str, m: &str) -> Result<String, SpecError> {
+    let ok = !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(m.to_owned())
+    } else {
+        Err(SpecError::Invalid {
+            field: field.into(),
+            value: m.into(),
+            expected: "a QEMU machine type name (letters, digits, '.', '_', '-'), e.g. q35 or virt".into(),
+        })
+    }
+}
+
+/// Checks an instance name: it becomes part of file names and QEMU's `-name`.
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid {
+            field: "name".into(),
+            value: name.into(),
+            expected: "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit".into(),
+        })
+    }
+}
+
+fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError {
+    SpecError::File {
+        field: field.into(),
+        path: path.display().to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn open_error(field: &str, path: &Path, e: std::io::Error) -> SpecError {
+    let problem = match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    file_error(field, path, problem)
+}
+
+fn readable_file(field: &str, path: &Path) -> Result<PathBuf, SpecError> {
+    let f = File::open(path).map_err(|e| open_error(field, path, e))?;
+    let meta = f.metadata().map_err(|e| open_error(field, path, e))?;
+    if !meta.is_file() {
+        return Err(file_error(field, path, "not a regular file"));
+    }
+    if meta.len() == 0 {
+        return Err(file_error(field, path, "the file is empty"));
+    }
+    Ok(path.to_owned())
+}
+
+fn executable(path: &Path) -> Result<PathBuf, SpecError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| open_error("emulator", path, e))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(file_error("emulator", path, "not an executable file"));
+    }
+    Ok(path.to_owned())
+}
+
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+fn disk(field: &str, path: &Path, writable: bool) -> Result<Disk, SpecError> {
+    let meta = std::fs::metadata(path).map_err(|e| open_error(field, path, e))?;
+    if meta.is_dir() {
+        if writable {
+            return Err(file_error(field, path, "a directory disk is read-only; drop --disk-writable"));
+        }
+        // Check we can list it: QEMU's vvfat fails late and vaguely otherwise.
+        std::fs::read_dir(path).map_err(|e| open_error(field, path, e))?;
+        return Ok(Disk {
+            path: path.to_owned(),
+            format: DiskFormat::Dir,
+            writable: false,
+        });
+    }
+    let mut f = File::open(path).map_err(|e| open_error(field, path, e))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(|e| open_error(field, path, e))?;
+    if writable {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| open_error(field, path, e))?;
+    }
+    Ok(Disk {
+        path: path.to_owned(),
+        format: if n == 4 && &magic == QCOW2_MAGIC {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        },
+        writable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn profiles() -> ProfileSet {
+        ProfileSet::embedded().unwrap()
+    }
+
+    fn input(props: &[&str]) -> SpecInput {
+        let mut i = SpecInput::default();
+        for p in props {
+            i.add_property(p).unwrap();
+        }
+        i
+    }
+
+    #[test]
+    fn nova_arch_precedence_follows_the_spec_examples() {
+        let set = profiles();
+        // emulation=AARCH64 + hw=X86_64: an aarch64 guest emulated on an x86_64 host.
+        let s = input(&["hw_emulation_architecture=AARCH64", "hw_architecture=X86_64"])
+            .validate(&set)
+            .unwrap();
+        assert_eq!(
+            s.arch,
+            ArchChoice::Given {
+                arch: Arch::new_canonical("aarch64"),
+                field: "hw_emulation_architecture".into(),
+                host_required: Some(Arch::new_canonical("x86_64")),
+            }
+        );
+        // emulation=X86_64 alone: x86_64 on any host.
+        let s = input(&["hw_emulation_architecture=x86_64"]).validate(&set).unwrap();
+        assert!(matches!(s.arch, ArchChoice::Given { host_required: None, .. }));
+        // hw=AARCH64 alone: native aarch64 hosts only.
+        let s = input(&["hw_architecture=aarch64"]).validate(&set).unwrap();
+        assert_eq!(
+            s.arch,
+            ArchChoice::NativeOnly {
+                arch: Arch::new_canonical("aarch64")
+            }
+        );
+        assert_eq!(input(&[]).validate(&set).unwrap().arch, ArchChoice::Host);
+    }
+
+    #[test]
+    fn bad_properties_are_named() {
+        let set = profiles();
+        let e = input(&["hw_cpu_mode=x"]).validate(&set).unwrap_err().to_string();
+        assert!(e.starts_with("invalid property 'hw_cpu_mode': unknown key; valid: hw_emulation_architecture"), "{e}");
+        let e = SpecInput::default().add_property("hw_architecture").unwrap_err().to_string();
+        assert!(e.contains("invalid --property 'hw_architecture': write KEY=VALUE"), "{e}");
+        let e = input(&["hw_architecture=vax"]).validate(&set).unwrap_err().to_string();
+        assert!(e.starts_with("unknown architecture 'vax' in hw_architecture; valid: "), "{e}");
+        let e = input(&["hw_architecture="]).validate(&set).unwrap_err().to_string();
+        assert!(e.contains("property hw_architecture"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_arch_sources_are_refused() {
+        let set = profiles();
+        let mut i = input(&["hw_emulation_architecture=aarch64"]);
+        i.arch = Some("x86_64".into());
+        let e = i.validate(&set).unwrap_err().to_string();
+        assert!(e.contains("--arch x86_64 conflicts with hw_emulation_architecture=aarch64"), "{e}");
+        let mut i = input(&["hw_architecture=aarch64"]);
+        i.arch = Some("amd64".into());
+        assert!(i.validate(&set).is_err());
+        // The same arch twice is no conflict.
+        let mut i = input(&["hw_emulation_architecture=arm64"]);
+        i.arch = Some("aarch64".into());
+        assert!(i.validate(&set).is_ok());
+    }
+
+    #[test]
+    fn field_errors_name_field_and_value() {
+        let set = profiles();
+        let i = SpecInput {
+            memory: Some("lots".into()),
+            ..Default::default()
+        };
+        let e = i.validate(&set).unwrap_err().to_string();
+        assert!(e.starts_with("invalid memory 'lots': "), "{e}");
+        let i = SpecInput {
+            kernel: Some("/nonexistent/vmlinuz".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            i.validate(&set).unwrap_err().to_string(),
+            "kernel /nonexistent/vmlinuz: no such file"
+        );
+        let i = SpecInput {
+            kernel: Some("/".into()),
+            ..Default::default()
+        };
+        assert_eq!(i.validate(&set).unwrap_err().to_string(), "kernel /: not a regular file");
+        let i = SpecInput {
+            append: Some("quiet".into()),
+            ..Default::default()
+        };
+        assert!(i.validate(&set).unwrap_err().to_string().contains("add --kernel"));
+        let i = SpecInput {
+            name: Some("../etc".into()),
+            ..Default::default()
+        };
+        assert!(i.validate(&set).unwrap_err().to_string().starts_with("invalid name '../etc'"));
+        let i = SpecInput {
+            machine: Some("q35,accel=kvm".into()),
+            ..Default::default()
+        };
+        assert!(i.validate(&set).unwrap_err().to_string().starts_with("invalid machine 'q35,accel=kvm'"));
+        let i = SpecInput {
+            smp: Some(0),
+            ..Default::default()
+        };
+        assert!(i.validate(&set).unwrap_err().to_string().starts_with("invalid smp '0'"));
+    }
+
+    #[test]
+    fn disk_format_comes_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("a.qcow2");
+        File::create(&q).unwrap().write_all(b"QFI\xfb\0\0\0\x03").unwrap();
+        let r = dir.path().join("a.img");
+        File::create(&r).unwrap().write_all(&[0u8; 512]).unwrap();
+        assert_eq!(disk("disk", &q, false).unwrap().format, DiskFormat::Qcow2);
+        assert_eq!(disk("disk", &r, false).unwrap().format, DiskFormat::Raw);
+        assert_eq!(disk("disk", dir.path(), false).unwrap().format, DiskFormat::Dir);
+        assert!(disk("disk", dir.path(), true).is_err());
+    }
+
+    #[test]
+    fn spec_files_reject_unknown_keys_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.toml");
+        std::fs::write(&p, "arch = \"aarch64\"\nmemroy = \"1G\"\n").unwrap();
+        let e = SpecInput::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("vm.toml") && e.contains("memroy") && e.contains("line 2"), "{e}");
+        std::fs::write(&p, "smp = \"two\"\n").unwrap();
+        let e = SpecInput::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        std::fs::write(&p, "accel = \"kvmm\"\n").unwrap();
+        let e = SpecInput::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("kvmm") && e.contains("tcg"), "{e}");
+    }
+
+    #[test]
+    fn spec_file_paths_are_relative_to_the_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.toml");
+        std::fs::write(
+            &p,
+            "arch = \"arm64\"\nkernel = \"k\"\nmemory = \"1G\"\n[properties]\nhw_machine_type = \"virt\"\n",
+        )
+        .unwrap();
+        let file = SpecInput::from_file(&p).unwrap();
+        assert_eq!(file.kernel.as_deref(), Some(dir.path().join("k").as_path()));
+        let cli = SpecInput {
+            memory: Some("2G".into()),
+            ..Default::default()
+        };
+        let merged = file.overlay(cli);
+        assert_eq!(merged.memory.as_deref(), Some("2G"));
+        assert_eq!(merged.arch.as_deref(), Some("arm64"));
+        assert_eq!(merged.properties["hw_machine_type"], "virt");
+    }
+}

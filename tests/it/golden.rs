@@ -1,0 +1,156 @@
+//! Golden command lines: every arch under TCG (on an x86_64 host) and under KVM (on a native
+//! host with usable KVM), from made-up host facts. `UPDATE_GOLDEN=1` rewrites the files; review
+//! the diff before committing it.
+
+use std::{ffi::OsString, os::unix::ffi::OsStrExt, path::PathBuf};
+
+use qemu_direct::{
+    argv,
+    host::{HostFacts, KvmState},
+    plan::{self, LaunchPlan},
+    profile::{Accel, ProfileSet},
+    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, KernelBoot, VmSpec},
+};
+
+use crate::common::fake_host;
+
+fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
+    let set = ProfileSet::embedded().unwrap();
+    VmSpec {
+        name: None,
+        arch: ArchChoice::Given {
+            arch: set.resolve("arch", arch).unwrap().arch(),
+            field: "arch".into(),
+            host_required: None,
+        },
+        accel,
+        machine: None,
+        memory: None,
+        smp: Some(2),
+        kernel: Some(KernelBoot {
+            kernel: format!("/guests/{arch}/kernel").into(),
+            initrd: Some(format!("/guests/{arch}/initrd.gz").into()),
+            append: Some("quiet".into()),
+        }),
+        disks: Vec::new(),
+        firmware: None,
+        emulator: None,
+    }
+}
+
+fn plan_for(spec: &VmSpec, host: &HostFacts) -> LaunchPlan {
+    plan::resolve(spec, &ProfileSet::embedded().unwrap(), host).unwrap()
+}
+
+fn render(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|a| String::from_utf8(a.as_bytes().to_vec()).unwrap() + "\n")
+        .collect()
+}
+
+fn check(name: &str, argv: &[OsString]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.argv"));
+    let got = render(argv);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(got, want, "argv for {name} differs from {}", path.display());
+}
+
+#[test]
+fn every_arch_under_tcg_on_an_x86_64_host() {
+    let host = fake_host("x86_64", KvmState::Usable);
+    for p in ProfileSet::embedded().unwrap().iter() {
+        // Native guests would get KVM here; ask for TCG to pin the emulated line.
+        let plan = plan_for(&spec(&p.name, AccelRequest::Tcg), &host);
+        assert_eq!(plan.accel, Accel::Tcg, "{}", p.name);
+        check(&format!("{}-tcg", p.name), &argv::build(&plan));
+    }
+}
+
+#[test]
+fn every_kvm_capable_arch_under_kvm_on_its_native_host() {
+    let mut seen = 0;
+    for p in ProfileSet::embedded().unwrap().iter() {
+        let Some(kvm) = p.accel.get(&Accel::Kvm) else { continue };
+        let host = fake_host(&kvm.hosts[0], KvmState::Usable);
+        let plan = plan_for(&spec(&p.name, AccelRequest::Auto), &host);
+        assert_eq!(plan.accel, Accel::Kvm, "{}: {}", p.name, plan.accel_reason);
+        check(&format!("{}-kvm", p.name), &argv::build(&plan));
+        seen += 1;
+    }
+    assert!(seen >= 5, "x86_64, i686, aarch64, ppc64le, s390x, riscv64 have KVM profiles");
+}
+
+#[test]
+fn aarch64_on_an_aarch64_host_without_kvm_falls_back_to_tcg() {
+    let host = fake_host("aarch64", KvmState::Missing);
+    let plan = plan_for(&spec("aarch64", AccelRequest::Auto), &host);
+    assert_eq!(plan.accel, Accel::Tcg);
+    check("aarch64-tcg", &argv::build(&plan));
+}
+
+#[test]
+fn disk_boots_use_the_bus_suffix_and_never_write_by_default() {
+    let host = fake_host("x86_64", KvmState::Missing);
+    for (arch, writable) in [("x86_64", false), ("s390x", true)] {
+        let mut s = spec(arch, AccelRequest::Auto);
+        s.kernel = None;
+        s.disks = vec![Disk {
+            path: "/images/disk.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            writable,
+        }];
+        check(&format!("{arch}-disk"), &argv::build(&plan_for(&s, &host)));
+    }
+    let mut s = spec("riscv64", AccelRequest::Auto);
+    s.kernel.as_mut().unwrap().initrd = None;
+    s.firmware = Some("/guests/riscv64/fw_jump.bin".into());
+    s.disks = vec![Disk {
+        path: "/guests/riscv64/boot".into(),
+        format: DiskFormat::Dir,
+        writable: false,
+    }];
+    check("riscv64-firmware-dir", &argv::build(&plan_for(&s, &host)));
+}
+
+#[test]
+fn commas_in_paths_cannot_inject_options() {
+    let host = fake_host("x86_64", KvmState::Missing);
+    let mut s = spec("x86_64", AccelRequest::Auto);
+    s.kernel = Some(KernelBoot {
+        kernel: "/tmp/a,file=/etc/shadow".into(),
+        initrd: Some("/tmp/i,format=raw".into()),
+        append: Some("x=1,y=2".into()),
+    });
+    s.disks = vec![Disk {
+        path: "/tmp/d,file=/etc/shadow,format=raw".into(),
+        format: DiskFormat::Raw,
+        writable: false,
+    }];
+    let argv = argv::build(&plan_for(&s, &host));
+    let pos = |flag: &str| argv.iter().position(|a| a == flag).unwrap() + 1;
+    // Whole-argument options take the path literally: escaping would corrupt it.
+    assert_eq!(argv[pos("-kernel")], "/tmp/a,file=/etc/shadow");
+    assert_eq!(argv[pos("-initrd")], "/tmp/i,format=raw");
+    // Inside an option list every comma is doubled, so QEMU sees one file= value.
+    assert_eq!(
+        argv[pos("-drive")],
+        "if=none,id=disk0,file=/tmp/d,,file=/etc/shadow,,format=raw,format=raw,snapshot=on"
+    );
+    check("x86_64-commas", &argv);
+}
+
+#[test]
+fn instance_names_are_escaped_too() {
+    let host = fake_host("x86_64", KvmState::Missing);
+    let mut s = spec("x86_64", AccelRequest::Auto);
+    // Names are validated to exclude commas, but the argv layer does not rely on that.
+    s.name = Some("a,process=evil".into());
+    let argv = argv::build(&plan_for(&s, &host));
+    let i = argv.iter().position(|a| a == "-name").unwrap();
+    assert_eq!(argv[i + 1], "guest=a,,process=evil");
+}

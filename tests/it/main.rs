@@ -1,0 +1,12 @@
+//! Integration tests, one binary. Modules:
+//! - `common`: the fixture: built binary, test guests, fake hosts.
+//! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
+//! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
+//! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
+//! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
+
+mod boot;
+mod cli;
+mod common;
+mod golden;
+mod kvm;
