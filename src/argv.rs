@@ -65,9 +65,15 @@ fn list(head: &str, options: &[String]) -> OsString {
 fn common() -> Vec<OsString> {
     // No default devices, no config files from /etc, no window; a guest reboot ends QEMU so a
     // panicking guest (panic=-1) cannot loop.
-    ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-        .map(os)
-        .to_vec()
+    [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+    .map(os)
+    .to_vec()
 }
 
 fn name(plan: &LaunchPlan) -> Vec<OsString> {
@@ -104,12 +110,18 @@ fn resources(plan: &LaunchPlan) -> Vec<OsString> {
 fn console(plan: &LaunchPlan) -> Vec<OsString> {
     // stdio, not a file: the launcher reads QEMU's stdout, tees it to the user and the log, and
     // watches it for panics and markers. signal=off keeps Ctrl-C for the launcher.
-    let mut v = vec![os("-chardev"), os(format!("stdio,id={CONSOLE_CHARDEV},signal=off"))];
+    let mut v = vec![
+        os("-chardev"),
+        os(format!("stdio,id={CONSOLE_CHARDEV},signal=off")),
+    ];
     match &plan.console {
-        ConsolePlan::Serial { .. } => v.extend([os("-serial"), os(format!("chardev:{CONSOLE_CHARDEV}"))]),
-        ConsolePlan::Device { device } => {
-            v.extend([os("-device"), os(format!("{device},chardev={CONSOLE_CHARDEV}"))])
+        ConsolePlan::Serial { .. } => {
+            v.extend([os("-serial"), os(format!("chardev:{CONSOLE_CHARDEV}"))])
         }
+        ConsolePlan::Device { device } => v.extend([
+            os("-device"),
+            os(format!("{device},chardev={CONSOLE_CHARDEV}")),
+        ]),
     }
     v
 }
@@ -146,7 +158,12 @@ fn disks(plan: &LaunchPlan) -> Vec<OsString> {
         };
         drive.push(escape(d.disk.path.as_os_str()));
         drive.push(format!(",format={format},{access}"));
-        v.extend([os("-drive"), drive, os("-device"), os(format!("{},drive={id}", d.device))]);
+        v.extend([
+            os("-drive"),
+            drive,
+            os("-device"),
+            os(format!("{},drive={id}", d.device)),
+        ]);
     }
     v
 }
@@ -174,7 +191,10 @@ mod tests {
 
     #[test]
     fn escape_doubles_commas_only() {
-        assert_eq!(escape(OsStr::new("/tmp/a,file=/etc/shadow")), "/tmp/a,,file=/etc/shadow");
+        assert_eq!(
+            escape(OsStr::new("/tmp/a,file=/etc/shadow")),
+            "/tmp/a,,file=/etc/shadow"
+        );
         assert_eq!(escape(OsStr::new("plain")), "plain");
         let raw = OsStr::from_bytes(b"\xff,\xfe");
         assert_eq!(escape(raw).as_bytes(), b"\xff,,\xfe");
@@ -182,7 +202,12 @@ mod tests {
 
     #[test]
     fn shell_line_quotes_what_needs_it() {
-        let argv = [os("qemu"), os("-append"), os("console=ttyS0 panic=-1"), os("it's")];
+        let argv = [
+            os("qemu"),
+            os("-append"),
+            os("console=ttyS0 panic=-1"),
+            os("it's"),
+        ];
         assert_eq!(
             String::from_utf8(shell_line(&argv)).unwrap(),
             r#"qemu -append 'console=ttyS0 panic=-1' "it's""#

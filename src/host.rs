@@ -75,17 +75,33 @@ impl KvmState {
     fn probe_with_pvm_marker(device: &Path, pvm_marker: &Path) -> KvmState {
         let fd = match nix::fcntl::open(device, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) | Err(Errno::ENODEV) | Err(Errno::ENXIO) => return KvmState::Missing,
-            Err(e @ (Errno::EACCES | Errno::EPERM | Errno::EROFS)) => {
-                return KvmState::Denied { error: e.desc().to_owned() };
+            Err(Errno::ENOENT) | Err(Errno::ENODEV) | Err(Errno::ENXIO) => {
+                return KvmState::Missing;
             }
-            Err(e) => return KvmState::OpenFailed { error: e.desc().to_owned() },
+            Err(e @ (Errno::EACCES | Errno::EPERM | Errno::EROFS)) => {
+                return KvmState::Denied {
+                    error: e.desc().to_owned(),
+                };
+            }
+            Err(e) => {
+                return KvmState::OpenFailed {
+                    error: e.desc().to_owned(),
+                };
+            }
         };
         // SAFETY: the ioctl reads nothing through its argument and only returns an int.
         match unsafe { kvm_get_api_version(fd.as_raw_fd(), 0) } {
             Ok(KVM_API_VERSION) => {}
-            Ok(v) => return KvmState::ApiMismatch { answer: v.to_string() },
-            Err(e) => return KvmState::ApiMismatch { answer: e.desc().to_owned() },
+            Ok(v) => {
+                return KvmState::ApiMismatch {
+                    answer: v.to_string(),
+                };
+            }
+            Err(e) => {
+                return KvmState::ApiMismatch {
+                    answer: e.desc().to_owned(),
+                };
+            }
         }
         // SAFETY: KVM_CREATE_VM takes a machine-type integer (0 = default) and returns a new fd.
         match unsafe { kvm_create_vm(fd.as_raw_fd(), 0) } {
@@ -93,7 +109,11 @@ impl KvmState {
                 // SAFETY: the kernel just gave us this fd and nothing else owns it.
                 drop(unsafe { OwnedFd::from_raw_fd(vm) });
             }
-            Err(e) => return KvmState::CreateVmFailed { error: e.desc().to_owned() },
+            Err(e) => {
+                return KvmState::CreateVmFailed {
+                    error: e.desc().to_owned(),
+                };
+            }
         }
         if pvm_marker.exists() {
             KvmState::Pvm
@@ -177,7 +197,13 @@ pub enum KvmBlocker {
 impl KvmBlocker {
     /// Whether `--accel kvm` may override this verdict: only PVM, which does run some guests.
     pub fn forceable(&self) -> bool {
-        matches!(self, KvmBlocker::Device { state: KvmState::Pvm, .. })
+        matches!(
+            self,
+            KvmBlocker::Device {
+                state: KvmState::Pvm,
+                ..
+            }
+        )
     }
 
     /// What the user can do about it, where we know.
@@ -191,7 +217,8 @@ impl KvmBlocker {
                 device.display()
             )),
             KvmBlocker::Device {
-                state: KvmState::Pvm, ..
+                state: KvmState::Pvm,
+                ..
             } => Some("pass --accel kvm to use it anyway (PVM-aware guest kernels only)".into()),
             KvmBlocker::Device { .. } => Some("pass --accel tcg to emulate".into()),
             KvmBlocker::Foreign { .. } | KvmBlocker::NeverNative { .. } => {
@@ -219,11 +246,18 @@ impl fmt::Display for KvmBlocker {
             KvmBlocker::Device { device, state } => {
                 let d = device.display();
                 match state {
-                    KvmState::Missing => write!(f, "{d} does not exist (no KVM in this kernel or container)"),
-                    KvmState::Denied { error } => write!(f, "{d} cannot be opened read-write: {error}"),
+                    KvmState::Missing => {
+                        write!(f, "{d} does not exist (no KVM in this kernel or container)")
+                    }
+                    KvmState::Denied { error } => {
+                        write!(f, "{d} cannot be opened read-write: {error}")
+                    }
                     KvmState::OpenFailed { error } => write!(f, "{d} cannot be opened: {error}"),
                     KvmState::ApiMismatch { answer } => {
-                        write!(f, "{d} answers KVM API version {answer}, not {KVM_API_VERSION}")
+                        write!(
+                            f,
+                            "{d} answers KVM API version {answer}, not {KVM_API_VERSION}"
+                        )
                     }
                     KvmState::CreateVmFailed { error } => {
                         write!(f, "{d} cannot create a VM: {error}")
@@ -243,7 +277,9 @@ impl HostFacts {
     /// Probes this machine.
     pub fn probe(profiles: &ProfileSet, opts: &ProbeOptions) -> HostFacts {
         let (rust_arch, endian) = arch::build_target();
-        let arch = profiles.for_host(rust_arch, endian).map(MachineProfile::arch);
+        let arch = profiles
+            .for_host(rust_arch, endian)
+            .map(MachineProfile::arch);
         let arch_detail = match endian {
             arch::Endian::Little => rust_arch.to_owned(),
             arch::Endian::Big => format!("{rust_arch} (big-endian)"),
@@ -299,7 +335,11 @@ impl HostFacts {
 fn find_emulators(profiles: &ProfileSet, versions: bool) -> BTreeMap<String, Emulator> {
     let found: Vec<(String, PathBuf)> = profiles
         .iter()
-        .filter_map(|p| which::which(&p.binary).ok().map(|path| (p.binary.clone(), path)))
+        .filter_map(|p| {
+            which::which(&p.binary)
+                .ok()
+                .map(|path| (p.binary.clone(), path))
+        })
         .collect();
     // Start every `--version` first and only then wait, so the emulators' start-up overlaps.
     let children: Vec<_> = found
@@ -333,7 +373,10 @@ fn find_emulators(profiles: &ProfileSet, versions: bool) -> BTreeMap<String, Emu
 /// Extracts `7.2.22` from `QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)`.
 pub fn parse_version(text: &str) -> Option<String> {
     let rest = text.split("version ").nth(1)?;
-    let v: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     (!v.is_empty()).then_some(v)
 }
 
@@ -363,14 +406,18 @@ mod tests {
         assert_eq!(facts("x86_64", KvmState::Usable).kvm_verdict(i686), Ok(()));
         assert_eq!(facts("aarch64", KvmState::Usable).kvm_verdict(a64), Ok(()));
 
-        let foreign = facts("x86_64", KvmState::Usable).kvm_verdict(a64).unwrap_err();
+        let foreign = facts("x86_64", KvmState::Usable)
+            .kvm_verdict(a64)
+            .unwrap_err();
         assert_eq!(
             foreign.to_string(),
             "guest arch aarch64 is not native to this x86_64 host (KVM runs it on: aarch64)"
         );
         assert!(!foreign.forceable());
 
-        let never = facts("x86_64", KvmState::Usable).kvm_verdict(mips).unwrap_err();
+        let never = facts("x86_64", KvmState::Usable)
+            .kvm_verdict(mips)
+            .unwrap_err();
         assert_eq!(never.to_string(), "no host runs mipsel guests under KVM");
 
         let pvm = facts("x86_64", KvmState::Pvm).kvm_verdict(x86).unwrap_err();
@@ -392,13 +439,18 @@ mod tests {
         assert!(denied.hint().unwrap().contains("kvm"));
         assert!(!denied.forceable());
 
-        let missing = facts("x86_64", KvmState::Missing).kvm_verdict(x86).unwrap_err();
+        let missing = facts("x86_64", KvmState::Missing)
+            .kvm_verdict(x86)
+            .unwrap_err();
         assert!(missing.to_string().contains("does not exist"));
     }
 
     #[test]
     fn probing_a_missing_or_wrong_device() {
-        assert_eq!(KvmState::probe(Path::new("/nonexistent/kvm")), KvmState::Missing);
+        assert_eq!(
+            KvmState::probe(Path::new("/nonexistent/kvm")),
+            KvmState::Missing
+        );
         // /dev/null opens read-write, but is no KVM device: the API ioctl fails.
         assert!(matches!(
             KvmState::probe(Path::new("/dev/null")),

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use qemu_direct::{
-    ExitCode, Error, argv,
+    Error, ExitCode, argv,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
     profile::ProfileSet,
@@ -31,9 +31,11 @@ fn main() -> ProcessExit {
     match real_main(cli) {
         Ok(code) => ProcessExit::from(code as u8),
         // A closed stdout (`qemu-direct probe | head -1`) is the reader's choice, not a failure.
-        Err(e) if e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        }) =>
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
         {
             ProcessExit::SUCCESS
         }
@@ -166,12 +168,18 @@ fn run(args: &RunArgs, profiles: &ProfileSet, host: HostFacts) -> anyhow::Result
         out.write_all(b"\n")?;
         return Ok(ExitCode::Success);
     }
-    eprintln!("qemu-direct: {} guest '{}', {}", plan.arch, plan.name, plan.accel_reason);
+    eprintln!(
+        "qemu-direct: {} guest '{}', {}",
+        plan.arch, plan.name, plan.accel_reason
+    );
     for note in &plan.notes {
         eprintln!("qemu-direct: {note}");
     }
     if args.verbose {
-        eprintln!("qemu-direct: {}", String::from_utf8_lossy(&argv::shell_line(&argv)));
+        eprintln!(
+            "qemu-direct: {}",
+            String::from_utf8_lossy(&argv::shell_line(&argv))
+        );
     }
     let console_log = if args.no_console_log {
         None
@@ -188,10 +196,16 @@ fn run(args: &RunArgs, profiles: &ProfileSet, host: HostFacts) -> anyhow::Result
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let report = rt.block_on(vm::run(&plan, &opts, &mut tokio::io::stdout())).map_err(Error::from)?;
+    let report = rt
+        .block_on(vm::run(&plan, &opts, &mut tokio::io::stdout()))
+        .map_err(Error::from)?;
     let outcome = &report.outcome;
     eprintln!("qemu-direct: {outcome}");
-    if matches!(outcome, vm::Outcome::QemuFailed { .. } | vm::Outcome::Crashed { .. }) && !report.stderr_tail.is_empty() {
+    if matches!(
+        outcome,
+        vm::Outcome::QemuFailed { .. } | vm::Outcome::Crashed { .. }
+    ) && !report.stderr_tail.is_empty()
+    {
         eprintln!("qemu-direct: QEMU said:\n{}", report.stderr_tail);
     }
     if let Some(log) = console_log.filter(|_| outcome.exit_code() != ExitCode::Success) {
@@ -208,7 +222,11 @@ fn default_log(name: &str) -> Option<PathBuf> {
     Some(state.join("qemu-direct/logs").join(format!("{name}.log")))
 }
 
-fn print_probe(out: &mut impl Write, facts: &HostFacts, profiles: &ProfileSet) -> std::io::Result<()> {
+fn print_probe(
+    out: &mut impl Write,
+    facts: &HostFacts,
+    profiles: &ProfileSet,
+) -> std::io::Result<()> {
     writeln!(out, "host arch: {}", facts.arch_name())?;
     let own = facts.arch.as_ref().and_then(|a| profiles.get(a));
     match own.map(|p| facts.kvm_verdict(p)) {
@@ -226,7 +244,11 @@ fn print_probe(out: &mut impl Write, facts: &HostFacts, profiles: &ProfileSet) -
                 e.path.display(),
                 e.version.as_deref().unwrap_or("(version unknown)")
             )?,
-            None => writeln!(out, "  {:<8} not installed (Debian package {})", p.name, p.package)?,
+            None => writeln!(
+                out,
+                "  {:<8} not installed (Debian package {})",
+                p.name, p.package
+            )?,
         }
     }
     Ok(())

@@ -142,7 +142,9 @@ pub enum PlanError {
         host: String,
     },
     /// The emulator for the guest arch is not installed.
-    #[error("{binary} (for {arch} guests) is not installed; install the Debian package {package}, or name one with --emulator")]
+    #[error(
+        "{binary} (for {arch} guests) is not installed; install the Debian package {package}, or name one with --emulator"
+    )]
     NotInstalled {
         /// The guest arch.
         arch: Arch,
@@ -177,7 +179,11 @@ impl PlanError {
 }
 
 /// Resolves a spec into a plan for this host.
-pub fn resolve(spec: &VmSpec, profiles: &ProfileSet, host: &HostFacts) -> Result<LaunchPlan, PlanError> {
+pub fn resolve(
+    spec: &VmSpec,
+    profiles: &ProfileSet,
+    host: &HostFacts,
+) -> Result<LaunchPlan, PlanError> {
     let profile = guest_profile(spec, profiles, host)?;
     let arch = profile.arch();
     let mut notes = Vec::new();
@@ -243,7 +249,10 @@ pub fn resolve(spec: &VmSpec, profiles: &ProfileSet, host: &HostFacts) -> Result
         return Err(PlanError::OutOfRange {
             field: "smp",
             value: smp.to_string(),
-            expected: format!("{} guests take 1 to {} vCPUs", profile.name, profile.max_cpus),
+            expected: format!(
+                "{} guests take 1 to {} vCPUs",
+                profile.name, profile.max_cpus
+            ),
         });
     }
 
@@ -276,7 +285,9 @@ pub fn resolve(spec: &VmSpec, profiles: &ProfileSet, host: &HostFacts) -> Result
             notes.push(format!(
                 "no kernel or disk: the console shows the firmware's own messages ({device})"
             ));
-            ConsolePlan::Device { device: device.clone() }
+            ConsolePlan::Device {
+                device: device.clone(),
+            }
         }
         _ => ConsolePlan::Serial {
             kernel_name: profile.console.kernel.clone(),
@@ -306,18 +317,24 @@ fn guest_profile<'p>(
     profiles: &'p ProfileSet,
     host: &HostFacts,
 ) -> Result<&'p MachineProfile, PlanError> {
-    let lookup = |arch: &Arch| profiles.get(arch).ok_or_else(|| PlanError::NoProfile(arch.clone()));
+    let lookup = |arch: &Arch| {
+        profiles
+            .get(arch)
+            .ok_or_else(|| PlanError::NoProfile(arch.clone()))
+    };
     match &spec.arch {
         ArchChoice::Given {
-            arch, host_required, ..
+            arch,
+            host_required,
+            ..
         } => {
-            if let Some(required) = host_required {
-                if host.arch.as_ref() != Some(required) {
-                    return Err(PlanError::WrongHost {
-                        required: required.clone(),
-                        host: host.arch_name().to_owned(),
-                    });
-                }
+            if let Some(required) = host_required
+                && host.arch.as_ref() != Some(required)
+            {
+                return Err(PlanError::WrongHost {
+                    required: required.clone(),
+                    host: host.arch_name().to_owned(),
+                });
             }
             lookup(arch)
         }
@@ -339,7 +356,11 @@ fn guest_profile<'p>(
     }
 }
 
-fn choose_accel(req: AccelRequest, guest: &MachineProfile, host: &HostFacts) -> Result<(Accel, String), PlanError> {
+fn choose_accel(
+    req: AccelRequest,
+    guest: &MachineProfile,
+    host: &HostFacts,
+) -> Result<(Accel, String), PlanError> {
     let verdict = host.kvm_verdict(guest);
     Ok(match (req, verdict) {
         (AccelRequest::Tcg, _) => (Accel::Tcg, "TCG: asked for with --accel tcg".into()),
@@ -353,9 +374,10 @@ fn choose_accel(req: AccelRequest, guest: &MachineProfile, host: &HostFacts) -> 
             ),
         ),
         (AccelRequest::Auto, Err(why)) => (Accel::Tcg, format!("TCG: KVM not used because {why}")),
-        (AccelRequest::Kvm, Err(why)) if why.forceable() => {
-            (Accel::Kvm, format!("KVM: forced with --accel kvm although {why}"))
-        }
+        (AccelRequest::Kvm, Err(why)) if why.forceable() => (
+            Accel::Kvm,
+            format!("KVM: forced with --accel kvm although {why}"),
+        ),
         (AccelRequest::Kvm, Err(why)) => return Err(PlanError::KvmUnusable(why)),
     })
 }
@@ -425,21 +447,31 @@ mod tests {
     #[test]
     fn auto_picks_kvm_only_when_usable_and_native() {
         let p = plan(arch("x86_64"), &host("x86_64", KvmState::Usable)).unwrap();
-        assert_eq!((p.accel, p.cpu.unwrap().model.as_str()), (Accel::Kvm, "host"));
+        assert_eq!(
+            (p.accel, p.cpu.unwrap().model.as_str()),
+            (Accel::Kvm, "host")
+        );
         let p = plan(arch("aarch64"), &host("aarch64", KvmState::Usable)).unwrap();
         assert_eq!(p.accel, Accel::Kvm);
         assert_eq!(p.machine.options, ["gic-version=host"]);
 
         let p = plan(arch("aarch64"), &host("x86_64", KvmState::Usable)).unwrap();
         assert_eq!(p.accel, Accel::Tcg);
-        assert!(p.accel_reason.contains("not native to this x86_64 host"), "{}", p.accel_reason);
+        assert!(
+            p.accel_reason.contains("not native to this x86_64 host"),
+            "{}",
+            p.accel_reason
+        );
 
         let p = plan(arch("x86_64"), &host("x86_64", KvmState::Pvm)).unwrap();
         assert_eq!(p.accel, Accel::Tcg);
         assert!(p.accel_reason.contains("PVM"), "{}", p.accel_reason);
 
         let p = plan(arch("x86_64"), &host("x86_64", KvmState::Missing)).unwrap();
-        assert!(p.accel_reason.starts_with("TCG: KVM not used because /dev/kvm does not exist"));
+        assert!(
+            p.accel_reason
+                .starts_with("TCG: KVM not used because /dev/kvm does not exist")
+        );
     }
 
     #[test]
@@ -463,7 +495,11 @@ mod tests {
         let e = plan(kvm("aarch64"), &host("x86_64", KvmState::Usable)).unwrap_err();
         assert!(e.to_string().contains("not native"), "{e}");
         let e = plan(kvm("mipsel"), &host("x86_64", KvmState::Usable)).unwrap_err();
-        assert!(e.to_string().contains("no host runs mipsel guests under KVM"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("no host runs mipsel guests under KVM"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -519,7 +555,10 @@ mod tests {
             &h,
         )
         .unwrap_err();
-        assert_eq!(e.to_string(), "invalid memory '4G': mipsel guests take 16M to 2G");
+        assert_eq!(
+            e.to_string(),
+            "invalid memory '4G': mipsel guests take 16M to 2G"
+        );
         let e = plan(
             SpecInput {
                 memory: Some("8M".into()),
@@ -537,7 +576,10 @@ mod tests {
             &h,
         )
         .unwrap_err();
-        assert_eq!(e.to_string(), "invalid smp '17': mipsel guests take 1 to 16 vCPUs");
+        assert_eq!(
+            e.to_string(),
+            "invalid smp '17': mipsel guests take 1 to 16 vCPUs"
+        );
     }
 
     #[test]
@@ -549,13 +591,18 @@ mod tests {
             kernel_command_line(a64, Some("console=ttyAMA0 quiet")),
             "panic=-1 console=ttyAMA0 quiet"
         );
-        assert_eq!(kernel_command_line(a64, Some("panic=5")), "console=ttyAMA0 panic=5");
+        assert_eq!(
+            kernel_command_line(a64, Some("panic=5")),
+            "console=ttyAMA0 panic=5"
+        );
     }
 
     #[test]
     fn firmware_only_x86_boot_shows_the_firmware_console() {
         let p = plan(arch("x86_64"), &host("x86_64", KvmState::Usable)).unwrap();
-        assert!(matches!(p.console, ConsolePlan::Device { ref device } if device.starts_with("isa-debugcon")));
+        assert!(
+            matches!(p.console, ConsolePlan::Device { ref device } if device.starts_with("isa-debugcon"))
+        );
         let p = plan(arch("aarch64"), &host("x86_64", KvmState::Usable)).unwrap();
         assert!(matches!(p.console, ConsolePlan::Serial { .. }));
     }

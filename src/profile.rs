@@ -226,7 +226,9 @@ impl ProfileSet {
         Self::from_sources(files)
     }
 
-    fn from_sources(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, ProfileError> {
+    fn from_sources(
+        files: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ProfileError> {
         let mut profiles = Vec::new();
         let mut claimed: BTreeMap<String, String> = BTreeMap::new();
         for (file, text) in files {
@@ -261,7 +263,11 @@ impl ProfileSet {
         let folded = arch::fold(given);
         self.profiles
             .iter()
-            .find(|p| std::iter::once(&p.name).chain(&p.aliases).any(|n| arch::fold(n) == folded))
+            .find(|p| {
+                std::iter::once(&p.name)
+                    .chain(&p.aliases)
+                    .any(|n| arch::fold(n) == folded)
+            })
             .ok_or_else(|| ProfileError::UnknownArch {
                 field: field.to_owned(),
                 given: given.to_owned(),
@@ -309,9 +315,15 @@ fn check_profile(file: &str, p: &MachineProfile) -> Result<(), ProfileError> {
         file: file.to_owned(),
         message,
     };
-    let stem = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let stem = Path::new(file)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("");
     if stem != p.name {
-        return Err(invalid(format!("name '{}' differs from the file name '{stem}.toml'", p.name)));
+        return Err(invalid(format!(
+            "name '{}' differs from the file name '{stem}.toml'",
+            p.name
+        )));
     }
     if !["-pci", "-ccw", "-device"].contains(&p.device_suffix.as_str()) {
         return Err(invalid(format!(
@@ -320,16 +332,27 @@ fn check_profile(file: &str, p: &MachineProfile) -> Result<(), ProfileError> {
         )));
     }
     if !p.accel.contains_key(&Accel::Tcg) {
-        return Err(invalid("no [accel.tcg] table: every guest must be emulatable".into()));
+        return Err(invalid(
+            "no [accel.tcg] table: every guest must be emulatable".into(),
+        ));
     }
     if p.max_cpus == 0 {
         return Err(invalid("max_cpus must be at least 1".into()));
     }
     for (accel, a) in &p.accel {
-        for opt in a.machine_options.iter().chain(&a.kernel_machine_options).chain(&a.cpu_options) {
-            let well_formed = opt.split_once('=').is_some_and(|(k, v)| !k.is_empty() && !v.is_empty());
+        for opt in a
+            .machine_options
+            .iter()
+            .chain(&a.kernel_machine_options)
+            .chain(&a.cpu_options)
+        {
+            let well_formed = opt
+                .split_once('=')
+                .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty());
             if !well_formed || opt.contains(',') {
-                return Err(invalid(format!("[accel.{accel}] option '{opt}' is not key=value")));
+                return Err(invalid(format!(
+                    "[accel.{accel}] option '{opt}' is not key=value"
+                )));
             }
         }
         if *accel == Accel::Kvm && a.hosts.is_empty() {
@@ -375,24 +398,42 @@ mod tests {
             assert_eq!(set.resolve("--arch", given).unwrap().name, want, "{given}");
         }
         let err = set.resolve("--arch", "sparc").unwrap_err().to_string();
-        assert!(err.contains("unknown architecture 'sparc' in --arch"), "{err}");
+        assert!(
+            err.contains("unknown architecture 'sparc' in --arch"),
+            "{err}"
+        );
         assert!(err.contains("aarch64 (arm64)"), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_file_and_line() {
-        let good = EMBEDDED.iter().find(|(n, _)| *n == "x86_64.toml").unwrap().1;
+        let good = EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == "x86_64.toml")
+            .unwrap()
+            .1;
         let bad = good.replace("summary =", "sumary =");
-        let err = ProfileSet::from_sources([("x86_64.toml".into(), bad)]).unwrap_err().to_string();
-        assert!(err.contains("x86_64.toml") && err.contains("sumary"), "{err}");
+        let err = ProfileSet::from_sources([("x86_64.toml".into(), bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x86_64.toml") && err.contains("sumary"),
+            "{err}"
+        );
         assert!(err.contains("line"), "{err}");
     }
 
     #[test]
     fn rejects_malformed_options_and_duplicate_names() {
-        let good = EMBEDDED.iter().find(|(n, _)| *n == "aarch64.toml").unwrap().1;
+        let good = EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == "aarch64.toml")
+            .unwrap()
+            .1;
         let bad = good.replace("\"gic-version=max\"", "\"gic-version\"");
-        let err = ProfileSet::from_sources([("aarch64.toml".into(), bad)]).unwrap_err().to_string();
+        let err = ProfileSet::from_sources([("aarch64.toml".into(), bad)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'gic-version' is not key=value"), "{err}");
         let twin = good.replace("name = \"aarch64\"", "name = \"arm64x\"");
         let err = ProfileSet::from_sources([
@@ -407,9 +448,15 @@ mod tests {
     #[test]
     fn host_matching_uses_arch_and_endianness() {
         let set = ProfileSet::embedded().unwrap();
-        assert_eq!(set.for_host("powerpc64", Endian::Little).unwrap().name, "ppc64le");
+        assert_eq!(
+            set.for_host("powerpc64", Endian::Little).unwrap().name,
+            "ppc64le"
+        );
         assert!(set.for_host("powerpc64", Endian::Big).is_none());
         assert_eq!(set.for_host("mips", Endian::Little).unwrap().name, "mipsel");
-        assert_eq!(set.for_host("x86_64", Endian::Little).unwrap().name, "x86_64");
+        assert_eq!(
+            set.for_host("x86_64", Endian::Little).unwrap().name,
+            "x86_64"
+        );
     }
 }

@@ -16,7 +16,9 @@ pub struct MemSize {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SizeError {
     /// Not a number with an optional binary unit.
-    #[error("'{0}' is not a size: write a whole number with an optional unit K, M, G or T (binary; plain numbers are MiB), e.g. 512M or 2G")]
+    #[error(
+        "'{0}' is not a size: write a whole number with an optional unit K, M, G or T (binary; plain numbers are MiB), e.g. 512M or 2G"
+    )]
     Syntax(String),
     /// A size that is not a whole number of MiB.
     #[error("'{0}' is not a whole number of MiB")]
@@ -53,7 +55,9 @@ impl FromStr for MemSize {
         if digits.is_empty() {
             return Err(SizeError::Syntax(s.to_owned()));
         }
-        let n: u64 = digits.parse().map_err(|_| SizeError::TooLarge(s.to_owned()))?;
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| SizeError::TooLarge(s.to_owned()))?;
         let unit = unit.trim().to_ascii_lowercase();
         let unit = unit
             .strip_suffix("ib")
@@ -70,7 +74,8 @@ impl FromStr for MemSize {
         if bytes % u128::from(MIB) != 0 {
             return Err(SizeError::NotWholeMib(s.to_owned()));
         }
-        let mib = u64::try_from(bytes / u128::from(MIB)).map_err(|_| SizeError::TooLarge(s.to_owned()))?;
+        let mib = u64::try_from(bytes / u128::from(MIB))
+            .map_err(|_| SizeError::TooLarge(s.to_owned()))?;
         // Past 2^44 MiB (16 EiB) bytes() would overflow.
         if mib > (u64::MAX / MIB) {
             return Err(SizeError::TooLarge(s.to_owned()));
@@ -81,7 +86,7 @@ impl FromStr for MemSize {
 
 impl fmt::Display for MemSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.mib % 1024 == 0 && self.mib != 0 {
+        if self.mib.is_multiple_of(1024) && self.mib != 0 {
             write!(f, "{}G", self.mib / 1024)
         } else {
             write!(f, "{}M", self.mib)
@@ -119,7 +124,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         for bad in ["", "M", "12X", "1.5G", "-1G", "12 M M"] {
-            assert!(matches!(bad.parse::<MemSize>(), Err(SizeError::Syntax(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<MemSize>(), Err(SizeError::Syntax(_))),
+                "{bad}"
+            );
         }
         assert_eq!(
             "1000k".parse::<MemSize>(),
@@ -129,7 +137,10 @@ mod tests {
             "99999999999999999999999G".parse::<MemSize>(),
             Err(SizeError::TooLarge(_))
         ));
-        assert!(matches!("999999999999T".parse::<MemSize>(), Err(SizeError::TooLarge(_))));
+        assert!(matches!(
+            "999999999999T".parse::<MemSize>(),
+            Err(SizeError::TooLarge(_))
+        ));
     }
 
     #[test]

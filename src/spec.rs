@@ -54,7 +54,9 @@ impl FromStr for AccelRequest {
             "auto" => Ok(AccelRequest::Auto),
             "kvm" => Ok(AccelRequest::Kvm),
             "tcg" => Ok(AccelRequest::Tcg),
-            _ => Err(format!("'{s}' is not an accelerator; valid: auto, kvm, tcg")),
+            _ => Err(format!(
+                "'{s}' is not an accelerator; valid: auto, kvm, tcg"
+            )),
         }
     }
 }
@@ -311,7 +313,8 @@ impl SpecInput {
             value: kv.into(),
             expected: "write KEY=VALUE, e.g. hw_architecture=aarch64".into(),
         })?;
-        self.properties.insert(k.trim().to_owned(), v.trim().to_owned());
+        self.properties
+            .insert(k.trim().to_owned(), v.trim().to_owned());
         Ok(())
     }
 
@@ -324,7 +327,11 @@ impl SpecInput {
                     value: k.clone(),
                     expected: format!(
                         "unknown key; valid: {}",
-                        PROPERTIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        PROPERTIES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             }
@@ -337,7 +344,11 @@ impl SpecInput {
             }
         }
         let prop = |k: &str| self.properties.get(k).map(String::as_str);
-        let arch = self.arch_choice(profiles, prop("hw_emulation_architecture"), prop("hw_architecture"))?;
+        let arch = self.arch_choice(
+            profiles,
+            prop("hw_emulation_architecture"),
+            prop("hw_architecture"),
+        )?;
 
         let machine = match (self.machine.as_deref(), prop("hw_machine_type")) {
             (Some(m), Some(p)) if m != p => {
@@ -379,7 +390,11 @@ impl SpecInput {
         let kernel = match &self.kernel {
             Some(k) => Some(KernelBoot {
                 kernel: readable_file("kernel", k)?,
-                initrd: self.initrd.as_deref().map(|i| readable_file("initrd", i)).transpose()?,
+                initrd: self
+                    .initrd
+                    .as_deref()
+                    .map(|i| readable_file("initrd", i))
+                    .transpose()?,
                 append: self.append.clone(),
             }),
             None => {
@@ -391,21 +406,23 @@ impl SpecInput {
                         return Err(SpecError::Conflict {
                             first: field.into(),
                             second: "no kernel".into(),
-                            why: format!("{field} only applies to a direct kernel boot; add --kernel"),
+                            why: format!(
+                                "{field} only applies to a direct kernel boot; add --kernel"
+                            ),
                         });
                     }
                 }
                 None
             }
         };
-        if let Some(append) = &self.append {
-            if append.contains('\n') || append.contains('\0') {
-                return Err(SpecError::Invalid {
-                    field: "append".into(),
-                    value: append.escape_default().to_string(),
-                    expected: "one line without NUL bytes".into(),
-                });
-            }
+        if let Some(append) = &self.append
+            && (append.contains('\n') || append.contains('\0'))
+        {
+            return Err(SpecError::Invalid {
+                field: "append".into(),
+                value: append.escape_default().to_string(),
+                expected: "one line without NUL bytes".into(),
+            });
         }
 
         let disks = self
@@ -444,19 +461,23 @@ impl SpecInput {
         hw: Option<&str>,
     ) -> Result<ArchChoice, SpecError> {
         let resolve = |field: &str, v: &str| profiles.resolve(field, v).map(|p| p.arch());
-        let cli = self.arch.as_deref().map(|a| resolve("arch", a)).transpose()?;
+        let cli = self
+            .arch
+            .as_deref()
+            .map(|a| resolve("arch", a))
+            .transpose()?;
         let emulation = emulation
             .map(|a| resolve("hw_emulation_architecture", a))
             .transpose()?;
         let hw = hw.map(|a| resolve("hw_architecture", a)).transpose()?;
-        if let (Some(c), Some(e)) = (&cli, &emulation) {
-            if c != e {
-                return Err(SpecError::Conflict {
-                    first: format!("--arch {c}"),
-                    second: format!("hw_emulation_architecture={e}"),
-                    why: "they name different guest architectures; give one".into(),
-                });
-            }
+        if let (Some(c), Some(e)) = (&cli, &emulation)
+            && c != e
+        {
+            return Err(SpecError::Conflict {
+                first: format!("--arch {c}"),
+                second: format!("hw_emulation_architecture={e}"),
+                why: "they name different guest architectures; give one".into(),
+            });
         }
         Ok(match (cli, emulation, hw) {
             (_, Some(arch), host_required) => ArchChoice::Given {
@@ -465,17 +486,17 @@ impl SpecInput {
                 host_required,
             },
             (Some(arch), None, hw) => {
-                if let Some(h) = hw {
-                    if h != arch {
-                        return Err(SpecError::Conflict {
-                            first: format!("--arch {arch}"),
-                            second: format!("hw_architecture={h}"),
-                            why: format!(
-                                "hw_architecture names the guest arch unless hw_emulation_architecture is set; \
-                                 to emulate {arch} on a {h} host set hw_emulation_architecture={arch}"
-                            ),
-                        });
-                    }
+                if let Some(h) = hw
+                    && h != arch
+                {
+                    return Err(SpecError::Conflict {
+                        first: format!("--arch {arch}"),
+                        second: format!("hw_architecture={h}"),
+                        why: format!(
+                            "hw_architecture names the guest arch unless hw_emulation_architecture is set; \
+                             to emulate {arch} on a {h} host set hw_emulation_architecture={arch}"
+                        ),
+                    });
                 }
                 ArchChoice::Given {
                     arch,
@@ -498,14 +519,17 @@ fn one_line(s: &str) -> String {
 }
 
 fn check_machine(field: &str, m: &str) -> Result<String, SpecError> {
-    let ok = !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let ok = !m.is_empty()
+        && m.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(m.to_owned())
     } else {
         Err(SpecError::Invalid {
             field: field.into(),
             value: m.into(),
-            expected: "a QEMU machine type name (letters, digits, '.', '_', '-'), e.g. q35 or virt".into(),
+            expected: "a QEMU machine type name (letters, digits, '.', '_', '-'), e.g. q35 or virt"
+                .into(),
         })
     }
 }
@@ -513,15 +537,21 @@ fn check_machine(field: &str, m: &str) -> Result<String, SpecError> {
 /// Checks an instance name: it becomes part of file names and QEMU's `-name`.
 pub fn check_name(name: &str) -> Result<(), SpecError> {
     let ok = (1..=64).contains(&name.len())
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(())
     } else {
         Err(SpecError::Invalid {
             field: "name".into(),
             value: name.into(),
-            expected: "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit".into(),
+            expected: "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                .into(),
         })
     }
 }
@@ -570,7 +600,11 @@ fn disk(field: &str, path: &Path, writable: bool) -> Result<Disk, SpecError> {
     let meta = std::fs::metadata(path).map_err(|e| open_error(field, path, e))?;
     if meta.is_dir() {
         if writable {
-            return Err(file_error(field, path, "a directory disk is read-only; drop --disk-writable"));
+            return Err(file_error(
+                field,
+                path,
+                "a directory disk is read-only; drop --disk-writable",
+            ));
         }
         // Check we can list it: QEMU's vvfat fails late and vaguely otherwise.
         std::fs::read_dir(path).map_err(|e| open_error(field, path, e))?;
@@ -621,9 +655,12 @@ mod tests {
     fn nova_arch_precedence_follows_the_spec_examples() {
         let set = profiles();
         // emulation=AARCH64 + hw=X86_64: an aarch64 guest emulated on an x86_64 host.
-        let s = input(&["hw_emulation_architecture=AARCH64", "hw_architecture=X86_64"])
-            .validate(&set)
-            .unwrap();
+        let s = input(&[
+            "hw_emulation_architecture=AARCH64",
+            "hw_architecture=X86_64",
+        ])
+        .validate(&set)
+        .unwrap();
         assert_eq!(
             s.arch,
             ArchChoice::Given {
@@ -633,8 +670,16 @@ mod tests {
             }
         );
         // emulation=X86_64 alone: x86_64 on any host.
-        let s = input(&["hw_emulation_architecture=x86_64"]).validate(&set).unwrap();
-        assert!(matches!(s.arch, ArchChoice::Given { host_required: None, .. }));
+        let s = input(&["hw_emulation_architecture=x86_64"])
+            .validate(&set)
+            .unwrap();
+        assert!(matches!(
+            s.arch,
+            ArchChoice::Given {
+                host_required: None,
+                ..
+            }
+        ));
         // hw=AARCH64 alone: native aarch64 hosts only.
         let s = input(&["hw_architecture=aarch64"]).validate(&set).unwrap();
         assert_eq!(
@@ -649,13 +694,36 @@ mod tests {
     #[test]
     fn bad_properties_are_named() {
         let set = profiles();
-        let e = input(&["hw_cpu_mode=x"]).validate(&set).unwrap_err().to_string();
-        assert!(e.starts_with("invalid property 'hw_cpu_mode': unknown key; valid: hw_emulation_architecture"), "{e}");
-        let e = SpecInput::default().add_property("hw_architecture").unwrap_err().to_string();
-        assert!(e.contains("invalid --property 'hw_architecture': write KEY=VALUE"), "{e}");
-        let e = input(&["hw_architecture=vax"]).validate(&set).unwrap_err().to_string();
-        assert!(e.starts_with("unknown architecture 'vax' in hw_architecture; valid: "), "{e}");
-        let e = input(&["hw_architecture="]).validate(&set).unwrap_err().to_string();
+        let e = input(&["hw_cpu_mode=x"])
+            .validate(&set)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "invalid property 'hw_cpu_mode': unknown key; valid: hw_emulation_architecture"
+            ),
+            "{e}"
+        );
+        let e = SpecInput::default()
+            .add_property("hw_architecture")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid --property 'hw_architecture': write KEY=VALUE"),
+            "{e}"
+        );
+        let e = input(&["hw_architecture=vax"])
+            .validate(&set)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("unknown architecture 'vax' in hw_architecture; valid: "),
+            "{e}"
+        );
+        let e = input(&["hw_architecture="])
+            .validate(&set)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("property hw_architecture"), "{e}");
     }
 
@@ -665,7 +733,10 @@ mod tests {
         let mut i = input(&["hw_emulation_architecture=aarch64"]);
         i.arch = Some("x86_64".into());
         let e = i.validate(&set).unwrap_err().to_string();
-        assert!(e.contains("--arch x86_64 conflicts with hw_emulation_architecture=aarch64"), "{e}");
+        assert!(
+            e.contains("--arch x86_64 conflicts with hw_emulation_architecture=aarch64"),
+            "{e}"
+        );
         let mut i = input(&["hw_architecture=aarch64"]);
         i.arch = Some("amd64".into());
         assert!(i.validate(&set).is_err());
@@ -696,39 +767,68 @@ mod tests {
             kernel: Some("/".into()),
             ..Default::default()
         };
-        assert_eq!(i.validate(&set).unwrap_err().to_string(), "kernel /: not a regular file");
+        assert_eq!(
+            i.validate(&set).unwrap_err().to_string(),
+            "kernel /: not a regular file"
+        );
         let i = SpecInput {
             append: Some("quiet".into()),
             ..Default::default()
         };
-        assert!(i.validate(&set).unwrap_err().to_string().contains("add --kernel"));
+        assert!(
+            i.validate(&set)
+                .unwrap_err()
+                .to_string()
+                .contains("add --kernel")
+        );
         let i = SpecInput {
             name: Some("../etc".into()),
             ..Default::default()
         };
-        assert!(i.validate(&set).unwrap_err().to_string().starts_with("invalid name '../etc'"));
+        assert!(
+            i.validate(&set)
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid name '../etc'")
+        );
         let i = SpecInput {
             machine: Some("q35,accel=kvm".into()),
             ..Default::default()
         };
-        assert!(i.validate(&set).unwrap_err().to_string().starts_with("invalid machine 'q35,accel=kvm'"));
+        assert!(
+            i.validate(&set)
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid machine 'q35,accel=kvm'")
+        );
         let i = SpecInput {
             smp: Some(0),
             ..Default::default()
         };
-        assert!(i.validate(&set).unwrap_err().to_string().starts_with("invalid smp '0'"));
+        assert!(
+            i.validate(&set)
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid smp '0'")
+        );
     }
 
     #[test]
     fn disk_format_comes_from_the_header() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("a.qcow2");
-        File::create(&q).unwrap().write_all(b"QFI\xfb\0\0\0\x03").unwrap();
+        File::create(&q)
+            .unwrap()
+            .write_all(b"QFI\xfb\0\0\0\x03")
+            .unwrap();
         let r = dir.path().join("a.img");
         File::create(&r).unwrap().write_all(&[0u8; 512]).unwrap();
         assert_eq!(disk("disk", &q, false).unwrap().format, DiskFormat::Qcow2);
         assert_eq!(disk("disk", &r, false).unwrap().format, DiskFormat::Raw);
-        assert_eq!(disk("disk", dir.path(), false).unwrap().format, DiskFormat::Dir);
+        assert_eq!(
+            disk("disk", dir.path(), false).unwrap().format,
+            DiskFormat::Dir
+        );
         assert!(disk("disk", dir.path(), true).is_err());
     }
 
@@ -738,7 +838,10 @@ mod tests {
         let p = dir.path().join("vm.toml");
         std::fs::write(&p, "arch = \"aarch64\"\nmemroy = \"1G\"\n").unwrap();
         let e = SpecInput::from_file(&p).unwrap_err().to_string();
-        assert!(e.contains("vm.toml") && e.contains("memroy") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("vm.toml") && e.contains("memroy") && e.contains("line 2"),
+            "{e}"
+        );
         std::fs::write(&p, "smp = \"two\"\n").unwrap();
         let e = SpecInput::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("invalid type"), "{e}");

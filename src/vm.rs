@@ -107,7 +107,11 @@ impl std::fmt::Display for Outcome {
             Outcome::QemuFailed { status } => write!(f, "QEMU failed: {status}"),
             Outcome::Crashed { reason } => write!(f, "guest crashed: {reason}"),
             Outcome::TimedOut { after } => {
-                write!(f, "timed out after {}; guest stopped", humantime::format_duration(*after))
+                write!(
+                    f,
+                    "timed out after {}; guest stopped",
+                    humantime::format_duration(*after)
+                )
             }
             Outcome::Interrupted { signal } => write!(f, "interrupted by {signal}; guest stopped"),
         }
@@ -177,7 +181,9 @@ impl Watcher {
         for &b in chunk {
             if b == b'\n' || self.line.len() >= MAX_LINE {
                 self.check_partial();
-                let line = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&self.line)
+                    .trim_end_matches('\r')
+                    .to_string();
                 if self.panic.is_none() && line.contains(PANIC_MARKER) {
                     self.panic = Some(line.trim().to_owned());
                 }
@@ -197,10 +203,11 @@ impl Watcher {
     }
 
     fn check_partial(&mut self) {
-        if let Some(u) = &self.until {
-            if !self.reached && String::from_utf8_lossy(&self.line).contains(u.as_str()) {
-                self.reached = true;
-            }
+        if let Some(u) = &self.until
+            && !self.reached
+            && String::from_utf8_lossy(&self.line).contains(u.as_str())
+        {
+            self.reached = true;
         }
     }
 
@@ -219,7 +226,11 @@ impl Watcher {
 /// stops QEMU) and `PR_SET_PDEATHSIG` = SIGKILL, so it cannot outlive a launcher that is killed.
 /// The death signal follows the *thread* that spawned QEMU: call this from a runtime whose
 /// thread lives as long as the run, such as a current-thread runtime.
-pub async fn run<W: AsyncWrite + Unpin>(plan: &LaunchPlan, opts: &RunOptions, out: &mut W) -> Result<Report, VmError> {
+pub async fn run<W: AsyncWrite + Unpin>(
+    plan: &LaunchPlan,
+    opts: &RunOptions,
+    out: &mut W,
+) -> Result<Report, VmError> {
     let argv = argv::build(plan);
     let mut log = match &opts.console_log {
         Some(path) => {
@@ -356,7 +367,15 @@ pub async fn run<W: AsyncWrite + Unpin>(plan: &LaunchPlan, opts: &RunOptions, ou
         },
     };
     let err = String::from_utf8_lossy(&errbuf);
-    let stderr_tail = err.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let stderr_tail = err
+        .lines()
+        .rev()
+        .take(10)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
     Ok(Report {
         outcome,
         console_tail: watcher.tail(),
@@ -364,7 +383,10 @@ pub async fn run<W: AsyncWrite + Unpin>(plan: &LaunchPlan, opts: &RunOptions, ou
     })
 }
 
-async fn read_some<R: AsyncRead + Unpin>(r: &mut Option<R>, buf: &mut [u8]) -> std::io::Result<usize> {
+async fn read_some<R: AsyncRead + Unpin>(
+    r: &mut Option<R>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     match r {
         Some(r) => r.read(buf).await,
         None => std::future::pending().await,
@@ -430,7 +452,10 @@ mod tests {
         w.feed(b"[ 1.0] Kernel panic - not syn");
         assert!(w.panic.is_none());
         w.feed(b"cing: Attempted to kill init!\n");
-        assert_eq!(w.panic.as_deref(), Some("[ 1.0] Kernel panic - not syncing: Attempted to kill init!"));
+        assert_eq!(
+            w.panic.as_deref(),
+            Some("[ 1.0] Kernel panic - not syncing: Attempted to kill init!")
+        );
         assert_eq!(w.tail().len(), 3);
     }
 

@@ -13,7 +13,10 @@ fn tripwire(dir: &Path) -> std::path::PathBuf {
     let script = dir.join("qemu-tripwire");
     std::fs::write(
         &script,
-        format!("#!/bin/sh\ntouch '{}'\nexec qemu-system-x86_64 \"$@\"\n", dir.join("started").display()),
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec qemu-system-x86_64 \"$@\"\n",
+            dir.join("started").display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -35,19 +38,36 @@ fn refused(args: &[&str], expect: &str) -> String {
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "args {args:?}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "args {args:?}\nstderr: {stderr}"
+    );
     let first = stderr.lines().next().unwrap_or_default();
     assert!(first.starts_with("error: "), "{stderr}");
-    assert!(first.contains(expect), "args {args:?}: want {expect:?} in {first:?}");
+    assert!(
+        first.contains(expect),
+        "args {args:?}: want {expect:?} in {first:?}"
+    );
     assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
-    assert!(!dir.path().join("started").exists(), "QEMU was started for {args:?}");
-    assert!(files_under(&state).is_empty(), "files left behind: {:?}", files_under(&state));
+    assert!(
+        !dir.path().join("started").exists(),
+        "QEMU was started for {args:?}"
+    );
+    assert!(
+        files_under(&state).is_empty(),
+        "files left behind: {:?}",
+        files_under(&state)
+    );
     stderr
 }
 
 #[test]
 fn unknown_arch() {
-    let e = refused(&["--arch", "sparc64"], "unknown architecture 'sparc64' in arch; valid: aarch64 (arm64)");
+    let e = refused(
+        &["--arch", "sparc64"],
+        "unknown architecture 'sparc64' in arch; valid: aarch64 (arm64)",
+    );
     assert_eq!(e.lines().count(), 1, "{e}");
 }
 
@@ -57,14 +77,26 @@ fn unknown_property_key() {
         &["--arch", "x86_64", "--property", "hw_cpu_model=Nehalem"],
         "invalid property 'hw_cpu_model': unknown key; valid: hw_emulation_architecture, hw_architecture, hw_machine_type",
     );
-    refused(&["--property", "hw_architecture"], "invalid --property 'hw_architecture': write KEY=VALUE");
+    refused(
+        &["--property", "hw_architecture"],
+        "invalid --property 'hw_architecture': write KEY=VALUE",
+    );
 }
 
 #[test]
 fn malformed_memory_size() {
-    refused(&["--arch", "x86_64", "--memory", "12XB"], "invalid memory '12XB': '12XB' is not a size");
-    refused(&["--arch", "x86_64", "--memory", "1P"], "invalid memory '1P'");
-    refused(&["--arch", "mipsel", "--memory", "3G"], "invalid memory '3G': mipsel guests take 16M to 2G");
+    refused(
+        &["--arch", "x86_64", "--memory", "12XB"],
+        "invalid memory '12XB': '12XB' is not a size",
+    );
+    refused(
+        &["--arch", "x86_64", "--memory", "1P"],
+        "invalid memory '1P'",
+    );
+    refused(
+        &["--arch", "mipsel", "--memory", "3G"],
+        "invalid memory '3G': mipsel guests take 16M to 2G",
+    );
 }
 
 #[test]
@@ -73,25 +105,45 @@ fn missing_kernel_file() {
         &["--arch", "x86_64", "--kernel", "/nonexistent/vmlinuz"],
         "kernel /nonexistent/vmlinuz: no such file",
     );
-    refused(&["--arch", "x86_64", "--kernel", "/"], "kernel /: not a regular file");
+    refused(
+        &["--arch", "x86_64", "--kernel", "/"],
+        "kernel /: not a regular file",
+    );
 }
 
 #[test]
 fn kvm_forced_without_usable_kvm() {
     let e = refused(
-        &["--arch", "x86_64", "--accel", "kvm", "--kvm-device", "/nonexistent/kvm"],
+        &[
+            "--arch",
+            "x86_64",
+            "--accel",
+            "kvm",
+            "--kvm-device",
+            "/nonexistent/kvm",
+        ],
         "--accel kvm: /nonexistent/kvm does not exist",
     );
     assert!(e.contains("hint: pass --accel tcg"), "{e}");
-    refused(&["--arch", "aarch64", "--accel", "kvm"], "not native to this");
-    refused(&["--arch", "mipsel", "--accel", "kvm"], "no host runs mipsel guests under KVM");
+    refused(
+        &["--arch", "aarch64", "--accel", "kvm"],
+        "not native to this",
+    );
+    refused(
+        &["--arch", "mipsel", "--accel", "kvm"],
+        "no host runs mipsel guests under KVM",
+    );
 }
 
 #[test]
 fn native_only_arch_on_a_foreign_host() {
     // hw_architecture alone asks for a native host; this one is x86_64 (or else the check
     // below is about another foreign arch).
-    let foreign = if cfg!(target_arch = "aarch64") { "x86_64" } else { "aarch64" };
+    let foreign = if cfg!(target_arch = "aarch64") {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
     refused(
         &["--property", &format!("hw_architecture={foreign}")],
         &format!("hw_architecture={foreign} needs a host that runs {foreign} natively"),
@@ -103,7 +155,10 @@ fn bad_accel_and_flags_are_usage_errors() {
     let out = qd(["run", "--arch", "x86_64", "--accel", "fast"]);
     let (_, e) = text(&out);
     assert_eq!(out.status.code(), Some(2));
-    assert!(e.contains("'fast' is not an accelerator; valid: auto, kvm, tcg"), "{e}");
+    assert!(
+        e.contains("'fast' is not an accelerator; valid: auto, kvm, tcg"),
+        "{e}"
+    );
     let out = qd(["run", "--arch", "x86_64", "--timeout", "soon"]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -140,7 +195,13 @@ fn host_facts_files_are_validated() {
     let dir = scratch();
     let f = dir.path().join("host.json");
     std::fs::write(&f, "{\"arch\": 1}").unwrap();
-    let out = qd(["--host-facts", f.to_str().unwrap(), "plan", "--arch", "x86_64"]);
+    let out = qd([
+        "--host-facts",
+        f.to_str().unwrap(),
+        "plan",
+        "--arch",
+        "x86_64",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.starts_with("error: invalid --host-facts"));
 }
@@ -163,7 +224,10 @@ fn dry_run_prints_the_argv_and_starts_nothing() {
     ]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{e}");
-    assert!(o.contains(&format!("-kernel '{}'", kernel.display())), "{o}");
+    assert!(
+        o.contains(&format!("-kernel '{}'", kernel.display())),
+        "{o}"
+    );
     assert!(o.contains("-append 'console=ttyS0 panic=-1'"), "{o}");
     assert!(!dir.path().join("started").exists());
 }
@@ -177,14 +241,30 @@ fn probe_and_plan_speak_json() {
     let dir = scratch();
     let f = dir.path().join("host.json");
     let mut other = facts.clone();
-    other.arch = Some(qemu_direct::profile::ProfileSet::embedded().unwrap().resolve("h", "aarch64").unwrap().arch());
+    other.arch = Some(
+        qemu_direct::profile::ProfileSet::embedded()
+            .unwrap()
+            .resolve("h", "aarch64")
+            .unwrap()
+            .arch(),
+    );
     other.kvm = qemu_direct::host::KvmState::Usable;
     other.emulators.insert(
         "qemu-system-aarch64".into(),
-        qemu_direct::host::Emulator { path: "/opt/qemu/bin/qemu-system-aarch64".into(), version: None },
+        qemu_direct::host::Emulator {
+            path: "/opt/qemu/bin/qemu-system-aarch64".into(),
+            version: None,
+        },
     );
     std::fs::write(&f, serde_json::to_string(&other).unwrap()).unwrap();
-    let out = qd(["--host-facts", f.to_str().unwrap(), "plan", "--arch", "arm64", "--json"]);
+    let out = qd([
+        "--host-facts",
+        f.to_str().unwrap(),
+        "plan",
+        "--arch",
+        "arm64",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out).1);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["accel"], "kvm");

@@ -48,7 +48,13 @@ pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
             .iter()
             .map(|p| {
                 let path = PathBuf::from(format!("/usr/bin/{}", p.binary));
-                (p.binary.clone(), Emulator { path, version: None })
+                (
+                    p.binary.clone(),
+                    Emulator {
+                        path,
+                        version: None,
+                    },
+                )
             })
             .collect::<BTreeMap<_, _>>(),
     }
@@ -85,7 +91,10 @@ pub fn guest(arch: &str) -> Option<Guest> {
         return Some(g);
     }
     if std::env::var_os("QD_SKIP_BOOT").is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: no {arch} test guest in {} and QD_SKIP_BOOT=1", dir.display());
+        eprintln!(
+            "SKIPPED: no {arch} test guest in {} and QD_SKIP_BOOT=1",
+            dir.display()
+        );
         return None;
     }
     panic!(
@@ -103,7 +112,9 @@ pub fn scratch() -> tempfile::TempDir {
 /// Lists every file under a directory, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {

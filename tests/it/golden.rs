@@ -49,7 +49,9 @@ fn render(argv: &[OsString]) -> String {
 }
 
 fn check(name: &str, argv: &[OsString]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.argv"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.argv"));
     let got = render(argv);
     if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::write(&path, &got).unwrap();
@@ -75,14 +77,19 @@ fn every_arch_under_tcg_on_an_x86_64_host() {
 fn every_kvm_capable_arch_under_kvm_on_its_native_host() {
     let mut seen = 0;
     for p in ProfileSet::embedded().unwrap().iter() {
-        let Some(kvm) = p.accel.get(&Accel::Kvm) else { continue };
+        let Some(kvm) = p.accel.get(&Accel::Kvm) else {
+            continue;
+        };
         let host = fake_host(&kvm.hosts[0], KvmState::Usable);
         let plan = plan_for(&spec(&p.name, AccelRequest::Auto), &host);
         assert_eq!(plan.accel, Accel::Kvm, "{}: {}", p.name, plan.accel_reason);
         check(&format!("{}-kvm", p.name), &argv::build(&plan));
         seen += 1;
     }
-    assert!(seen >= 5, "x86_64, i686, aarch64, ppc64le, s390x, riscv64 have KVM profiles");
+    assert!(
+        seen >= 5,
+        "x86_64, i686, aarch64, ppc64le, s390x, riscv64 have KVM profiles"
+    );
 }
 
 #[test]
