@@ -8,7 +8,7 @@ use qemu_direct::{
     profile::ProfileSet,
 };
 
-use crate::common::{Guest, bin, files_under, guest, scratch, text};
+use crate::common::{Guest, bin, files_under, guest, guest_files, scratch, text};
 
 /// Boots a guest with extra args; returns the output. Logs go into `state`.
 fn boot(g: &Guest, arch: &str, state: &Path, extra: &[&OsStr]) -> Output {
@@ -204,4 +204,56 @@ fn paths_with_commas_and_spaces_reach_qemu_literally() {
     std::fs::copy(&g.initrd, &initrd).unwrap();
     let out = boot(&Guest { kernel, initrd }, "x86_64", dir.path(), &[]);
     assert_booted("x86_64", &out, dir.path());
+}
+
+#[test]
+fn ppc64le_guest_boots() {
+    let Some(g) = guest("ppc64le") else { return };
+    let dir = scratch();
+    assert_booted("ppc64le", &boot(&g, "ppc64le", dir.path(), &[]), dir.path());
+}
+
+#[test]
+fn s390x_guest_boots() {
+    let Some(g) = guest("s390x") else { return };
+    let dir = scratch();
+    assert_booted("s390x", &boot(&g, "s390x", dir.path(), &[]), dir.path());
+}
+
+#[test]
+fn mipsel_guest_boots() {
+    let Some(g) = guest("mipsel") else { return };
+    let dir = scratch();
+    assert_booted("mipsel", &boot(&g, "mipsel", dir.path(), &[]), dir.path());
+}
+
+#[test]
+fn riscv64_firmware_boots_from_a_directory_disk() {
+    // No bookworm riscv64 kernel: OpenSBI (-bios) starts U-Boot (-kernel), which runs the boot
+    // script it finds on the read-only FAT view of a directory.
+    let Some(dir_g) = guest_files(
+        "riscv64",
+        &["fw_jump.bin", "u-boot.bin", "boot/boot.scr.uimg"],
+    ) else {
+        return;
+    };
+    let dir = scratch();
+    let out = bin()
+        .env("XDG_STATE_HOME", dir.path())
+        .args([
+            "run",
+            "--arch",
+            "riscv64",
+            "--timeout",
+            "240s",
+            "--firmware",
+        ])
+        .arg(dir_g.join("fw_jump.bin"))
+        .arg("--kernel")
+        .arg(dir_g.join("u-boot.bin"))
+        .arg("--disk")
+        .arg(dir_g.join("boot"))
+        .output()
+        .unwrap();
+    assert_booted("riscv64", &out, dir.path());
 }

@@ -82,13 +82,18 @@ pub fn guests_dir() -> PathBuf {
 /// The test guest of an arch. Missing guests fail the test loudly (run the fetch script, or
 /// `scripts/test`, which does), unless QD_SKIP_BOOT=1 asks to skip boots on purpose.
 pub fn guest(arch: &str) -> Option<Guest> {
-    let dir = guests_dir().join(arch);
-    let g = Guest {
+    let dir = guest_files(arch, &["kernel", "initrd.gz"])?;
+    Some(Guest {
         kernel: dir.join("kernel"),
         initrd: dir.join("initrd.gz"),
-    };
-    if g.kernel.is_file() && g.initrd.is_file() {
-        return Some(g);
+    })
+}
+
+/// The directory of an arch's test guest, once `files` are all in it; see [`guest`].
+pub fn guest_files(arch: &str, files: &[&str]) -> Option<PathBuf> {
+    let dir = guests_dir().join(arch);
+    if files.iter().all(|f| dir.join(f).is_file()) {
+        return Some(dir);
     }
     if std::env::var_os("QD_SKIP_BOOT").is_some_and(|v| v == "1") {
         eprintln!(

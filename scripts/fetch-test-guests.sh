@@ -1,0 +1,842 @@
+#!/usr/bin/env bash
+# fetch-test-guests.sh - build tiny QEMU test guests from Debian bookworm packages.
+#
+# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--refresh] [--rebuild] [DIR]
+#
+# The packages are downloaded (never installed) through a private apt
+# configuration under DIR/.apt and unpacked with dpkg-deb. Layout of DIR:
+#
+#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel
+#   riscv64/fw_jump.bin               OpenSBI generic fw_jump (-bios)
+#   riscv64/u-boot.bin                U-Boot qemu-riscv64_smode (-kernel)
+#   riscv64/boot/boot.scr.uimg        U-Boot script; serve the folder as fat:DIR/riscv64/boot
+#   manifest.txt                      "name version arch sha256" per .deb,
+#                                     "file <relative path> <sha256>" per output
+#
+# The initramfs /init prints "GUEST-READY <arch>", then qd-uname:, qd-address-sizes:,
+# qd-flags:, qd-cmdline: lines, and powers off. Kernel command line switches:
+# qd.hold=1 (print "qd-heartbeat N" every second forever), qd.panic=1 (kernel panic).
+#
+# Re-runs are cached by package version: when the versions resolved from the apt
+# lists (refreshed when older than a day, or with --refresh) match the manifest
+# and the outputs are intact, nothing is done.
+set -euo pipefail
+set -o errtrace
+umask 022
+
+readonly PROG=fetch-test-guests
+readonly ALL_ARCHES=(x86_64 aarch64 ppc64le s390x mipsel riscv64)
+readonly MIRROR=http://deb.debian.org/debian
+readonly SUITE=bookworm
+readonly KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+readonly LISTS_MAX_AGE_MIN=1440
+
+STAGE="starting"
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+	printf '%s: error: %s\n' "$PROG" "$*" >&2
+	exit 1
+}
+on_err() {
+	local rc=$1 line=$2 cmd=$3
+	printf '%s: error: while %s: command failed (exit %s) at line %s: %s\n' \
+		"$PROG" "$STAGE" "$rc" "$line" "$cmd" >&2
+}
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+
+usage() {
+	cat <<EOF
+Usage: $0 [--arch ARCH]... [--refresh] [--rebuild] [DIR]
+
+Build small QEMU test guests from Debian $SUITE packages into DIR
+(default: \${XDG_CACHE_HOME:-\$HOME/.cache}/qemu-direct/test-guests).
+
+  --arch ARCH   only this guest (repeatable, or comma-separated);
+                one of: ${ALL_ARCHES[*]} (default: all)
+  --refresh     run apt-get update on the private apt lists even if they are fresh
+  --rebuild     rebuild the selected guests even if they are up to date
+  -h, --help    show this help
+EOF
+}
+
+# --- per-arch facts ---------------------------------------------------------
+
+debarch_of() {
+	case $1 in
+	x86_64) echo amd64 ;;
+	aarch64) echo arm64 ;;
+	ppc64le) echo ppc64el ;;
+	s390x) echo s390x ;;
+	mipsel) echo mipsel ;;
+	riscv64) echo all ;;
+	*) return 1 ;;
+	esac
+}
+
+kernel_meta_of() {
+	case $1 in
+	x86_64) echo linux-image-cloud-amd64 ;;
+	aarch64) echo linux-image-cloud-arm64 ;;
+	ppc64le) echo linux-image-powerpc64le ;;
+	s390x) echo linux-image-s390x ;;
+	mipsel) echo linux-image-4kc-malta ;;
+	*) return 1 ;;
+	esac
+}
+
+# Output files (relative to DIR) of one guest.
+outputs_of() {
+	case $1 in
+	riscv64) printf '%s\n' riscv64/fw_jump.bin riscv64/u-boot.bin riscv64/boot/boot.scr.uimg ;;
+	*) printf '%s\n' "$1/kernel" "$1/initrd.gz" ;;
+	esac
+}
+
+# Virtio drivers loaded by /init when they are modules (plus their dependencies).
+readonly GUEST_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net)
+
+# --- arguments --------------------------------------------------------------
+
+ARCHES=()
+REFRESH=0
+REBUILD=0
+DIR=""
+add_arch() {
+	local a known=0 k
+	for a in ${1//,/ }; do
+		for k in "${ALL_ARCHES[@]}"; do if [[ $a == "$k" ]]; then known=1; fi; done
+		((known)) || die "unknown arch '$a' (known: ${ALL_ARCHES[*]})"
+		ARCHES+=("$a")
+		known=0
+	done
+}
+while (($#)); do
+	case $1 in
+	--arch)
+		(($# >= 2)) || die "--arch needs a value"
+		add_arch "$2"
+		shift 2
+		;;
+	--arch=*)
+		add_arch "${1#--arch=}"
+		shift
+		;;
+	--refresh)
+		REFRESH=1
+		shift
+		;;
+	--rebuild)
+		REBUILD=1
+		shift
+		;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	--)
+		shift
+		break
+		;;
+	-*) die "unknown option '$1' (see --help)" ;;
+	*)
+		[[ -z $DIR ]] || die "only one DIR may be given (got '$DIR' and '$1')"
+		DIR=$1
+		shift
+		;;
+	esac
+done
+if (($#)); then
+	[[ -z $DIR && $# -eq 1 ]] || die "only one DIR may be given"
+	DIR=$1
+fi
+if ((${#ARCHES[@]} == 0)); then
+	ARCHES=("${ALL_ARCHES[@]}")
+else
+	# de-duplicate, canonical order
+	sel=()
+	for k in "${ALL_ARCHES[@]}"; do
+		for a in "${ARCHES[@]}"; do
+			if [[ $a == "$k" ]]; then
+				sel+=("$k")
+				break
+			fi
+		done
+	done
+	ARCHES=("${sel[@]}")
+fi
+if [[ -z $DIR ]]; then
+	DIR=${XDG_CACHE_HOME:-${HOME:?HOME is not set; pass DIR}/.cache}/qemu-direct/test-guests
+fi
+
+IS_ROOT=0
+if [[ $(id -u) == 0 ]]; then IS_ROOT=1; fi
+
+# --- host tools -------------------------------------------------------------
+
+STAGE="checking host tools"
+ensure_host_tools() {
+	local missing_pkgs=() missing_cmds=() entry cmd pkg
+	for entry in apt-get:apt apt-cache:apt dpkg-deb:dpkg cpio:cpio gzip:gzip \
+		sha256sum:coreutils tr:coreutils od:coreutils find:findutils awk:mawk sed:sed \
+		tar:tar flock:util-linux realpath:coreutils; do
+		cmd=${entry%%:*} pkg=${entry#*:}
+		if ! command -v "$cmd" >/dev/null 2>&1; then
+			missing_cmds+=("$cmd")
+			missing_pkgs+=("$pkg")
+		fi
+	done
+	((${#missing_cmds[@]})) || return 0
+	if [[ " ${missing_cmds[*]} " == *" apt-get "* || " ${missing_cmds[*]} " == *" dpkg-deb "* ]]; then
+		die "missing host tools: ${missing_cmds[*]} (this script needs a Debian-like host with apt and dpkg)"
+	fi
+	if ((!IS_ROOT)); then
+		die "missing host tools: ${missing_cmds[*]}; install them as root with: apt-get install ${missing_pkgs[*]}"
+	fi
+	log "installing missing host tools: ${missing_pkgs[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	if ! apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" >&2; then
+		apt-get update -q >&2 || true
+		apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" >&2 ||
+			die "could not install host tools: ${missing_pkgs[*]}"
+	fi
+}
+ensure_host_tools
+
+# Decompressor for a kernel module, checked when one is met.
+need_cmd() {
+	local cmd=$1 pkg=$2
+	command -v "$cmd" >/dev/null 2>&1 && return 0
+	((IS_ROOT)) || die "missing host tool '$cmd'; install it as root with: apt-get install $pkg"
+	log "installing missing host tool: $pkg"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >&2 ||
+		die "could not install host tool $pkg"
+}
+
+# --- work dir, lock ---------------------------------------------------------
+
+STAGE="preparing $DIR"
+mkdir -p -- "$DIR" || die "cannot create $DIR"
+DIR=$(realpath -- "$DIR")
+MANIFEST=$DIR/manifest.txt
+RECIPE_FILE=$DIR/.recipe
+APTDIR=$DIR/.apt
+DEBS=$APTDIR/debs
+
+exec 9>>"$DIR/.lock"
+if ! flock -n 9; then
+	log "waiting for another run on $DIR to finish"
+	flock 9 || die "cannot lock $DIR/.lock"
+fi
+
+# Leftovers of interrupted runs (we hold the lock, so nobody else is using them).
+rm -rf -- "$DIR"/.tmp.*
+
+TMP=$(mktemp -d "$DIR/.tmp.XXXXXX")
+BUILD_PIDS=()
+BUILD_ARCHES=()
+cleanup() {
+	if ((${#BUILD_PIDS[@]})); then
+		kill -TERM -- "${BUILD_PIDS[@]/#/-}" 2>/dev/null || true
+		wait "${BUILD_PIDS[@]}" 2>/dev/null || true
+	fi
+	rm -rf -- "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The recipe (this script) is part of the cache key: a changed /init rebuilds.
+RECIPE=$(sha256sum <"${BASH_SOURCE[0]}")
+RECIPE=${RECIPE%% *}
+
+# --- private apt ------------------------------------------------------------
+
+STAGE="setting up the private apt configuration in $APTDIR"
+# Write $2 to $1 only if it differs (keeps mtimes, so apt's cache stays valid).
+write_if_changed() {
+	local f=$1 content=$2
+	if [[ -f $f ]] && [[ $(<"$f") == "$content" ]]; then return 0; fi
+	printf '%s\n' "$content" >"$f.new"
+	mv -f -- "$f.new" "$f"
+}
+mkdir -p "$APTDIR"/lists/partial "$APTDIR"/cache/archives/partial "$APTDIR"/state \
+	"$APTDIR"/sources.list.d "$APTDIR"/preferences.d "$DEBS"
+[[ -f $APTDIR/status ]] || : >"$APTDIR/status"
+[[ -r $KEYRING ]] || die "Debian archive keyring $KEYRING not found (package debian-archive-keyring)"
+write_if_changed "$APTDIR/sources.list" \
+	"deb [signed-by=$KEYRING] $MIRROR $SUITE main"
+sandbox_line=""
+if ((IS_ROOT)); then sandbox_line='APT::Sandbox::User "root";'; fi
+# Read after the host's apt.conf.d (via -c), so it overrides e.g. docker-clean.
+write_if_changed "$APTDIR/apt.conf" "// generated by $PROG; private apt for test guests
+Dir::Etc::SourceList \"$APTDIR/sources.list\";
+Dir::Etc::SourceParts \"$APTDIR/sources.list.d\";
+Dir::Etc::Preferences \"$APTDIR/preferences\";
+Dir::Etc::PreferencesParts \"$APTDIR/preferences.d\";
+Dir::State \"$APTDIR/state\";
+Dir::State::Lists \"$APTDIR/lists\";
+Dir::State::status \"$APTDIR/status\";
+Dir::Cache \"$APTDIR/cache\";
+Dir::Cache::archives \"$APTDIR/cache/archives\";
+Dir::Cache::pkgcache \"pkgcache.bin\";
+Dir::Cache::srcpkgcache \"\";
+#clear APT::Architectures;
+APT::Architectures { \"amd64\"; \"arm64\"; \"ppc64el\"; \"s390x\"; \"mipsel\"; \"all\"; };
+$sandbox_line
+Acquire::Languages \"none\";
+Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";
+Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled \"false\";
+#clear APT::Update::Post-Invoke;
+#clear APT::Update::Post-Invoke-Success;
+#clear DPkg::Pre-Invoke;
+#clear DPkg::Post-Invoke;
+#clear DPkg::Pre-Install-Pkgs;"
+
+apt_() {
+	local tool=$1
+	shift
+	"$tool" -c "$APTDIR/apt.conf" "$@"
+}
+
+# Run a command with its output in a log; show the log if it fails.
+run_logged() {
+	local what=$1 logf=$TMP/log.$RANDOM
+	shift
+	local rc=0
+	"$@" >"$logf" 2>&1 || rc=$?
+	if ((rc == 0)); then return 0; fi
+	cat "$logf" >&2
+	log "$what failed (exit $rc): $*"
+	return $rc
+}
+
+LISTS_STAMP=$APTDIR/lists-updated
+UPDATED=0
+apt_update() {
+	STAGE="updating the private apt lists ($MIRROR $SUITE main)"
+	log "apt-get update ($SUITE main; amd64 arm64 ppc64el s390x mipsel all)"
+	if run_logged "apt-get update" apt_ apt-get -q update; then
+		touch "$LISTS_STAMP"
+		UPDATED=1
+		return 0
+	fi
+	if compgen -G "$APTDIR/lists/*_Packages*" >/dev/null; then
+		log "warning: apt-get update failed; going on with the lists from an earlier update"
+		return 0
+	fi
+	die "apt-get update failed and there are no earlier lists in $APTDIR/lists"
+}
+
+need_update=0
+if ((REFRESH)) || [[ ! -f $MANIFEST ]] || [[ ! -f $LISTS_STAMP ]] ||
+	! compgen -G "$APTDIR/lists/*_Packages*" >/dev/null; then
+	need_update=1
+elif [[ -z $(find "$LISTS_STAMP" -mmin -"$LISTS_MAX_AGE_MIN" 2>/dev/null) ]]; then
+	need_update=1
+fi
+if ((need_update)); then apt_update; fi
+
+# --- resolve package versions -----------------------------------------------
+
+# apt-cache show (candidates) -> lines "name debarch version depends-without-spaces sha256"
+apt_show() {
+	apt_ apt-cache show --no-all-versions "$@" | awk '
+		BEGIN { RS = ""; FS = "\n" }
+		{
+			p = a = v = d = h = ""
+			for (i = 1; i <= NF; i++) {
+				if ($i ~ /^Package: /) p = substr($i, 10)
+				else if ($i ~ /^Architecture: /) a = substr($i, 15)
+				else if ($i ~ /^Version: /) v = substr($i, 10)
+				else if ($i ~ /^Depends: /) d = substr($i, 10)
+				else if ($i ~ /^SHA256: /) h = substr($i, 9)
+			}
+			gsub(/[ \t]/, "", d)
+			if (d == "") d = "-"
+			if (h == "") h = "-"
+			if (p != "") print p, a, v, d, h
+		}'
+}
+
+# WANT[arch] = "name:debarch=version ..." (the kernel package first for kernel guests)
+# DEB_SHA[name:debarch=version] = SHA256 of the .deb from the (signed) Packages index
+declare -A WANT DEB_SHA
+SPEC=""
+resolve() {
+	STAGE="resolving package versions"
+	local a da meta specs=() shown kernel_specs=() line name ver deps
+	for a in "${ARCHES[@]}"; do
+		da=$(debarch_of "$a")
+		if [[ $a == riscv64 ]]; then
+			specs+=(opensbi u-boot-qemu)
+		else
+			meta=$(kernel_meta_of "$a")
+			specs+=("$meta:$da" "busybox-static:$da")
+		fi
+	done
+	shown=$(apt_show "${specs[@]}") || die "apt-cache could not resolve: ${specs[*]} (try --refresh)"
+	# lookup helper: version/depends of name+arch
+	find_pkg() { awk -v n="$1" -v a="$2" '$1 == n && $2 == a { print; exit }' <<<"$shown"; }
+	# want_pkg NAME DEBARCH: SPEC=name:debarch=version of the candidate; remember its SHA256
+	want_pkg() {
+		local line ver sha
+		line=$(find_pkg "$1" "$2")
+		[[ -n $line ]] || die "package $1:$2 not found in $SUITE (try --refresh)"
+		read -r _ _ ver _ sha <<<"$line"
+		SPEC="$1:$2=$ver"
+		DEB_SHA[$SPEC]=$sha
+	}
+	for a in "${ARCHES[@]}"; do
+		da=$(debarch_of "$a")
+		if [[ $a == riscv64 ]]; then
+			WANT[$a]=""
+			for name in opensbi u-boot-qemu; do
+				want_pkg "$name" all
+				WANT[$a]+="$SPEC "
+			done
+			continue
+		fi
+		meta=$(kernel_meta_of "$a")
+		line=$(find_pkg "$meta" "$da")
+		[[ -n $line ]] || die "package $meta:$da not found in $SUITE"
+		read -r _ _ _ deps <<<"$line"
+		name=$(tr ',|' '\n' <<<"$deps" | sed -n '/^linux-image-[0-9]/s/(.*//p')
+		name=${name%%$'\n'*}
+		[[ -n $name ]] || die "cannot find the linux-image-<abi>-<flavour> dependency of $meta:$da (Depends: $deps)"
+		kernel_specs+=("$name:$da")
+		want_pkg busybox-static "$da"
+		WANT[$a]="KERNEL $SPEC "
+	done
+	if ((${#kernel_specs[@]})); then
+		shown=$(apt_show "${kernel_specs[@]}") || die "apt-cache could not resolve: ${kernel_specs[*]} (try --refresh)"
+		for a in "${ARCHES[@]}"; do
+			if [[ $a == riscv64 ]]; then continue; fi
+			da=$(debarch_of "$a")
+			name=""
+			for line in "${kernel_specs[@]}"; do
+				if [[ ${line#*:} == "$da" ]]; then name=${line%:*}; fi
+			done
+			want_pkg "$name" "$da"
+			WANT[$a]=${WANT[$a]/KERNEL/$SPEC}
+		done
+	fi
+}
+
+# spec "name:debarch=version" -> file name apt-get download gives it
+deb_file_of() {
+	local spec=$1 name rest da ver
+	name=${spec%%:*}
+	rest=${spec#*:}
+	da=${rest%%=*}
+	ver=${rest#*=}
+	printf '%s_%s_%s.deb\n' "$name" "${ver//:/%3a}" "$da"
+}
+
+# --- what is up to date -----------------------------------------------------
+
+declare -A OLD_SHA=() # "file <rel>" -> sha256 from the manifest
+declare -A OLD_PKG=() # "name version debarch" -> 1
+declare -A OLD_RECIPE=()
+if [[ -f $MANIFEST ]]; then
+	while read -r f1 f2 f3 f4 _; do
+		if [[ $f1 == file ]]; then
+			OLD_SHA[$f2]=$f3
+		elif [[ -n ${f4:-} ]]; then
+			OLD_PKG["$f1 $f2 $f3"]=1
+		fi
+	done <"$MANIFEST"
+fi
+if [[ -f $RECIPE_FILE ]]; then
+	while read -r f1 f2 _; do OLD_RECIPE[$f1]=$f2; done <"$RECIPE_FILE"
+fi
+
+STALE=()
+find_stale() {
+	STAGE="checking the cached guests"
+	STALE=()
+	local a spec name rest ok rel sha
+	local -A cur_sha=()
+	local files=()
+	for a in "${ARCHES[@]}"; do
+		while read -r rel; do if [[ -f $DIR/$rel ]]; then files+=("$rel"); fi; done < <(outputs_of "$a")
+	done
+	if ((${#files[@]})); then
+		while read -r sha rel; do cur_sha[$rel]=$sha; done < <(cd "$DIR" && sha256sum -- "${files[@]}")
+	fi
+	for a in "${ARCHES[@]}"; do
+		ok=1
+		if ((REBUILD)); then ok=0; fi
+		[[ ${OLD_RECIPE[$a]:-} == "$RECIPE" ]] || ok=0
+		for spec in ${WANT[$a]}; do
+			name=${spec%%:*} rest=${spec#*:}
+			[[ -n ${OLD_PKG["$name ${rest#*=} ${rest%%=*}"]:-} ]] || ok=0
+		done
+		while read -r rel; do
+			[[ -n ${cur_sha[$rel]:-} && ${cur_sha[$rel]} == "${OLD_SHA[$rel]:-}" ]] || ok=0
+		done < <(outputs_of "$a")
+		((ok)) || STALE+=("$a")
+	done
+}
+
+# --- download ---------------------------------------------------------------
+
+download() {
+	STAGE="downloading packages"
+	local a spec specs=() f
+	for a in "${STALE[@]}"; do
+		for spec in ${WANT[$a]}; do
+			f=$DEBS/$(deb_file_of "$spec")
+			if [[ -f $f ]] && deb_ok "$spec"; then continue; fi
+			rm -f -- "$f"
+			specs+=("$spec")
+		done
+	done
+	((${#specs[@]})) || return 0
+	log "downloading ${#specs[@]} package(s): ${specs[*]}"
+	(cd "$DEBS" && run_logged "apt-get download" apt_ apt-get -q download "${specs[@]}") || return 1
+	for spec in "${specs[@]}"; do
+		f=$(deb_file_of "$spec")
+		if [[ ! -f $DEBS/$f ]]; then
+			log "apt-get download did not produce $f"
+			return 1
+		fi
+		if ! deb_ok "$spec"; then
+			log "$f does not have the SHA256 of the Packages index (${DEB_SHA[$spec]})"
+			return 1
+		fi
+	done
+}
+
+# Does the cached .deb of SPEC have the SHA256 that the Packages index gives?
+deb_ok() {
+	local spec=$1 sha
+	sha=$(sha256sum <"$DEBS/$(deb_file_of "$spec")")
+	[[ ${sha%% *} == "${DEB_SHA[$spec]:-}" ]]
+}
+
+# --- building ---------------------------------------------------------------
+
+# CRC-32 (as used by zlib and U-Boot) of a file, from gzip's trailer.
+crc32_of() {
+	local b
+	read -r -a b < <(gzip -c -n <"$1" | tail -c 8 | head -c 4 | od -An -v -tx1)
+	printf '%u\n' "0x${b[3]}${b[2]}${b[1]}${b[0]}"
+}
+be32() {
+	local h
+	printf -v h '%08x' "$1"
+	printf '%b' "\\x${h:0:2}\\x${h:2:2}\\x${h:4:2}\\x${h:6:2}"
+}
+
+# U-Boot legacy image of type script (what `mkimage -A riscv -O linux -T script
+# -C none -d SRC OUT` makes, with time stamp 0 and an empty name).
+make_uboot_script() {
+	local src=$1 out=$2 work=$TMP/uimg
+	local len plen dcrc hcrc
+	len=$(stat -c %s "$src")
+	{
+		be32 "$len"
+		be32 0
+		cat "$src"
+	} >"$work.data"
+	plen=$(stat -c %s "$work.data")
+	dcrc=$(crc32_of "$work.data")
+	uimg_header() {
+		be32 $((0x27051956)) # magic
+		be32 "$1"            # header CRC
+		be32 0               # time stamp
+		be32 "$plen"         # data size
+		be32 0               # load address
+		be32 0               # entry point
+		be32 "$dcrc"         # data CRC
+		printf '\x05\x1a\x06\x00' # OS linux, arch RISC-V, type script, compression none
+		head -c 32 /dev/zero      # name
+	}
+	uimg_header 0 >"$work.h0"
+	hcrc=$(crc32_of "$work.h0")
+	{
+		uimg_header "$hcrc"
+		cat "$work.data"
+	} >"$out"
+	[[ $(stat -c %s "$out") == $((64 + plen)) ]] || die "bad U-Boot script image size for $out"
+}
+
+# Guest /init; the generated header sets QD_ARCH and QD_MODULES.
+write_init() {
+	local arch=$1 mods=$2 out=$3
+	{
+		printf '#!/bin/busybox sh\n'
+		printf '# qemu-direct test guest init (generated by scripts/fetch-test-guests.sh)\n'
+		printf 'QD_ARCH=%s\n' "$arch"
+		printf 'QD_MODULES="%s"\n' "$mods"
+		cat <<'INIT'
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+[ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+cmdline=$(cat /proc/cmdline)
+qd_opt() {
+	case " $cmdline " in *" $1 "*) return 0 ;; esac
+	return 1
+}
+for m in $QD_MODULES; do
+	insmod "/lib/modules/$m.ko" >/dev/null 2>&1 || true
+done
+echo "GUEST-READY $QD_ARCH"
+echo "qd-uname: $(uname -m)"
+echo "qd-address-sizes: $(grep -m1 '^address sizes' /proc/cpuinfo)"
+echo "qd-flags: $(grep -m1 -iE '^(flags|features)[[:space:]]*:' /proc/cpuinfo)"
+echo "qd-cmdline: $cmdline"
+if qd_opt qd.panic=1; then
+	# PID 1 exiting makes the kernel panic ("Attempted to kill init!").
+	echo "qd-panic: exiting init"
+	exit 1
+fi
+if qd_opt qd.hold=1; then
+	n=0
+	while :; do
+		n=$((n + 1))
+		echo "qd-heartbeat $n"
+		sleep 1
+	done
+fi
+poweroff -f
+echo "qd-error: poweroff -f failed"
+exit 1
+INIT
+	} >"$out"
+	chmod 0755 "$out"
+}
+
+# Decompress/copy a kernel module to $2.
+copy_module() {
+	local src=$1 dst=$2
+	case $src in
+	*.ko) cp -- "$src" "$dst" ;;
+	*.ko.xz)
+		need_cmd xz xz-utils
+		xz -dc -- "$src" >"$dst"
+		;;
+	*.ko.zst)
+		need_cmd zstd zstd
+		zstd -qdc -- "$src" >"$dst"
+		;;
+	*.ko.gz) gzip -dc -- "$src" >"$dst" ;;
+	*) die "unknown module format: $src" ;;
+	esac
+}
+
+build_kernel_guest() {
+	local arch=$1 kspec=$2 bbspec=$3 out=$4
+	local x=$TMP/x/$arch root kdeb bbdeb kernel moddirs moddir
+	kdeb=$DEBS/$(deb_file_of "$kspec")
+	bbdeb=$DEBS/$(deb_file_of "$bbspec")
+	root=$x/initramfs
+	mkdir -p "$x/k" "$x/bb" "$out" "$root"
+
+	STAGE="unpacking $(basename "$kdeb") for $arch"
+	dpkg-deb -x "$kdeb" "$x/k" || die "dpkg-deb -x failed for $kdeb"
+	STAGE="unpacking $(basename "$bbdeb") for $arch"
+	dpkg-deb -x "$bbdeb" "$x/bb" || die "dpkg-deb -x failed for $bbdeb"
+
+	STAGE="building the $arch guest"
+	local kernels=("$x"/k/boot/vmlinu[xz]-*)
+	[[ ${#kernels[@]} == 1 && -f ${kernels[0]} ]] ||
+		die "expected exactly one boot/vmlinu[xz]-* in $kdeb, found: ${kernels[*]}"
+	kernel=${kernels[0]}
+	[[ -x $x/bb/bin/busybox ]] || die "no bin/busybox in $bbdeb"
+
+	for d in bin sbin usr/bin usr/sbin dev proc sys tmp root etc lib/modules; do
+		mkdir -p "$root/$d"
+	done
+	cp -- "$x/bb/bin/busybox" "$root/bin/busybox"
+	chmod 0755 "$root/bin/busybox"
+	ln -s busybox "$root/bin/sh"
+
+	# virtio modules (if modular in this kernel), in dependency order
+	moddirs=("$x"/k/lib/modules/*/kernel "$x"/k/usr/lib/modules/*/kernel)
+	moddir=""
+	for d in "${moddirs[@]}"; do if [[ -d $d ]]; then moddir=$d; fi; done
+	local order=() loaded=""
+	if [[ -n $moddir ]]; then
+		local -A modpath=()
+		local p n
+		while IFS= read -r p; do
+			n=${p##*/}
+			n=${n%%.ko*}
+			modpath[${n//-/_}]=$p
+		done < <(find "$moddir" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
+		add_module() {
+			local m=${1//-/_} deps dep
+			if [[ " $loaded " == *" $m "* ]]; then return 0; fi
+			[[ -n ${modpath[$m]:-} ]] || return 0 # built in (or absent)
+			loaded+=" $m "
+			copy_module "${modpath[$m]}" "$root/lib/modules/$m.ko"
+			deps=$(tr '\0' '\n' <"$root/lib/modules/$m.ko" | sed -n 's/^depends=//p')
+			deps=${deps%%$'\n'*}
+			for dep in ${deps//,/ }; do add_module "$dep"; done
+			order+=("$m")
+		}
+		for n in "${GUEST_MODULES[@]}"; do add_module "$n"; done
+	fi
+	write_init "$arch" "${order[*]}" "$root/init"
+	if ((${#order[@]})); then
+		log "$arch: modules loaded by /init: ${order[*]}"
+	fi
+
+	STAGE="packing the $arch initramfs"
+	find "$root" -exec touch -h -d @0 {} +
+	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -n -9 >"$out/initrd.gz"
+	mv -- "$kernel" "$out/kernel"
+	rm -rf -- "$x"
+}
+
+build_riscv_guest() {
+	local arch=$1 osbi_spec=$2 uboot_spec=$3 out=$4
+	local x=$TMP/x/$arch f deb
+	mkdir -p "$x/o" "$x/u" "$out/boot"
+	deb=$DEBS/$(deb_file_of "$osbi_spec")
+	STAGE="unpacking $(basename "$deb") for riscv64"
+	dpkg-deb -x "$deb" "$x/o" || die "dpkg-deb -x failed for $deb"
+	f=$(find "$x/o" -path '*/opensbi/generic/fw_jump.bin' | head -n1)
+	[[ -n $f ]] || die "no opensbi/generic/fw_jump.bin in $deb"
+	cp -- "$f" "$out/fw_jump.bin"
+
+	deb=$DEBS/$(deb_file_of "$uboot_spec")
+	STAGE="unpacking $(basename "$deb") for riscv64"
+	dpkg-deb -x "$deb" "$x/u" || die "dpkg-deb -x failed for $deb"
+	f=$(find "$x/u" -path '*/qemu-riscv64_smode/u-boot.bin' | head -n1)
+	[[ -n $f ]] || die "no qemu-riscv64_smode/u-boot.bin in $deb"
+	cp -- "$f" "$out/u-boot.bin"
+
+	STAGE="making the riscv64 U-Boot boot script"
+	printf 'echo GUEST-READY riscv64\npoweroff\n' >"$x/boot.txt"
+	make_uboot_script "$x/boot.txt" "$out/boot/boot.scr.uimg"
+	rm -rf -- "$x"
+}
+
+# --- main -------------------------------------------------------------------
+
+resolve
+find_stale
+if ((${#STALE[@]})) && ! download; then
+	if ((UPDATED)); then
+		die "downloading packages failed (see above)"
+	fi
+	log "download failed; refreshing the apt lists and trying again"
+	apt_update
+	resolve
+	find_stale
+	download || die "downloading packages failed (see above)"
+fi
+
+if ((${#STALE[@]})); then
+	STAGE="building guests"
+	log "building: ${STALE[*]}"
+	# Two guests at a time (unpacking the kernel packages dominates).
+	JOBS=$(nproc 2>/dev/null || echo 1)
+	if ((JOBS > 2)); then JOBS=2; fi
+	if ((JOBS < 1)); then JOBS=1; fi
+	build_one() {
+		local a=$1 specs
+		read -r -a specs <<<"${WANT[$a]}"
+		if [[ $a == riscv64 ]]; then
+			build_riscv_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a"
+		else
+			build_kernel_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a"
+		fi
+	}
+	wait_builds() {
+		local i failed=()
+		for i in "${!BUILD_PIDS[@]}"; do
+			wait "${BUILD_PIDS[$i]}" || failed+=("${BUILD_ARCHES[$i]}")
+		done
+		BUILD_PIDS=() BUILD_ARCHES=()
+		((${#failed[@]} == 0)) || die "building the guest(s) failed: ${failed[*]} (see above)"
+	}
+	for a in "${STALE[@]}"; do
+		# own process group (set -m), so that an interrupt can stop the whole build
+		set -m
+		build_one "$a" &
+		BUILD_PIDS+=($!)
+		set +m
+		BUILD_ARCHES+=("$a")
+		if ((${#BUILD_PIDS[@]} >= JOBS)); then wait_builds; fi
+	done
+	wait_builds
+
+	declare -A NEW_LINES=()
+	for a in "${STALE[@]}"; do
+		read -r -a specs <<<"${WANT[$a]}"
+		STAGE="hashing the $a guest"
+		lines=""
+		for spec in "${specs[@]}"; do
+			name=${spec%%:*} rest=${spec#*:}
+			lines+="$name ${rest#*=} ${rest%%=*} ${DEB_SHA[$spec]}"$'\n'
+		done
+		while read -r rel; do
+			sha=$(sha256sum <"$TMP/out/$rel")
+			lines+="file $rel ${sha%% *}"$'\n'
+		done < <(outputs_of "$a")
+		NEW_LINES[$a]=$lines
+	done
+
+	STAGE="moving the new guests into $DIR"
+	for a in "${STALE[@]}"; do
+		if [[ -e $DIR/$a ]]; then
+			mv -- "$DIR/$a" "$TMP/old-$a"
+		fi
+		mv -- "$TMP/out/$a" "$DIR/$a"
+	done
+
+	STAGE="writing $MANIFEST"
+	{
+		for a in "${ALL_ARCHES[@]}"; do
+			if [[ -n ${NEW_LINES[$a]:-} ]]; then
+				printf '%s' "${NEW_LINES[$a]}"
+			elif [[ -f $MANIFEST ]]; then
+				da=$(debarch_of "$a")
+				awk -v a="$a" -v da="$da" '
+					$1 == "file" { if (index($2, a "/") == 1) print; next }
+					NF >= 4 && $3 == da { print }' "$MANIFEST"
+			fi
+		done
+	} >"$TMP/manifest.txt"
+	mv -f -- "$TMP/manifest.txt" "$MANIFEST"
+	{
+		for a in "${ALL_ARCHES[@]}"; do
+			if [[ -n ${NEW_LINES[$a]:-} ]]; then
+				echo "$a $RECIPE"
+			elif [[ -n ${OLD_RECIPE[$a]:-} ]]; then
+				echo "$a ${OLD_RECIPE[$a]}"
+			fi
+		done
+	} >"$TMP/recipe"
+	mv -f -- "$TMP/recipe" "$RECIPE_FILE"
+
+	# Drop .debs that no guest in the manifest refers to any more.
+	STAGE="pruning $DEBS"
+	declare -A KEEP=()
+	while read -r f1 f2 f3 f4 _; do
+		if [[ $f1 != file && -n ${f4:-} ]]; then KEEP["${f1}_${f2//:/%3a}_${f3}.deb"]=1; fi
+	done <"$MANIFEST"
+	for f in "$DEBS"/*.deb; do
+		[[ -e $f ]] || continue
+		[[ -n ${KEEP[${f##*/}]:-} ]] || rm -f -- "$f"
+	done
+else
+	log "all selected guests are up to date"
+fi
+
+STAGE="reporting"
+for a in "${ARCHES[@]}"; do
+	if [[ $a == riscv64 ]]; then
+		echo "riscv64 bios=$DIR/riscv64/fw_jump.bin kernel=$DIR/riscv64/u-boot.bin boot-dir=$DIR/riscv64/boot"
+	else
+		echo "$a kernel=$DIR/$a/kernel initrd=$DIR/$a/initrd.gz"
+	fi
+done
+echo "test guests in $DIR"
