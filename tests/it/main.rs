@@ -4,9 +4,11 @@
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
+//! - `signals`: launcher and QEMU live and die together.
 
 mod boot;
 mod cli;
 mod common;
 mod golden;
 mod kvm;
+mod signals;
