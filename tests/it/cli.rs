@@ -271,3 +271,62 @@ fn probe_and_plan_speak_json() {
     assert_eq!(plan["binary"], "/opt/qemu/bin/qemu-system-aarch64");
     assert_eq!(plan["cpu"]["model"], "host");
 }
+
+#[test]
+fn profile_dir_replaces_the_built_in_profiles() {
+    let dir = scratch();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("machine-profiles/aarch64.toml");
+    let profile = std::fs::read_to_string(src)
+        .unwrap()
+        .replace("cpu = \"max\"", "cpu = \"cortex-a57\"")
+        .replace("cpu_options = [\"pauth-impdef=on\"]", "cpu_options = []");
+    std::fs::write(profiles.join("aarch64.toml"), profile).unwrap();
+    let out = qd([
+        "--profile-dir".as_ref(),
+        profiles.as_os_str(),
+        "profiles".as_ref(),
+    ]);
+    let (o, _) = text(&out);
+    assert_eq!(o.lines().count(), 1, "only the directory's profiles: {o}");
+    let out = qd([
+        "--profile-dir".as_ref(),
+        profiles.as_os_str(),
+        "run".as_ref(),
+        "--arch".as_ref(),
+        "aarch64".as_ref(),
+        "--dry-run".as_ref(),
+    ]);
+    assert!(
+        text(&out).0.contains("-cpu cortex-a57 -m"),
+        "{}",
+        text(&out).0
+    );
+    // An arch the directory lacks is unknown now.
+    let out = qd([
+        "--profile-dir".as_ref(),
+        profiles.as_os_str(),
+        "plan".as_ref(),
+        "--arch".as_ref(),
+        "x86_64".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    // A typo in a profile is an error naming the file, the key and the line.
+    std::fs::write(
+        profiles.join("bad.toml"),
+        "name = \"bad\"\nbinnary = \"x\"\n",
+    )
+    .unwrap();
+    let out = qd([
+        "--profile-dir".as_ref(),
+        profiles.as_os_str(),
+        "profiles".as_ref(),
+    ]);
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        e.contains("bad.toml") && e.contains("binnary") && e.contains("line 2"),
+        "{e}"
+    );
+}
