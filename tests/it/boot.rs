@@ -8,17 +8,11 @@ use qemu_direct::{
     profile::ProfileSet,
 };
 
-use crate::common::{Guest, bin, files_under, guest, guest_files, scratch, text};
+use crate::common::{Guest, bin, files_under, guest, guest_cmd, guest_files, scratch, text};
 
 /// Boots a guest with extra args; returns the output. Logs go into `state`.
 fn boot(g: &Guest, arch: &str, state: &Path, extra: &[&OsStr]) -> Output {
-    bin()
-        .env("XDG_STATE_HOME", state)
-        .args(["run", "--arch", arch, "--timeout", "240s"])
-        .arg("--kernel")
-        .arg(&g.kernel)
-        .arg("--initrd")
-        .arg(&g.initrd)
+    guest_cmd(g, state, ["run", "--arch", arch, "--timeout", "240s"])
         .args(extra)
         .output()
         .expect("run qemu-direct")
@@ -94,9 +88,10 @@ fn aarch64_guest_boots_on_any_host() {
 fn nova_properties_pick_an_emulated_aarch64_guest() {
     let Some(g) = guest("aarch64") else { return };
     let dir = scratch();
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .args([
+    let out = guest_cmd(
+        &g,
+        dir.path(),
+        [
             "run",
             "--property",
             "hw_emulation_architecture=aarch64",
@@ -104,13 +99,10 @@ fn nova_properties_pick_an_emulated_aarch64_guest() {
             "hw_architecture=x86_64",
             "--timeout",
             "240s",
-        ])
-        .arg("--kernel")
-        .arg(&g.kernel)
-        .arg("--initrd")
-        .arg(&g.initrd)
-        .output()
-        .unwrap();
+        ],
+    )
+    .output()
+    .unwrap();
     if cfg!(target_arch = "x86_64") {
         assert_booted("aarch64", &out, dir.path());
     } else {
@@ -142,9 +134,10 @@ fn kernel_panic_is_reported_with_its_own_exit_code() {
 fn timeout_stops_a_guest_that_never_finishes() {
     let Some(g) = guest("x86_64") else { return };
     let dir = scratch();
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .args([
+    let out = guest_cmd(
+        &g,
+        dir.path(),
+        [
             "run",
             "--arch",
             "x86_64",
@@ -152,13 +145,10 @@ fn timeout_stops_a_guest_that_never_finishes() {
             "20s",
             "--append",
             "qd.hold=1",
-        ])
-        .arg("--kernel")
-        .arg(&g.kernel)
-        .arg("--initrd")
-        .arg(&g.initrd)
-        .output()
-        .unwrap();
+        ],
+    )
+    .output()
+    .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(5), "stderr:\n{e}\nconsole:\n{o}");
     assert!(e.contains("timed out after 20s; guest stopped"), "{e}");

@@ -36,6 +36,22 @@ pub fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// `qemu-direct ARGS --kernel K --initrd I` for a test guest, with logs under `state`.
+pub fn guest_cmd<I, S>(g: &Guest, state: &Path, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = bin();
+    c.env("XDG_STATE_HOME", state)
+        .args(args)
+        .arg("--kernel")
+        .arg(&g.kernel)
+        .arg("--initrd")
+        .arg(&g.initrd);
+    c
+}
+
 /// A made-up host with every emulator "installed" under /usr/bin.
 pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
     let set = ProfileSet::embedded().unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use qemu_direct::host::KvmState;
 
-use crate::common::{bin, guest, scratch, text};
+use crate::common::{bin, guest, guest_cmd, scratch, text};
 
 fn state() -> KvmState {
     KvmState::probe(Path::new("/dev/kvm"))
@@ -60,9 +60,10 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
     }
     let Some(g) = guest("x86_64") else { return };
     let dir = scratch();
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .args([
+    let out = guest_cmd(
+        &g,
+        dir.path(),
+        [
             "run",
             "--arch",
             "x86_64",
@@ -70,13 +71,10 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
             "kvm",
             "--timeout",
             "120s",
-        ])
-        .arg("--kernel")
-        .arg(&g.kernel)
-        .arg("--initrd")
-        .arg(&g.initrd)
-        .output()
-        .unwrap();
+        ],
+    )
+    .output()
+    .unwrap();
     let (o, e) = text(&out);
     match state() {
         // PVM: the stock kernel dies with a KVM internal error; QEMU would idle in run state
@@ -97,9 +95,10 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
 fn without_a_kvm_device_auto_emulates_and_says_why() {
     let Some(g) = guest("x86_64") else { return };
     let dir = scratch();
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .args([
+    let out = guest_cmd(
+        &g,
+        dir.path(),
+        [
             "run",
             "--kvm-device",
             "/nonexistent/kvm",
@@ -107,13 +106,10 @@ fn without_a_kvm_device_auto_emulates_and_says_why() {
             "x86_64",
             "--timeout",
             "240s",
-        ])
-        .arg("--kernel")
-        .arg(&g.kernel)
-        .arg("--initrd")
-        .arg(&g.initrd)
-        .output()
-        .unwrap();
+        ],
+    )
+    .output()
+    .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{e}\nconsole:\n{o}");
     assert!(

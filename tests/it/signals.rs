@@ -12,7 +12,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::common::{bin, guest, scratch};
+use crate::common::{guest, guest_cmd, scratch};
 
 /// Pids whose parent is `parent`, from /proc.
 fn children_of(parent: u32) -> Vec<u32> {
@@ -45,9 +45,10 @@ fn gone(pid: u32) -> bool {
 /// Starts a held guest and waits for its first heartbeat; returns the launcher and QEMU's pid.
 fn held_guest(dir: &std::path::Path) -> Option<(Child, u32)> {
     let g = guest("x86_64")?;
-    let mut child = bin()
-        .env("XDG_STATE_HOME", dir)
-        .args([
+    let mut child = guest_cmd(
+        &g,
+        dir,
+        [
             "run",
             "--arch",
             "x86_64",
@@ -55,15 +56,12 @@ fn held_guest(dir: &std::path::Path) -> Option<(Child, u32)> {
             "qd.hold=1",
             "--timeout",
             "300s",
-        ])
-        .arg("--kernel")
-        .arg(&g.kernel)
-        .arg("--initrd")
-        .arg(&g.initrd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
         match lines.next() {
