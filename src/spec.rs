@@ -235,7 +235,7 @@ pub struct VmSpec {
     pub arch: ArchChoice,
     /// Accelerator request.
     pub accel: AccelRequest,
-    /// Machine type override and the field that set it.
+    /// Machine type override (`--machine` or `hw_machine_type`).
     pub machine: Option<String>,
     /// Memory, if given.
     pub memory: Option<MemSize>,
