@@ -351,11 +351,19 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let _ = out.write_all(&tail).await;
         let _ = out.flush().await;
     }
+    let mut last_words = Vec::new();
     drain(&mut stderr, &mut ebuf, |chunk| {
-        errbuf.extend_from_slice(chunk);
-        let _ = std::io::stderr().write_all(chunk);
+        last_words.extend_from_slice(chunk)
     })
     .await?;
+    // QEMU acknowledges our own SIGTERM on stderr; that line would read like a failure.
+    let ours = format!("terminating on signal 15 from pid {launcher} ");
+    for line in last_words.split_inclusive(|&b| b == b'\n') {
+        if !String::from_utf8_lossy(line).contains(&ours) {
+            let _ = std::io::stderr().write_all(line);
+        }
+    }
+    errbuf.extend_from_slice(&last_words);
 
     let outcome = match (stop, &watcher.panic) {
         (Some(Outcome::Reached), _) => Outcome::Reached,
