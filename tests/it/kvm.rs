@@ -118,3 +118,39 @@ fn without_a_kvm_device_auto_emulates_and_says_why() {
     );
     assert!(o.contains("GUEST-READY x86_64"));
 }
+
+#[test]
+fn a_user_outside_the_kvm_group_is_told_why_and_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = Path::new("/dev/kvm");
+    let Ok(meta) = std::fs::metadata(dev) else {
+        eprintln!("SKIPPED: no /dev/kvm on this host");
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() || meta.permissions().mode() & 0o006 == 0o006 {
+        // Not root: whatever this user gets is covered by the tests above.
+        eprintln!(
+            "SKIPPED: needs root to drop to an unprivileged user, and a /dev/kvm closed to others"
+        );
+        return;
+    }
+    // A copy of the binary where the unprivileged user can reach it.
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("qemu-direct");
+    std::fs::copy(env!("CARGO_BIN_EXE_qemu-direct"), &exe).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args(["run", "--arch", "x86_64", "--accel", "kvm", "--dry-run"])
+        .env("HOME", dir.path())
+        .output()
+        .expect("setpriv (util-linux)");
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{o}{e}");
+    assert_eq!(
+        e,
+        "error: --accel kvm: /dev/kvm cannot be opened read-write: Permission denied\n\
+         hint: add your user to the group that owns /dev/kvm (usually 'kvm'), or pass --accel tcg\n"
+    );
+}
