@@ -300,12 +300,14 @@ impl HostFacts {
 
     /// Whether `guest` runs natively on this host (KVM-capable pair), regardless of `/dev/kvm`.
     pub fn is_native(&self, guest: &MachineProfile) -> bool {
-        let host = self.arch.as_ref().map(Arch::as_str);
-        guest.name.as_str() == host.unwrap_or_default()
+        let Some(host) = self.arch.as_ref().map(Arch::as_str) else {
+            return false;
+        };
+        guest.name == host
             || guest
                 .accel
                 .get(&Accel::Kvm)
-                .is_some_and(|k| host.is_some_and(|h| k.hosts.iter().any(|n| n == h)))
+                .is_some_and(|k| k.hosts.iter().any(|n| n == host))
     }
 
     /// Whether KVM can run `guest` here; `Err` says exactly why not.

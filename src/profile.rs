@@ -275,8 +275,8 @@ impl ProfileSet {
             })
     }
 
-    /// The profile of a canonical arch. Panics never: an `Arch` comes from this set or one like
-    /// it, but a different set may lack it, hence the `Option`.
+    /// The profile of a canonical arch. `None` when this set lacks it: an `Arch` read from
+    /// another set (or from `--host-facts`) need not be in this one.
     pub fn get(&self, arch: &Arch) -> Option<&MachineProfile> {
         self.profiles.iter().find(|p| p.name == arch.as_str())
     }

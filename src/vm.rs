@@ -234,16 +234,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let argv = argv::build(plan);
     let mut log = match &opts.console_log {
         Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| VmError::Log {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-            Some(File::create(path).map_err(|source| VmError::Log {
+            let log_err = |source| VmError::Log {
                 path: path.clone(),
                 source,
-            })?)
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(log_err)?;
+            }
+            Some((File::create(path).map_err(log_err)?, path.clone()))
         }
         None => None,
     };
@@ -295,10 +293,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 if out_open && (out.write_all(&buf[..n]).await.is_err() || out.flush().await.is_err()) {
                     out_open = false;
                 }
-                if let (Some(f), Some(path)) = (log.as_mut(), &opts.console_log) {
-                    f.write_all(&buf[..n]).map_err(|source| VmError::Log { path: path.clone(), source })?;
-                }
-                watcher.feed(&buf[..n]);
+                record(&mut log, &mut watcher, &buf[..n])?;
                 if watcher.reached {
                     stop = Some(Outcome::Reached);
                     break terminate(&mut child).await?;
@@ -340,11 +335,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     // QEMU is gone; what it wrote before exiting is still in the pipes.
     let mut tail = Vec::new();
     drain(&mut stdout, &mut buf, |chunk| {
-        watcher.feed(chunk);
-        if let Some(f) = log.as_mut() {
-            let _ = f.write_all(chunk);
-        }
         tail.extend_from_slice(chunk);
+        record(&mut log, &mut watcher, chunk)
     })
     .await?;
     if out_open {
@@ -353,7 +345,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
     let mut last_words = Vec::new();
     drain(&mut stderr, &mut ebuf, |chunk| {
-        last_words.extend_from_slice(chunk)
+        last_words.extend_from_slice(chunk);
+        Ok(())
     })
     .await?;
     // QEMU acknowledges our own SIGTERM on stderr; that line would read like a failure.
@@ -375,15 +368,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
         },
     };
     let err = String::from_utf8_lossy(&errbuf);
-    let stderr_tail = err
-        .lines()
-        .rev()
-        .take(10)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let lines: Vec<&str> = err.lines().collect();
+    let stderr_tail = lines[lines.len().saturating_sub(10)..].join("\n");
     Ok(Report {
         outcome,
         console_tail: watcher.tail(),
@@ -405,8 +391,8 @@ async fn read_some<R: AsyncRead + Unpin>(
 async fn drain<R: AsyncRead + Unpin>(
     r: &mut Option<R>,
     buf: &mut [u8],
-    mut each: impl FnMut(&[u8]),
-) -> std::io::Result<()> {
+    mut each: impl FnMut(&[u8]) -> Result<(), VmError>,
+) -> Result<(), VmError> {
     let Some(reader) = r else { return Ok(()) };
     let limit = Instant::now() + Duration::from_secs(2);
     loop {
@@ -417,8 +403,25 @@ async fn drain<R: AsyncRead + Unpin>(
         if n == 0 {
             break;
         }
-        each(&buf[..n]);
+        each(&buf[..n])?;
     }
+    Ok(())
+}
+
+/// Everything a console chunk feeds besides the caller's stream: the log and the watcher. The
+/// same for live output and for what is drained after QEMU exits.
+fn record(
+    log: &mut Option<(File, PathBuf)>,
+    watcher: &mut Watcher,
+    chunk: &[u8],
+) -> Result<(), VmError> {
+    if let Some((file, path)) = log {
+        file.write_all(chunk).map_err(|source| VmError::Log {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    watcher.feed(chunk);
     Ok(())
 }
 
