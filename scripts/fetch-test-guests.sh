@@ -694,23 +694,24 @@ build_kernel_guest() {
 	rm -rf -- "$x"
 }
 
+# Unpacks a package into a scratch folder and copies the one file whose path ends in SUFFIX.
+copy_from_deb() {
+	local spec=$1 into=$2 suffix=$3 dest=$4 deb f
+	deb=$DEBS/$(deb_file_of "$spec")
+	STAGE="unpacking $(basename "$deb") for riscv64"
+	mkdir -p "$into"
+	dpkg-deb -x "$deb" "$into" || die "dpkg-deb -x failed for $deb"
+	f=$(find "$into" -path "*/$suffix" | head -n1)
+	[[ -n $f ]] || die "no $suffix in $deb"
+	cp -- "$f" "$dest"
+}
+
 build_riscv_guest() {
 	local arch=$1 osbi_spec=$2 uboot_spec=$3 out=$4
-	local x=$TMP/x/$arch f deb
-	mkdir -p "$x/o" "$x/u" "$out/boot"
-	deb=$DEBS/$(deb_file_of "$osbi_spec")
-	STAGE="unpacking $(basename "$deb") for riscv64"
-	dpkg-deb -x "$deb" "$x/o" || die "dpkg-deb -x failed for $deb"
-	f=$(find "$x/o" -path '*/opensbi/generic/fw_jump.bin' | head -n1)
-	[[ -n $f ]] || die "no opensbi/generic/fw_jump.bin in $deb"
-	cp -- "$f" "$out/fw_jump.bin"
-
-	deb=$DEBS/$(deb_file_of "$uboot_spec")
-	STAGE="unpacking $(basename "$deb") for riscv64"
-	dpkg-deb -x "$deb" "$x/u" || die "dpkg-deb -x failed for $deb"
-	f=$(find "$x/u" -path '*/qemu-riscv64_smode/u-boot.bin' | head -n1)
-	[[ -n $f ]] || die "no qemu-riscv64_smode/u-boot.bin in $deb"
-	cp -- "$f" "$out/u-boot.bin"
+	local x=$TMP/x/$arch
+	mkdir -p "$out/boot"
+	copy_from_deb "$osbi_spec" "$x/o" opensbi/generic/fw_jump.bin "$out/fw_jump.bin"
+	copy_from_deb "$uboot_spec" "$x/u" qemu-riscv64_smode/u-boot.bin "$out/u-boot.bin"
 
 	STAGE="making the riscv64 U-Boot boot script"
 	printf 'echo GUEST-READY riscv64\npoweroff\n' >"$x/boot.txt"
