@@ -12,6 +12,7 @@
 //! - [`plan`]: the pure decision ([`plan::resolve`]) of what to run and why.
 //! - [`argv`]: the QEMU command line for a plan.
 //! - [`vm`]: running a plan and reporting how it ended.
+//! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
 //! ```no_run
 //! use qemu_direct::{host::{HostFacts, ProbeOptions}, plan, profile::ProfileSet, spec::SpecInput, vm};
@@ -38,6 +39,7 @@ pub mod host;
 pub mod pathser;
 pub mod plan;
 pub mod profile;
+pub mod qmp;
 pub mod size;
 pub mod spec;
 pub mod vm;
