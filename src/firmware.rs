@@ -1,0 +1,704 @@
+//! Guest firmware (UEFI, BIOS) chosen the way QEMU's management tools choose it: from the JSON
+//! descriptor files of QEMU's `docs/interop/firmware.json`, which distributions install with
+//! their firmware packages (Debian: `ovmf`, `qemu-efi-aarch64`).
+//!
+//! [`Descriptors::load`] reads the descriptor directories, [`Descriptors::select`] picks the first
+//! descriptor (in file-name order) that fits a [`FirmwareRequest`], [`copy_vars`] gives a VM its
+//! own writable UEFI variable store, and [`qemu_args`] turns the choice into QEMU options.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    fmt, fs, io,
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{argv::escape, pathser};
+
+/// The descriptor directories QEMU documents, most specific (highest priority) first: the
+/// user's, the administrator's, then the distribution's. Missing ones are fine.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    let mut dirs = Vec::new();
+    if let Some(c) = config_home {
+        dirs.push(c.join("qemu/firmware"));
+    }
+    dirs.push(PathBuf::from("/etc/qemu/firmware"));
+    dirs.push(PathBuf::from("/usr/share/qemu/firmware"));
+    dirs
+}
+
+/// QEMU's unversioned machine aliases and the family of versioned machine types each stands for
+/// (QEMU 7.2: `pc` is `pc-i440fx-7.2`, `q35` is `pc-q35-7.2`, Arm's `virt` is `virt-7.2`).
+/// Descriptors name machines by such family patterns, so an alias matches a descriptor whose
+/// pattern covers the whole family; which version the alias means today does not matter.
+pub fn machine_family(alias: &str) -> Option<&'static str> {
+    match alias {
+        "pc" => Some("pc-i440fx-*"),
+        "q35" => Some("pc-q35-*"),
+        "virt" => Some("virt-*"),
+        _ => None,
+    }
+}
+
+/// One descriptor file's content. Read leniently, unlike qemu-direct's own files: QEMU adds keys,
+/// interface types, devices and features over time, so every name stays a string and unknown
+/// keys are ignored. `tags` is not read: the schema says management software must ignore it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Descriptor {
+    /// Human-readable description.
+    #[serde(default)]
+    pub description: String,
+    /// Interfaces offered to the guest, most native first (`uefi`, `bios`, `openfirmware`, ...).
+    #[serde(default)]
+    pub interface_types: Vec<String>,
+    /// How the firmware is loaded.
+    pub mapping: Mapping,
+    /// Emulators and machine types that can run it.
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    /// What it supports and what it requires (`secure-boot`, `requires-smm`, `acpi-s3`, ...).
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// A descriptor's `mapping`: one struct for every `device`, with the fields of the others absent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Mapping {
+    /// `flash`, `memory` or `kernel`.
+    pub device: String,
+    /// Flash only: `split` (the default), `combined` or `stateless` (QEMU 8.1 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Flash only: the read-only code image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<ImageFile>,
+    /// Flash only: the pristine variable store each VM starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvram_template: Option<ImageFile>,
+    /// Memory (and kernel) only: the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<PathBuf>,
+}
+
+/// A flash image and its block format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ImageFile {
+    /// Absolute path.
+    pub filename: PathBuf,
+    /// `raw` or `qcow2`.
+    #[serde(default = "raw")]
+    pub format: String,
+}
+
+fn raw() -> String {
+    "raw".into()
+}
+
+/// An emulator and the machine types (glob patterns, `pc-q35-*`) of it that run the firmware.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Target {
+    /// QEMU's architecture name (`x86_64`, `i386`, `aarch64`, `riscv64`, ...).
+    pub architecture: String,
+    /// Machine type patterns, `*` and `?` as wildcards.
+    #[serde(default)]
+    pub machines: Vec<String>,
+}
+
+/// The firmware a VM needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirmwareRequest {
+    /// QEMU's architecture name, as descriptors spell it (`x86_64`, `i386`, `aarch64`).
+    pub arch: String,
+    /// The machine type (`pc-q35-7.2`) or one of the aliases of [`machine_family`] (`q35`).
+    pub machine: String,
+    /// The interface the guest boots through (`uefi`, `bios`).
+    pub interface: String,
+    /// Only firmware with Secure Boot; without it, firmware with Secure Boot, enrolled keys or
+    /// an SMM requirement is passed over, since it refuses unsigned guests or needs `smm=on`.
+    pub secure_boot: bool,
+}
+
+/// How the chosen firmware is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// Parallel flash: a read-only code image and, usually, a writable variable store.
+    Flash,
+    /// An image QEMU loads into memory (`-bios`).
+    Memory,
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Flash => "flash",
+            Device::Memory => "memory",
+        })
+    }
+}
+
+/// The firmware chosen for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Selected {
+    /// The descriptor file that described it.
+    #[serde(with = "pathser")]
+    pub descriptor: PathBuf,
+    /// Its description.
+    pub description: String,
+    /// How it is attached.
+    pub device: Device,
+    /// The code image (flash) or the image to load (memory).
+    pub executable: PathBuf,
+    /// The variable store template to copy per VM ([`copy_vars`]); `None` for stateless
+    /// firmware.
+    pub nvram_template: Option<PathBuf>,
+    /// Block format of the code image and of the variable store (`raw`, `qcow2`).
+    pub format: String,
+    /// The descriptor's features.
+    pub features: Vec<String>,
+}
+
+impl Selected {
+    /// Whether the descriptor lists a feature.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// `key=value` machine properties the firmware needs (`smm=on` for SMM-protected variable
+    /// stores), to add to `-machine`.
+    pub fn machine_options(&self) -> Vec<String> {
+        if self.has_feature("requires-smm") {
+            vec!["smm=on".into()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// One descriptor as `qemu-direct firmware` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listing {
+    /// The descriptor file.
+    #[serde(with = "pathser")]
+    pub file: PathBuf,
+    /// Its description.
+    pub description: String,
+    /// Interface types.
+    pub interfaces: Vec<String>,
+    /// Architectures and machine patterns.
+    pub targets: Vec<Target>,
+    /// Features.
+    pub features: Vec<String>,
+    /// `flash`, `memory`, ... (empty when the file is invalid).
+    pub device: String,
+    /// The images it names, and whether they are there.
+    pub files: Vec<ListedFile>,
+    /// Why the file cannot be used at all (unreadable, not a descriptor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// An image a descriptor names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListedFile {
+    /// `executable`, `nvram-template` or `filename`, as in the descriptor.
+    pub role: String,
+    /// The path.
+    pub path: PathBuf,
+    /// Whether it is an existing file.
+    pub exists: bool,
+}
+
+/// Errors finding, copying and attaching firmware.
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    /// A descriptor directory exists but cannot be listed.
+    #[error("cannot read firmware descriptor directory {}", dir.display())]
+    ReadDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// No descriptor fits the request.
+    #[error("{}", not_found(arch, machine, interface, *secure_boot, considered))]
+    NotFound {
+        /// The requested architecture.
+        arch: String,
+        /// The requested machine.
+        machine: String,
+        /// The requested interface.
+        interface: String,
+        /// Whether Secure Boot was asked for.
+        secure_boot: bool,
+        /// Every descriptor file looked at, in priority order, with why it was passed over.
+        considered: Vec<(PathBuf, String)>,
+    },
+    /// A VM name that cannot be part of a file name.
+    #[error("VM name {0:?} cannot name a variable store file")]
+    VmName(String),
+    /// The variable store copy could not be made.
+    #[error("cannot copy UEFI variable store {} to {}", template.display(), dest.display())]
+    CopyVars {
+        /// The template.
+        template: PathBuf,
+        /// The copy.
+        dest: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The per-VM variable store would be the shared template itself.
+    #[error("variable store {} is the template itself", dest.display())]
+    VarsIsTemplate {
+        /// The path.
+        dest: PathBuf,
+    },
+    /// Split-flash firmware was given no variable store, or stateless firmware was given one.
+    #[error(
+        "firmware {} {}",
+        descriptor.display(),
+        if *needed { "needs a per-VM variable store" } else { "takes no variable store" }
+    )]
+    Vars {
+        /// The descriptor of the firmware.
+        descriptor: PathBuf,
+        /// Whether the firmware needs one.
+        needed: bool,
+    },
+}
+
+fn not_found(
+    arch: &str,
+    machine: &str,
+    interface: &str,
+    secure_boot: bool,
+    considered: &[(PathBuf, String)],
+) -> String {
+    let secure = if secure_boot { " with Secure Boot" } else { "" };
+    let mut s = format!("no {interface} firmware{secure} for {arch} machine {machine}");
+    if considered.is_empty() {
+        s.push_str(" (no firmware descriptor files found)");
+    }
+    for (path, why) in considered {
+        s.push_str(&format!("\n  {}: {why}", path.display()));
+    }
+    s
+}
+
+/// Every descriptor file in the search directories, after overrides, in priority order.
+#[derive(Debug, Clone)]
+pub struct Descriptors {
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    path: PathBuf,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    /// A zero-length file: it hides the same name in less specific directories.
+    Disabled,
+    /// Unreadable or not a descriptor; kept so the reason can be shown.
+    Invalid(String),
+    Parsed(Box<Descriptor>),
+}
+
+impl Descriptors {
+    /// The descriptors of [`search_dirs`].
+    pub fn system() -> Result<Self, FirmwareError> {
+        Self::load(&search_dirs())
+    }
+
+    /// Reads `*.json` from `dirs`, given most specific first. A name found in an earlier
+    /// directory hides the same name in later ones; the result is ordered by file name alone,
+    /// whose numeric prefix is the priority. A directory that does not exist is skipped.
+    pub fn load(dirs: &[PathBuf]) -> Result<Self, FirmwareError> {
+        let mut by_name: BTreeMap<OsString, PathBuf> = BTreeMap::new();
+        for dir in dirs {
+            let read_err = |source| FirmwareError::ReadDir {
+                dir: dir.clone(),
+                source,
+            };
+            let listing = match fs::read_dir(dir) {
+                Ok(l) => l,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(read_err(e)),
+            };
+            for entry in listing {
+                let name = entry.map_err(read_err)?.file_name();
+                if Path::new(&name).extension().is_some_and(|e| e == "json") {
+                    by_name
+                        .entry(name.clone())
+                        .or_insert_with(|| dir.join(&name));
+                }
+            }
+        }
+        let entries = by_name
+            .into_values()
+            .map(|path| {
+                let body = match fs::read(&path) {
+                    Err(e) => Body::Invalid(format!("cannot read: {e}")),
+                    Ok(bytes) if bytes.is_empty() => Body::Disabled,
+                    Ok(bytes) => match serde_json::from_slice(&bytes) {
+                        Ok(d) => Body::Parsed(Box::new(d)),
+                        Err(e) => Body::Invalid(format!("not a firmware descriptor: {e}")),
+                    },
+                };
+                Entry { path, body }
+            })
+            .collect();
+        Ok(Descriptors { entries })
+    }
+
+    /// The first descriptor, in priority order, that fits `req` and whose files exist.
+    pub fn select(&self, req: &FirmwareRequest) -> Result<Selected, FirmwareError> {
+        let mut considered = Vec::new();
+        for entry in &self.entries {
+            match check(entry, req) {
+                Ok(sel) => return Ok(sel),
+                Err(why) => considered.push((entry.path.clone(), why)),
+            }
+        }
+        Err(FirmwareError::NotFound {
+            arch: req.arch.clone(),
+            machine: req.machine.clone(),
+            interface: req.interface.clone(),
+            secure_boot: req.secure_boot,
+            considered,
+        })
+    }
+
+    /// Every usable-looking descriptor (disabled ones left out, invalid ones with their
+    /// problem), for one architecture or all, in priority order.
+    pub fn list(&self, arch: Option<&str>) -> Vec<Listing> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Disabled => None,
+                Body::Invalid(why) => Some(Listing {
+                    file: e.path.clone(),
+                    description: String::new(),
+                    interfaces: Vec::new(),
+                    targets: Vec::new(),
+                    features: Vec::new(),
+                    device: String::new(),
+                    files: Vec::new(),
+                    problem: Some(why.clone()),
+                }),
+                Body::Parsed(d) => {
+                    let wanted = arch.is_none_or(|a| d.targets.iter().any(|t| t.architecture == a));
+                    wanted.then(|| listing(&e.path, d))
+                }
+            })
+            .collect()
+    }
+}
+
+fn listing(path: &Path, d: &Descriptor) -> Listing {
+    let m = &d.mapping;
+    let files = [
+        ("executable", m.executable.as_ref().map(|i| &i.filename)),
+        (
+            "nvram-template",
+            m.nvram_template.as_ref().map(|i| &i.filename),
+        ),
+        ("filename", m.filename.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(role, p)| {
+        p.map(|p| ListedFile {
+            role: role.into(),
+            path: p.clone(),
+            exists: p.is_file(),
+        })
+    })
+    .collect();
+    Listing {
+        file: path.to_owned(),
+        description: d.description.clone(),
+        interfaces: d.interface_types.clone(),
+        targets: d.targets.clone(),
+        features: d.features.clone(),
+        device: m.device.clone(),
+        files,
+        problem: None,
+    }
+}
+
+/// The selection for one entry, or why it does not fit. The checks run from the most basic
+/// mismatch (another architecture) to the most specific (a missing file), so the reason shown
+/// is the one that matters.
+fn check(entry: &Entry, req: &FirmwareRequest) -> Result<Selected, String> {
+    let d = match &entry.body {
+        Body::Disabled => return Err("disabled (empty file)".into()),
+        Body::Invalid(why) => return Err(why.clone()),
+        Body::Parsed(d) => d,
+    };
+    let for_arch: Vec<&Target> = d
+        .targets
+        .iter()
+        .filter(|t| t.architecture == req.arch)
+        .collect();
+    if for_arch.is_empty() {
+        let archs: Vec<&str> = d.targets.iter().map(|t| t.architecture.as_str()).collect();
+        return Err(format!("for {}, not {}", or_none(&archs), req.arch));
+    }
+    let patterns: Vec<&str> = for_arch
+        .iter()
+        .flat_map(|t| t.machines.iter().map(String::as_str))
+        .collect();
+    if !patterns.iter().any(|p| machine_matches(p, &req.machine)) {
+        return Err(format!(
+            "for {} machines {}, not {}",
+            req.arch,
+            or_none(&patterns),
+            req.machine
+        ));
+    }
+    if !d.interface_types.contains(&req.interface) {
+        let offered: Vec<&str> = d.interface_types.iter().map(String::as_str).collect();
+        return Err(format!(
+            "interface {}, not {}",
+            or_none(&offered),
+            req.interface
+        ));
+    }
+    let has = |f: &str| d.features.iter().any(|x| x == f);
+    if req.secure_boot {
+        if !has("secure-boot") {
+            return Err("no Secure Boot".into());
+        }
+    } else if let Some(f) = ["secure-boot", "enrolled-keys", "requires-smm"]
+        .into_iter()
+        .find(|f| has(f))
+    {
+        return Err(format!("has {f}, and Secure Boot was not asked for"));
+    }
+    let (device, executable, nvram, format) = image(&d.mapping)?;
+    for p in std::iter::once(&executable).chain(&nvram) {
+        if !p.is_file() {
+            return Err(format!("{} does not exist", p.display()));
+        }
+    }
+    Ok(Selected {
+        descriptor: entry.path.clone(),
+        description: d.description.clone(),
+        device,
+        executable,
+        nvram_template: nvram,
+        format,
+        features: d.features.clone(),
+    })
+}
+
+type Image = (Device, PathBuf, Option<PathBuf>, String);
+
+/// What qemu-direct can attach from a mapping.
+fn image(m: &Mapping) -> Result<Image, String> {
+    match m.device.as_str() {
+        "flash" => {
+            let exe = m
+                .executable
+                .as_ref()
+                .ok_or("flash mapping without an executable")?;
+            if !["raw", "qcow2"].contains(&exe.format.as_str()) {
+                return Err(format!("flash format {} is not supported", exe.format));
+            }
+            let nvram = match m.mode.as_deref().unwrap_or("split") {
+                "split" => m.nvram_template.as_ref(),
+                "stateless" => None,
+                // Code and variables in one writable image: a per-VM copy of the whole
+                // firmware, which nothing here makes yet.
+                other => return Err(format!("flash mode {other} is not supported")),
+            };
+            if let Some(n) = nvram.filter(|n| n.format != exe.format) {
+                return Err(format!(
+                    "variable store format {} differs from code format {}",
+                    n.format, exe.format
+                ));
+            }
+            Ok((
+                Device::Flash,
+                exe.filename.clone(),
+                nvram.map(|n| n.filename.clone()),
+                exe.format.clone(),
+            ))
+        }
+        "memory" => {
+            let f = m
+                .filename
+                .as_ref()
+                .ok_or("memory mapping without a filename")?;
+            Ok((Device::Memory, f.clone(), None, "raw".into()))
+        }
+        other => Err(format!("device {other} is not supported")),
+    }
+}
+
+fn or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Whether a descriptor's machine pattern covers `machine`, or, for an alias, the whole family
+/// the alias belongs to.
+fn machine_matches(pattern: &str, machine: &str) -> bool {
+    glob(pattern, machine) || machine_family(machine).is_some_and(|fam| glob(pattern, fam))
+}
+
+/// fnmatch-style matching with `*` and `?`, which is all descriptors use.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was and how much text it has swallowed, to backtrack to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    pi = sp + 1;
+                    ti = st + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Gives a VM its own writable UEFI variable store: a 0600 copy of `template` named
+/// `<vm_name>_VARS.fd` in `dest_dir`, returned. An existing store there is kept, because it
+/// holds the VM's boot entries and enrolled keys. The template is only ever read.
+pub fn copy_vars(
+    template: &Path,
+    dest_dir: &Path,
+    vm_name: &str,
+) -> Result<PathBuf, FirmwareError> {
+    if vm_name.is_empty() || vm_name == "." || vm_name == ".." || vm_name.contains(['/', '\0']) {
+        return Err(FirmwareError::VmName(vm_name.to_owned()));
+    }
+    let dest = dest_dir.join(format!("{vm_name}_VARS.fd"));
+    let copy_err = |source| FirmwareError::CopyVars {
+        template: template.to_owned(),
+        dest: dest.clone(),
+        source,
+    };
+    match fs::symlink_metadata(&dest) {
+        Ok(existing) => {
+            let t = fs::metadata(template).map_err(copy_err)?;
+            if !existing.is_file() {
+                return Err(copy_err(io::Error::other(
+                    "exists and is not a regular file",
+                )));
+            }
+            if (existing.dev(), existing.ino()) == (t.dev(), t.ino()) {
+                return Err(FirmwareError::VarsIsTemplate { dest });
+            }
+            return Ok(dest);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(copy_err(e)),
+    }
+    // Copy beside the destination and rename into place, so an interrupted copy never
+    // leaves a truncated store that a later run would keep.
+    let tmp = dest_dir.join(format!(".{vm_name}_VARS.fd.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut from = fs::File::open(template)?;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        io::copy(&mut from, &mut to)?;
+        // The umask may have taken bits from the mode above; the store is the VM owner's alone.
+        to.set_permissions(fs::Permissions::from_mode(0o600))?;
+        to.sync_all()?;
+        fs::rename(&tmp, &dest)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(copy_err(e));
+    }
+    Ok(dest)
+}
+
+/// The QEMU options that attach `sel`: two pflash drives (read-only code, then the VM's
+/// variable store `vars` from [`copy_vars`]) for flash firmware, `-bios` for memory firmware.
+/// Firmware that requires SMM also gets its flash marked secure, so only SMM code can write
+/// the variables; the machine needs [`Selected::machine_options`] for that.
+pub fn qemu_args(sel: &Selected, vars: Option<&Path>) -> Result<Vec<OsString>, FirmwareError> {
+    let vars_err = |needed| FirmwareError::Vars {
+        descriptor: sel.descriptor.clone(),
+        needed,
+    };
+    match sel.device {
+        Device::Memory => match vars {
+            Some(_) => Err(vars_err(false)),
+            None => Ok(vec![
+                "-bios".into(),
+                sel.executable.clone().into_os_string(),
+            ]),
+        },
+        Device::Flash => {
+            let vars = match (sel.nvram_template.is_some(), vars) {
+                (true, None) => return Err(vars_err(true)),
+                (false, Some(_)) => return Err(vars_err(false)),
+                (_, v) => v,
+            };
+            let drive = |unit: u8, file: &Path, tail: &str| {
+                let mut s =
+                    OsString::from(format!("if=pflash,format={},unit={unit},file=", sel.format));
+                s.push(escape(file.as_os_str()));
+                s.push(tail);
+                [OsString::from("-drive"), s]
+            };
+            let mut v = Vec::new();
+            if sel.has_feature("requires-smm") {
+                v.extend(
+                    ["-global", "driver=cfi.pflash01,property=secure,value=on"].map(OsString::from),
+                );
+            }
+            v.extend(drive(0, &sel.executable, ",readonly=on"));
+            if let Some(vars) = vars {
+                v.extend(drive(1, vars, ""));
+            }
+            Ok(v)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
