@@ -11,6 +11,8 @@
 //! - [`host`]: what this host offers (arch, KVM verdict, emulators), as a plain value.
 //! - [`plan`]: the pure decision ([`plan::resolve`]) of what to run and why.
 //! - [`argv`]: the QEMU command line for a plan.
+//! - [`caps`]: what each emulator can do (machines, CPU models, features), probed over QMP and cached.
+//! - [`firmware`]: UEFI/BIOS firmware chosen from QEMU's firmware descriptor files.
 //! - [`vm`]: running a plan and reporting how it ended.
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
@@ -35,6 +37,8 @@
 
 pub mod arch;
 pub mod argv;
+pub mod caps;
+pub mod firmware;
 pub mod host;
 pub mod pathser;
 pub mod plan;
