@@ -93,7 +93,8 @@ fn machine(plan: &LaunchPlan) -> Vec<OsString> {
 
 fn cpu(plan: &LaunchPlan) -> Vec<OsString> {
     match &plan.cpu {
-        Some(c) => vec![os("-cpu"), list(&c.model, &c.options)],
+        // Model and feature names are checked to hold no commas (cpu::settings, cpu::Flag).
+        Some(c) => vec![os("-cpu"), os(c.qemu_value())],
         None => Vec::new(),
     }
 }

@@ -18,6 +18,10 @@ pub struct Cli {
     /// The KVM device to probe.
     #[arg(long, global = true, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
+    /// Read host-wide defaults from this file only, instead of /etc/qemu-direct/config.toml and
+    /// ~/.config/qemu-direct/config.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +51,64 @@ pub enum Command {
     },
     /// Boot a guest: stream its serial console to stdout (and a log file) until it powers off.
     Run(RunArgs),
+    /// CPU models, a baseline CPU for several hosts, and whether a CPU runs on a host.
+    Cpu {
+        #[command(subcommand)]
+        command: CpuCommand,
+    },
+    /// This host's traits, in os-traits names (COMPUTE_ARCH_*, HW_ARCH_*, COMPUTE_ADDRESS_SPACE_*).
+    Traits {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Would this guest run here: natively, emulated, or not, and why (Nova's prefilter).
+    /// Exits 0 when it runs, 1 when it does not.
+    Check {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cpu` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CpuCommand {
+    /// List a guest arch's CPU models: usable here under the accelerator or not, and why.
+    Models {
+        /// Guest architecture [default: this host's].
+        #[arg(long)]
+        arch: Option<String>,
+        /// Under which accelerator: auto (what a guest would get), kvm or tcg.
+        #[arg(long, value_name = "auto|kvm|tcg", default_value = "auto")]
+        accel: AccelRequest,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One CPU model plus disabled features that runs on every host described (files written
+    /// by `probe --json` on each host).
+    Baseline {
+        /// Guest architecture.
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+        /// Host descriptions.
+        #[arg(required = true, value_name = "HOST.json")]
+        hosts: Vec<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Would the guest's CPU run on each host described? Exits 0 when it runs on all, 1 if not.
+    Compare {
+        #[command(flatten)]
+        spec: Box<SpecArgs>,
+        /// Host descriptions (files written by `probe --json`).
+        #[arg(required = true, value_name = "HOST.json")]
+        hosts: Vec<PathBuf>,
+    },
 }
 
 /// Options of `run`.
@@ -120,7 +182,29 @@ pub struct SpecArgs {
     /// QEMU binary to use instead of the profile's from PATH.
     #[arg(long, value_name = "FILE")]
     pub emulator: Option<PathBuf>,
-    /// A Nova image property, KEY=VALUE (hw_emulation_architecture, hw_architecture, hw_machine_type).
+    /// CPU mode: host-passthrough (KVM only), maximum, host-model, custom (with --cpu-model),
+    /// none (the machine's default).
+    #[arg(long, value_name = "MODE")]
+    pub cpu_mode: Option<String>,
+    /// CPU model(s), most preferred first (implies --cpu-mode custom); repeat or comma-separate.
+    #[arg(long, value_name = "MODEL", value_delimiter = ',')]
+    pub cpu_model: Vec<String>,
+    /// Extra CPU features: +f or f requires, -f disables; comma-separated, e.g. --cpu-flags=-pse36,+x2apic.
+    #[arg(
+        long,
+        value_name = "FLAGS",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub cpu_flags: Vec<String>,
+    /// enforce: refuse CPU features the accelerator cannot provide (default); none: let QEMU drop them.
+    #[arg(long, value_name = "enforce|none")]
+    pub cpu_check: Option<String>,
+    /// Guest physical-address bits: emulate:N, passthrough or passthrough:LIMIT (x86_64).
+    #[arg(long, value_name = "MODE[:BITS]")]
+    pub maxphysaddr: Option<String>,
+    /// A Nova image property or flavor extra spec, KEY=VALUE (hw_emulation_architecture,
+    /// hw_architecture, hw_machine_type, hw:maxphysaddr_mode, hw:maxphysaddr_bits).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
 }

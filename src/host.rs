@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     arch::{self, Arch},
+    caps::{self, Caps, CapsCache, CapsError},
     profile::{Accel, MachineProfile, ProfileSet},
 };
 
@@ -132,6 +133,9 @@ pub struct Emulator {
     /// Its version (`7.2.22`), when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// What it can do under each accelerator probed (see [`crate::caps`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caps: BTreeMap<Accel, Caps>,
 }
 
 /// Everything qemu-direct needs to know about a host.
@@ -148,6 +152,9 @@ pub struct HostFacts {
     pub kvm: KvmState,
     /// Installed emulators, by binary name.
     pub emulators: BTreeMap<String, Emulator>,
+    /// The host CPU's physical-address bits (`/proc/cpuinfo` "address sizes"), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phys_bits: Option<u8>,
 }
 
 /// What to probe.
@@ -166,6 +173,26 @@ impl Default for ProbeOptions {
             versions: false,
         }
     }
+}
+
+/// The host CPU's physical-address width from `/proc/cpuinfo` ("address sizes : 48 bits
+/// physical, ..."); absent on arches whose cpuinfo does not say.
+fn host_phys_bits() -> Option<u8> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_phys_bits(&text)
+}
+
+/// Reads "address sizes : N bits physical" from cpuinfo text.
+pub fn parse_phys_bits(cpuinfo: &str) -> Option<u8> {
+    cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "address sizes")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Why KVM cannot run a particular guest here.
@@ -290,7 +317,62 @@ impl HostFacts {
             kvm_device: opts.kvm_device.clone(),
             kvm: KvmState::probe(&opts.kvm_device),
             emulators: find_emulators(profiles, opts.versions),
+            phys_bits: host_phys_bits(),
         }
+    }
+
+    /// The accelerators worth probing `guest`'s emulator under: TCG where the profile has it,
+    /// and KVM where the guest is native and the device opens (PVM included: its CPU model
+    /// answers are real even though stock guests crash under it).
+    pub fn probe_accels(&self, guest: &MachineProfile) -> Vec<Accel> {
+        let mut out = Vec::new();
+        if guest.accel.contains_key(&Accel::Kvm)
+            && self.is_native(guest)
+            && matches!(self.kvm, KvmState::Usable | KvmState::Pvm)
+        {
+            out.push(Accel::Kvm);
+        }
+        if guest.accel.contains_key(&Accel::Tcg) {
+            out.push(Accel::Tcg);
+        }
+        out
+    }
+
+    /// Adds capabilities of the given emulators (by binary name) under the given accelerators,
+    /// through `cache`; emulators not installed are skipped. Returns the failures.
+    pub async fn add_caps(
+        &mut self,
+        cache: &CapsCache,
+        wanted: &[(String, Accel)],
+    ) -> Vec<(String, Accel, CapsError)> {
+        let todo: Vec<(String, PathBuf, Accel)> = wanted
+            .iter()
+            .filter_map(|(bin, accel)| {
+                let e = self.emulators.get(bin)?;
+                (!e.caps.contains_key(accel)).then(|| (bin.clone(), e.path.clone(), *accel))
+            })
+            .collect();
+        let asks: Vec<(PathBuf, Accel)> = todo.iter().map(|(_, p, a)| (p.clone(), *a)).collect();
+        let mut failed = Vec::new();
+        for ((bin, _, accel), r) in todo.into_iter().zip(caps::get_many(cache, &asks).await) {
+            match r {
+                Ok((c, _)) => {
+                    if let Some(e) = self.emulators.get_mut(&bin) {
+                        if e.version.is_none() {
+                            e.version = Some(c.version.clone());
+                        }
+                        e.caps.insert(accel, c);
+                    }
+                }
+                Err(err) => failed.push((bin, accel, err)),
+            }
+        }
+        failed
+    }
+
+    /// The recorded capabilities of `binary` under `accel`.
+    pub fn caps(&self, binary: &str, accel: Accel) -> Option<&Caps> {
+        self.emulators.get(binary)?.caps.get(&accel)
     }
 
     /// The host's name for messages: its profile name, else the build target.
@@ -367,7 +449,14 @@ fn find_emulators(profiles: &ProfileSet, versions: bool) -> BTreeMap<String, Emu
             let version = child
                 .and_then(|c| c.wait_with_output().ok())
                 .and_then(|o| parse_version(&String::from_utf8_lossy(&o.stdout)));
-            (name, Emulator { path, version })
+            (
+                name,
+                Emulator {
+                    path,
+                    version,
+                    caps: BTreeMap::new(),
+                },
+            )
         })
         .collect()
 }
@@ -393,6 +482,7 @@ mod tests {
             kvm_device: "/dev/kvm".into(),
             kvm,
             emulators: BTreeMap::new(),
+            phys_bits: None,
         }
     }
 

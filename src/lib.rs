@@ -11,8 +11,11 @@
 //! - [`host`]: what this host offers (arch, KVM verdict, emulators), as a plain value.
 //! - [`plan`]: the pure decision ([`plan::resolve`]) of what to run and why.
 //! - [`argv`]: the QEMU command line for a plan.
+//! - [`cpu`]: the guest CPU: modes, models, features, physical-address bits, baselines.
 //! - [`caps`]: what each emulator can do (machines, CPU models, features), probed over QMP and cached.
 //! - [`firmware`]: UEFI/BIOS firmware chosen from QEMU's firmware descriptor files.
+//! - [`traits`]: os-traits names for this host, and whether a guest runs here.
+//! - [`config`]: host-wide CPU defaults from config files.
 //! - [`vm`]: running a plan and reporting how it ended.
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
@@ -38,6 +41,8 @@
 pub mod arch;
 pub mod argv;
 pub mod caps;
+pub mod config;
+pub mod cpu;
 pub mod firmware;
 pub mod host;
 pub mod pathser;
@@ -46,6 +51,7 @@ pub mod profile;
 pub mod qmp;
 pub mod size;
 pub mod spec;
+pub mod traits;
 pub mod vm;
 
 /// Process exit codes of the `qemu-direct` command.
@@ -85,13 +91,24 @@ pub enum Error {
     /// Running.
     #[error(transparent)]
     Vm(#[from] vm::VmError),
+    /// A config file.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A CPU question (baseline, compare) with no good answer.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
 }
 
 impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Profile(_) | Error::Spec(_) | Error::Plan(_) => ExitCode::BadInput,
+            Error::Plan(plan::PlanError::Caps { .. }) => ExitCode::QemuFailed,
+            Error::Profile(_)
+            | Error::Spec(_)
+            | Error::Plan(_)
+            | Error::Config(_)
+            | Error::Cpu(_) => ExitCode::BadInput,
             Error::Vm(vm::VmError::Spawn { .. }) => ExitCode::QemuFailed,
             Error::Vm(_) => ExitCode::Failure,
         }
@@ -101,6 +118,8 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Plan(p) => p.hint(),
+            Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
+            Error::Config(config::ConfigError::Cpu { source, .. }) => source.hint(),
             _ => None,
         }
     }

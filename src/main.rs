@@ -12,14 +12,18 @@ use anyhow::Context;
 use clap::Parser;
 use qemu_direct::{
     Error, ExitCode, argv,
+    caps::CapsCache,
+    config::Config,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
+    profile::Accel,
     profile::ProfileSet,
+    spec::AccelRequest,
     spec::SpecInput,
     vm,
 };
 
-use cli::{Cli, Command, RunArgs, SpecArgs};
+use cli::{Cli, Command, CpuCommand, RunArgs, SpecArgs};
 
 /// Bad input found by the binary itself (e.g. an unreadable --host-facts file).
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +73,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 
     match &cli.command {
         Command::Probe { json } => {
-            let facts = probe(true)?;
+            // Versions come from the capability probe's QMP greeting, not N more processes.
+            let mut facts = probe(false)?;
+            if cli.host_facts.is_none() {
+                let wanted: Vec<(String, Accel)> = profiles
+                    .iter()
+                    .flat_map(|p| {
+                        let b = p.binary.clone();
+                        facts
+                            .probe_accels(p)
+                            .into_iter()
+                            .map(move |a| (b.clone(), a))
+                    })
+                    .collect();
+                for (bin, accel, e) in block_on(facts.add_caps(&CapsCache::user(), &wanted))? {
+                    eprintln!("qemu-direct: {bin} under {accel}: {}", error_chain(&e));
+                }
+            }
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&facts)?)?;
             } else {
@@ -94,7 +114,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::Success)
         }
         Command::Plan { spec, json } => {
-            let plan = make_plan(spec, &profiles, probe(false)?)?;
+            let plan = make_plan(&cli, spec, &profiles, probe(false)?)?;
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
             } else {
@@ -104,7 +124,269 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => {
             drop(out);
-            run(args, &profiles, probe(false)?)
+            run(&cli, args, &profiles, probe(false)?)
+        }
+        Command::Cpu { command } => cpu_command(&cli, command, &profiles, probe(false)?, &mut out),
+        Command::Traits { json } => {
+            let mut facts = probe(false)?;
+            if cli.host_facts.is_none() {
+                let wanted: Vec<(String, Accel)> = profiles
+                    .iter()
+                    .map(|p| (p.binary.clone(), Accel::Tcg))
+                    .collect();
+                block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
+            }
+            let traits = qemu_direct::traits::host_traits(&facts, &profiles);
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&traits)?)?;
+            } else {
+                for t in traits {
+                    writeln!(out, "{:<36} {}", t.name, t.why)?;
+                }
+            }
+            Ok(ExitCode::Success)
+        }
+        Command::Check { spec, json } => {
+            let mut facts = probe(false)?;
+            let input = spec_input(spec)?;
+            let vm = input.validate(&profiles).map_err(Error::from)?;
+            if cli.host_facts.is_none() {
+                let wanted: Vec<(String, Accel)> = profiles
+                    .iter()
+                    .map(|p| (p.binary.clone(), Accel::Tcg))
+                    .collect();
+                block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
+            }
+            let have = qemu_direct::traits::host_traits(&facts, &profiles);
+            let required = qemu_direct::traits::required_traits(
+                &input.properties,
+                vm.cpu.maxphysaddr,
+                &profiles,
+            );
+            let config = load_config(&cli, &profiles)?;
+            let plan = block_on(plan::resolve_probing(
+                &vm,
+                &profiles,
+                &mut facts,
+                &config,
+                &CapsCache::user(),
+                cli.host_facts.is_none(),
+            ))?;
+            let plan_text = plan.as_ref().map_err(|e| error_chain(e));
+            let report = qemu_direct::traits::check(required, &have, plan_text);
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "runs here: {}",
+                    serde_json::to_value(report.verdict)?
+                        .as_str()
+                        .unwrap_or("?")
+                )?;
+                for (t, ok) in &report.traits {
+                    writeln!(
+                        out,
+                        "trait:     {t} {}",
+                        if *ok { "(present)" } else { "(missing)" }
+                    )?;
+                }
+                for w in &report.why {
+                    writeln!(out, "why:       {w}")?;
+                }
+            }
+            Ok(if report.verdict == qemu_direct::traits::Verdict::No {
+                ExitCode::Failure
+            } else {
+                ExitCode::Success
+            })
+        }
+    }
+}
+
+/// Runs a future on a fresh current-thread runtime (QEMU's parent-death signal is tied to the
+/// thread that spawned it, so one thread it is).
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(f))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn load_config(cli: &Cli, profiles: &ProfileSet) -> Result<Config, Error> {
+    Ok(match &cli.config {
+        Some(path) => Config::load_file(path, profiles)?,
+        None => Config::load_standard(profiles)?,
+    })
+}
+
+fn read_host_file(path: &Path) -> anyhow::Result<HostFacts> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Usage(format!(
+            "cannot read host description {}: {e}",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Usage(format!("invalid host description {}: {e}", path.display())).into())
+}
+
+fn cpu_command(
+    cli: &Cli,
+    command: &CpuCommand,
+    profiles: &ProfileSet,
+    mut facts: HostFacts,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        CpuCommand::Models { arch, accel, json } => {
+            let profile = match arch {
+                Some(a) => profiles.resolve("arch", a).map_err(Error::from)?,
+                None => facts
+                    .arch
+                    .as_ref()
+                    .and_then(|a| profiles.get(a))
+                    .ok_or_else(|| Usage("cannot tell this host's arch; pass --arch".into()))?,
+            };
+            let accel = match accel {
+                AccelRequest::Kvm => Accel::Kvm,
+                AccelRequest::Tcg => Accel::Tcg,
+                AccelRequest::Auto if facts.kvm_verdict(profile).is_ok() => Accel::Kvm,
+                AccelRequest::Auto => Accel::Tcg,
+            };
+            if !facts.emulators.contains_key(&profile.binary) {
+                return Err(Usage(format!(
+                    "{} is not installed (Debian package {})",
+                    profile.binary, profile.package
+                ))
+                .into());
+            }
+            if cli.host_facts.is_none() {
+                if accel == Accel::Kvm && !facts.probe_accels(profile).contains(&Accel::Kvm) {
+                    let why = facts.kvm_verdict(profile).err().map(|b| b.to_string());
+                    return Err(Usage(format!(
+                        "--accel kvm: {}",
+                        why.unwrap_or_else(|| "KVM is not available".into())
+                    ))
+                    .into());
+                }
+                if let Some((_, _, e)) = block_on(
+                    facts.add_caps(&CapsCache::user(), &[(profile.binary.clone(), accel)]),
+                )?
+                .into_iter()
+                .next()
+                {
+                    return Err(e.into());
+                }
+            }
+            let caps = facts.caps(&profile.binary, accel).ok_or_else(|| {
+                Usage(format!(
+                    "no capabilities recorded for {} under {accel}",
+                    profile.binary
+                ))
+            })?;
+            let Some(rows) = qemu_direct::cpu::model_rows(caps) else {
+                return Err(Usage(format!(
+                    "{} {} cannot list its CPU models (no query-cpu-definitions)",
+                    profile.binary, caps.version
+                ))
+                .into());
+            };
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                writeln!(out, "{} {} under {accel}:", profile.binary, caps.version)?;
+                for r in rows {
+                    let alias = r.alias_of.map(|a| format!(" (= {a})")).unwrap_or_default();
+                    let usable = if r.usable { "yes" } else { "no " };
+                    writeln!(
+                        out,
+                        "  {usable} {:<28} {}",
+                        format!("{}{alias}", r.name),
+                        r.why
+                    )?;
+                }
+            }
+            Ok(ExitCode::Success)
+        }
+        CpuCommand::Baseline { arch, hosts, json } => {
+            let profile = profiles.resolve("arch", arch).map_err(Error::from)?;
+            let files: Vec<HostFacts> = hosts
+                .iter()
+                .map(|h| read_host_file(h))
+                .collect::<anyhow::Result<_>>()?;
+            let labels: Vec<String> = hosts.iter().map(|h| h.display().to_string()).collect();
+            let mut views = Vec::new();
+            for (f, label) in files.iter().zip(&labels) {
+                let accel = if f.kvm_verdict(profile).is_ok() {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                };
+                let caps = f.caps(&profile.binary, accel).ok_or_else(|| {
+                    Usage(format!(
+                        "{label}: no capabilities for {} under {accel}; write it with `qemu-direct probe --json` on that host",
+                        profile.binary
+                    ))
+                })?;
+                views.push(qemu_direct::cpu::BaselineHost { label, accel, caps });
+            }
+            let b = qemu_direct::cpu::baseline(&views).map_err(Error::from)?;
+            if *json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&b)?)?;
+            } else {
+                let flags = b.cpu_flags();
+                write!(out, "--cpu-model {}", b.model)?;
+                if !flags.is_empty() {
+                    write!(out, " --cpu-flags={flags}")?;
+                }
+                writeln!(out)?;
+                eprintln!(
+                    "qemu-direct: {} keeps {} features, disables {} that some host lacks",
+                    b.model,
+                    b.kept,
+                    b.disabled.len()
+                );
+            }
+            Ok(ExitCode::Success)
+        }
+        CpuCommand::Compare { spec, hosts } => {
+            let vm = spec_input(spec)?.validate(profiles).map_err(Error::from)?;
+            let config = load_config(cli, profiles)?;
+            let mut all = true;
+            for h in hosts {
+                let host = read_host_file(h)?;
+                match plan::resolve_with(&vm, profiles, &host, &config) {
+                    Ok(p) => {
+                        let cpu = p
+                            .cpu
+                            .as_ref()
+                            .map_or("(machine default)".into(), |c| c.qemu_value());
+                        writeln!(out, "{}: yes: -cpu {cpu} under {}", h.display(), p.accel)?;
+                    }
+                    Err(e) => {
+                        all = false;
+                        writeln!(out, "{}: no: {}", h.display(), error_chain(&e))?;
+                    }
+                }
+            }
+            Ok(if all {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
         }
     }
 }
@@ -146,6 +428,11 @@ fn spec_input(args: &SpecArgs) -> Result<SpecInput, Error> {
         disk_writable: args.disk_writable.then_some(true),
         firmware: args.firmware.clone(),
         emulator: args.emulator.clone(),
+        cpu_mode: args.cpu_mode.clone(),
+        cpu_models: (!args.cpu_model.is_empty()).then(|| args.cpu_model.clone()),
+        cpu_model_extra_flags: (!args.cpu_flags.is_empty()).then(|| args.cpu_flags.clone()),
+        cpu_check: args.cpu_check.clone(),
+        maxphysaddr: args.maxphysaddr.clone(),
         properties: Default::default(),
     };
     for p in &args.properties {
@@ -154,13 +441,33 @@ fn spec_input(args: &SpecArgs) -> Result<SpecInput, Error> {
     Ok(base.overlay(flags))
 }
 
-fn make_plan(args: &SpecArgs, profiles: &ProfileSet, host: HostFacts) -> Result<LaunchPlan, Error> {
-    let spec = spec_input(args)?.validate(profiles)?;
-    Ok(plan::resolve(&spec, profiles, &host)?)
+fn make_plan(
+    cli: &Cli,
+    args: &SpecArgs,
+    profiles: &ProfileSet,
+    mut host: HostFacts,
+) -> anyhow::Result<LaunchPlan> {
+    let spec = spec_input(args)?.validate(profiles).map_err(Error::from)?;
+    let config = load_config(cli, profiles)?;
+    let plan = block_on(plan::resolve_probing(
+        &spec,
+        profiles,
+        &mut host,
+        &config,
+        &CapsCache::user(),
+        cli.host_facts.is_none(),
+    ))?
+    .map_err(Error::from)?;
+    Ok(plan)
 }
 
-fn run(args: &RunArgs, profiles: &ProfileSet, host: HostFacts) -> anyhow::Result<ExitCode> {
-    let plan = make_plan(&args.spec, profiles, host)?;
+fn run(
+    cli: &Cli,
+    args: &RunArgs,
+    profiles: &ProfileSet,
+    host: HostFacts,
+) -> anyhow::Result<ExitCode> {
+    let plan = make_plan(cli, &args.spec, profiles, host)?;
     let argv = argv::build(&plan);
     if args.dry_run {
         let mut out = std::io::stdout().lock();
@@ -261,7 +568,7 @@ fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
     writeln!(out, "accel:   {}", plan.accel_reason)?;
     writeln!(out, "machine: {}", plan.machine.kind)?;
     if let Some(cpu) = &plan.cpu {
-        writeln!(out, "cpu:     {}", cpu.model)?;
+        writeln!(out, "cpu:     {} ({})", cpu.qemu_value(), cpu.mode)?;
     }
     writeln!(out, "memory:  {}  smp: {}", plan.memory, plan.smp)?;
     for note in &plan.notes {

@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     arch::Arch,
-    host::{HostFacts, KvmBlocker},
+    caps::{CapsCache, CapsError},
+    config::Config,
+    cpu::{CpuContext, CpuError},
+    host::{Emulator, HostFacts, KvmBlocker},
     pathser,
     profile::{Accel, MachineProfile, ProfileSet},
     size::MemSize,
@@ -65,14 +68,7 @@ pub struct Machine {
     pub options: Vec<String>,
 }
 
-/// A CPU model with properties.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cpu {
-    /// QEMU CPU model name.
-    pub model: String,
-    /// `key=value` properties.
-    pub options: Vec<String>,
-}
+pub use crate::cpu::Cpu;
 
 /// A direct kernel boot, with the full command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +162,20 @@ pub enum PlanError {
         /// The valid range.
         expected: String,
     },
+    /// The CPU asked for cannot be had here.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// The emulator's capabilities could not be probed.
+    #[error("cannot probe the CPU models of {binary} under {accel}")]
+    Caps {
+        /// The emulator.
+        binary: String,
+        /// The accelerator.
+        accel: Accel,
+        /// Why.
+        #[source]
+        source: Box<CapsError>,
+    },
 }
 
 impl PlanError {
@@ -173,16 +183,77 @@ impl PlanError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PlanError::KvmUnusable(b) => b.hint(),
+            PlanError::Cpu(c) => c.hint(),
             _ => None,
         }
     }
 }
 
-/// Resolves a spec into a plan for this host.
+/// The key under which a plan's emulator is recorded in [`HostFacts::emulators`]: the profile's
+/// binary name, or the `--emulator` path as given.
+fn emulator_key(spec: &VmSpec, profile: &MachineProfile) -> String {
+    match &spec.emulator {
+        Some(path) => path.to_string_lossy().into_owned(),
+        None => profile.binary.clone(),
+    }
+}
+
+/// [`resolve_with`], probing the emulator's CPU capabilities (through `cache`) when the CPU
+/// request needs them and `host` lacks them. With `probe` false (host facts from a file) the
+/// missing capabilities are an error instead.
+pub async fn resolve_probing(
+    spec: &VmSpec,
+    profiles: &ProfileSet,
+    host: &mut HostFacts,
+    config: &Config,
+    cache: &CapsCache,
+    probe: bool,
+) -> Result<LaunchPlan, PlanError> {
+    match resolve_with(spec, profiles, host, config) {
+        Err(PlanError::Cpu(CpuError::NoCaps { accel, .. })) if probe => {
+            let profile = guest_profile(spec, profiles, host)?;
+            let key = emulator_key(spec, profile);
+            if let Some(path) = &spec.emulator {
+                host.emulators.entry(key.clone()).or_insert(Emulator {
+                    path: path.clone(),
+                    version: None,
+                    caps: Default::default(),
+                });
+            }
+            if let Some((binary, accel, source)) = host
+                .add_caps(cache, &[(key, accel)])
+                .await
+                .into_iter()
+                .next()
+            {
+                return Err(PlanError::Caps {
+                    binary,
+                    accel,
+                    source: Box::new(source),
+                });
+            }
+            resolve_with(spec, profiles, host, config)
+        }
+        other => other,
+    }
+}
+
+/// Resolves a spec into a plan for this host, with no config files.
 pub fn resolve(
     spec: &VmSpec,
     profiles: &ProfileSet,
     host: &HostFacts,
+) -> Result<LaunchPlan, PlanError> {
+    resolve_with(spec, profiles, host, &Config::default())
+}
+
+/// Resolves a spec into a plan for this host, with the config files' CPU defaults under the
+/// spec's own settings.
+pub fn resolve_with(
+    spec: &VmSpec,
+    profiles: &ProfileSet,
+    host: &HostFacts,
+    config: &Config,
 ) -> Result<LaunchPlan, PlanError> {
     let profile = guest_profile(spec, profiles, host)?;
     let arch = profile.arch();
@@ -230,11 +301,6 @@ pub fn resolve(
         }
     };
 
-    let cpu = Some(Cpu {
-        model: ap.cpu.clone(),
-        options: ap.cpu_options.clone(),
-    });
-
     let memory = spec.memory.unwrap_or(profile.default_memory);
     let max_memory = profile.max_memory.unwrap_or(MAX_MEMORY);
     if memory < MIN_MEMORY || memory > max_memory {
@@ -255,6 +321,27 @@ pub fn resolve(
             ),
         });
     }
+
+    let request = config.cpu_for(&arch).overlay(spec.cpu.clone());
+    let binary_key = emulator_key(spec, profile);
+    let cpu = crate::cpu::resolve(
+        &request,
+        &CpuContext {
+            profile,
+            accel,
+            binary: &profile.binary,
+            caps: host.caps(&binary_key, accel),
+            host_phys_bits: host.phys_bits,
+            memory,
+            machine: &machine.kind,
+        },
+    )?;
+    notes.push(match (&cpu, &request.source) {
+        (None, Some(src)) => format!("cpu: none, the machine's default (from {src})"),
+        (None, None) => "cpu: none, the machine's default".into(),
+        (Some(c), Some(src)) => format!("cpu: {} {} (from {src})", c.mode, c.model),
+        (Some(c), None) => format!("cpu: {} {} (the profile's default)", c.mode, c.model),
+    });
 
     let kernel = spec.kernel.as_ref().map(|k| KernelPlan {
         kernel: k.kernel.clone(),
@@ -425,10 +512,12 @@ mod tests {
                         Emulator {
                             path: format!("/usr/bin/{}", p.binary).into(),
                             version: None,
+                            caps: BTreeMap::new(),
                         },
                     )
                 })
                 .collect::<BTreeMap<_, _>>(),
+            phys_bits: Some(48),
         }
     }
 

@@ -80,6 +80,102 @@ pub struct MachineProfile {
     pub libvirt: LibvirtNames,
     /// Machine and CPU per accelerator; an accelerator absent here is never used for this arch.
     pub accel: BTreeMap<Accel, AccelProfile>,
+    /// CPU facts: host-model, feature spellings, physical-address bits.
+    #[serde(default)]
+    pub cpu: CpuProfile,
+    /// os-traits names for this architecture.
+    #[serde(default)]
+    pub traits: TraitNames,
+}
+
+/// How `host-model` is answered for an architecture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostModelRule {
+    /// Computed: the runnable named model closest to the host CPU, plus the host's extra
+    /// features (what libvirt does on x86).
+    Compute,
+    /// `-cpu host`, under a hardware accelerator only (ppc64).
+    Host,
+    /// No such thing for this architecture.
+    #[default]
+    Unsupported,
+}
+
+/// CPU facts for one architecture.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuProfile {
+    /// How `host-model` is answered.
+    #[serde(default)]
+    pub host_model: HostModelRule,
+    /// What to tell a user who asks for `host-model` where it is unsupported.
+    #[serde(default)]
+    pub host_model_hint: Option<String>,
+    /// Feature spellings libvirt (and so Nova) uses, mapped to QEMU's.
+    #[serde(default)]
+    pub feature_aliases: BTreeMap<String, String>,
+    /// Guest physical-address bits QEMU accepts; absent where `maxphysaddr` does not apply.
+    #[serde(default)]
+    pub phys_bits: Option<PhysBitsRange>,
+    /// How QEMU lays out guest RAM per machine family, to check that RAM fits the address bits.
+    #[serde(default)]
+    pub memory_map: Vec<MemoryMap>,
+}
+
+/// The range of `phys-bits` QEMU accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhysBitsRange {
+    /// Smallest value.
+    pub min: u8,
+    /// Largest value.
+    pub max: u8,
+}
+
+/// Where QEMU places guest RAM and the 64-bit PCI hole on one machine family (QEMU's
+/// `pc_pci_hole64_start` and friends): the highest guest-physical address in use must fit in
+/// `2^phys-bits`, or QEMU refuses to start ("phys-bits too low").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryMap {
+    /// Machine types this applies to: exact names or `prefix*`.
+    pub machines: Vec<String>,
+    /// RAM at or above this size is split: `below_4g` under 4 GiB, the rest from 4 GiB up.
+    pub split_at: MemSize,
+    /// RAM kept under 4 GiB once RAM is split.
+    pub below_4g: MemSize,
+    /// Size of the 64-bit PCI hole, placed (1 GiB aligned) after RAM above 4 GiB.
+    pub pci_hole64: MemSize,
+    /// With an AMD CPU vendor, a map reaching this address moves RAM above 4 GiB to
+    /// `amd_relocate_to`, clear of the HyperTransport hole.
+    #[serde(default)]
+    pub amd_ht_start: Option<MemSize>,
+    /// Where RAM above 4 GiB starts after that move.
+    #[serde(default)]
+    pub amd_relocate_to: Option<MemSize>,
+}
+
+impl MemoryMap {
+    /// Whether this map describes `machine`.
+    pub fn matches(&self, machine: &str) -> bool {
+        self.machines.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => machine.starts_with(prefix),
+            None => machine == m,
+        })
+    }
+}
+
+/// os-traits names (as Nova's placement service uses them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraitNames {
+    /// `COMPUTE_ARCH_*`: a host can run this guest arch.
+    #[serde(default)]
+    pub compute_arch: Option<String>,
+    /// `HW_ARCH_*`: a host is of this arch (os-traits has none for some, e.g. riscv64).
+    #[serde(default)]
+    pub hw_arch: Option<String>,
 }
 
 /// Recognises the host a binary runs on.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     arch::Arch,
+    cpu::{CpuCheck, CpuError, CpuRequest, CpuSettings, MaxPhysAddr},
     pathser,
     profile::{ProfileError, ProfileSet},
     size::MemSize,
@@ -31,6 +32,14 @@ pub const PROPERTIES: &[(&str, &str)] = &[
         "guest arch that must run natively; with hw_emulation_architecture, the host arch required",
     ),
     ("hw_machine_type", "QEMU machine type"),
+    (
+        "hw:maxphysaddr_mode",
+        "flavor extra spec: guest physical-address bits, emulate or passthrough",
+    ),
+    (
+        "hw:maxphysaddr_bits",
+        "flavor extra spec: the bits for hw:maxphysaddr_mode=emulate",
+    ),
 ];
 
 /// Which accelerator the user asks for.
@@ -107,7 +116,17 @@ pub struct SpecInput {
     /// A QEMU binary to use instead of the profile's from `PATH`.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
-    /// Nova image properties, `KEY = "VALUE"`.
+    /// CPU mode (Nova's `cpu_mode`): host-passthrough, maximum, host-model, custom, none.
+    pub cpu_mode: Option<String>,
+    /// CPU models, most preferred first (Nova's `cpu_models`).
+    pub cpu_models: Option<Vec<String>>,
+    /// Extra CPU features, `+f`/`f`/`-f` (Nova's `cpu_model_extra_flags`).
+    pub cpu_model_extra_flags: Option<Vec<String>>,
+    /// `enforce` (refuse unavailable features; default) or `none`.
+    pub cpu_check: Option<String>,
+    /// Physical-address bits: `emulate:N`, `passthrough` or `passthrough:LIMIT`.
+    pub maxphysaddr: Option<String>,
+    /// Nova image properties and flavor extra specs, `KEY = "VALUE"`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -165,6 +184,9 @@ pub enum SpecError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A CPU setting of the wrong form or contradicting another.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
 }
 
 /// Where the guest architecture comes from.
@@ -251,6 +273,9 @@ pub struct VmSpec {
     /// QEMU binary override.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
+    /// The CPU asked for; empty means the config files' or the profile's default.
+    #[serde(default)]
+    pub cpu: CpuRequest,
 }
 
 impl SpecInput {
@@ -300,8 +325,21 @@ impl SpecInput {
             disk,
             disk_writable,
             firmware,
-            emulator
+            emulator,
+            cpu_check,
+            maxphysaddr
         );
+        // A mode or model replaces the CPU below it, features and all (see CpuRequest::overlay).
+        if top.cpu_mode.is_some() || top.cpu_models.is_some() {
+            self.cpu_mode = top.cpu_mode;
+            self.cpu_models = top.cpu_models;
+            self.cpu_model_extra_flags = None;
+        }
+        if let Some(flags) = top.cpu_model_extra_flags {
+            self.cpu_model_extra_flags
+                .get_or_insert_with(Vec::new)
+                .extend(flags);
+        }
         self.properties.extend(top.properties);
         self
     }
@@ -439,6 +477,7 @@ impl SpecInput {
             .map(|f| readable_file("firmware", f))
             .transpose()?;
         let emulator = self.emulator.as_deref().map(executable).transpose()?;
+        let cpu = self.cpu_request()?;
 
         Ok(VmSpec {
             name: self.name.clone(),
@@ -451,7 +490,77 @@ impl SpecInput {
             disks,
             firmware,
             emulator,
+            cpu,
         })
+    }
+
+    /// The CPU settings, with the flavor's `hw:maxphysaddr_*` merged into `maxphysaddr`.
+    fn cpu_request(&self) -> Result<CpuRequest, SpecError> {
+        let prop = |k: &str| self.properties.get(k).map(String::as_str);
+        let flavor = match (prop("hw:maxphysaddr_mode"), prop("hw:maxphysaddr_bits")) {
+            (None, None) => None,
+            (None, Some(b)) => {
+                return Err(SpecError::Conflict {
+                    first: format!("hw:maxphysaddr_bits={b}"),
+                    second: "no hw:maxphysaddr_mode".into(),
+                    why: "bits need hw:maxphysaddr_mode=emulate".into(),
+                });
+            }
+            (Some(mode), bits) => {
+                let value = format!(
+                    "{mode}{}",
+                    bits.map(|b| format!(":{b}")).unwrap_or_default()
+                );
+                let bits = bits
+                    .map(|b| {
+                        b.trim().parse::<u8>().map_err(|_| SpecError::Invalid {
+                            field: "property hw:maxphysaddr_bits".into(),
+                            value: b.into(),
+                            expected: "a whole number of bits, e.g. 42".into(),
+                        })
+                    })
+                    .transpose()?;
+                if bits.is_some() && mode.trim().eq_ignore_ascii_case("passthrough") {
+                    return Err(SpecError::Conflict {
+                        first: "hw:maxphysaddr_mode=passthrough".into(),
+                        second: format!("hw:maxphysaddr_bits={}", bits.unwrap_or(0)),
+                        why: "bits apply only with mode emulate (libvirt: cannot be used with mode='passthrough')".into(),
+                    });
+                }
+                Some(MaxPhysAddr::from_parts(
+                    "hw:maxphysaddr_mode",
+                    &value,
+                    mode,
+                    bits,
+                )?)
+            }
+        };
+        let given = self
+            .maxphysaddr
+            .as_deref()
+            .map(|m| MaxPhysAddr::parse("maxphysaddr", m))
+            .transpose()?;
+        let maxphysaddr = match (given, flavor) {
+            (Some(g), Some(f)) if g != f => {
+                return Err(SpecError::Conflict {
+                    first: format!("--maxphysaddr {g}"),
+                    second: format!("hw:maxphysaddr_* = {f}"),
+                    why: "they ask for different physical-address bits; give one".into(),
+                });
+            }
+            (g, f) => g.or(f),
+        };
+        let settings = CpuSettings {
+            cpu_mode: self.cpu_mode.clone(),
+            cpu_models: self.cpu_models.clone(),
+            cpu_model_extra_flags: self.cpu_model_extra_flags.clone(),
+            cpu_check: self.cpu_check.clone(),
+        };
+        let mut req = settings.to_request("the command line or spec file", maxphysaddr)?;
+        if req.is_default() && req.check == CpuCheck::default() {
+            req.source = None;
+        }
+        Ok(req)
     }
 
     fn arch_choice(

@@ -254,6 +254,7 @@ fn probe_and_plan_speak_json() {
         qemu_direct::host::Emulator {
             path: "/opt/qemu/bin/qemu-system-aarch64".into(),
             version: None,
+            caps: Default::default(),
         },
     );
     std::fs::write(&f, serde_json::to_string(&other).unwrap()).unwrap();

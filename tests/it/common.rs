@@ -69,10 +69,12 @@ pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
                     Emulator {
                         path,
                         version: None,
+                        caps: BTreeMap::new(),
                     },
                 )
             })
             .collect::<BTreeMap<_, _>>(),
+        phys_bits: Some(48),
     }
 }
 

@@ -1,0 +1,514 @@
+//! From a [`CpuRequest`] to the `-cpu` QEMU will get, checked against the emulator's answers.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CpuCheck, CpuError, CpuMode, CpuRequest, Flag, MaxPhysAddr, nearest, normalize_flags};
+use crate::{
+    caps::{Caps, CpuModel},
+    profile::{Accel, HostModelRule, MachineProfile, MemoryMap},
+    size::MemSize,
+};
+
+/// The guest CPU as planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// How it was chosen.
+    pub mode: CpuMode,
+    /// QEMU CPU model name.
+    pub model: String,
+    /// Features turned on or off on top of the model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<Flag>,
+    /// Other `key=value` properties from the profile (tuning such as `pauth-impdef=on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// Physical-address bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxphysaddr: Option<MaxPhysAddr>,
+    /// Whether unavailable features were refused.
+    #[serde(default)]
+    pub check: CpuCheck,
+}
+
+impl Cpu {
+    /// The `-cpu` value, unescaped: `model,opt,...,feat=on|off,...,phys-bits=N`.
+    pub fn qemu_value(&self) -> String {
+        let mut parts = vec![self.model.clone()];
+        parts.extend(self.options.iter().cloned());
+        parts.extend(
+            self.features
+                .iter()
+                .map(|f| format!("{}={}", f.name, if f.on { "on" } else { "off" })),
+        );
+        match self.maxphysaddr {
+            Some(MaxPhysAddr::Emulate { bits }) => {
+                // `host` and `max` default to host-phys-bits=on under KVM, which would override
+                // an explicit phys-bits; turn it off so the width asked for is the one used.
+                if matches!(self.model.as_str(), "host" | "max") {
+                    parts.push("host-phys-bits=off".into());
+                }
+                parts.push(format!("phys-bits={bits}"));
+            }
+            Some(MaxPhysAddr::Passthrough { limit }) => {
+                parts.push("host-phys-bits=on".into());
+                if let Some(l) = limit {
+                    parts.push(format!("host-phys-bits-limit={l}"));
+                }
+            }
+            None => {}
+        }
+        parts.join(",")
+    }
+}
+
+/// What the CPU decision depends on besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuContext<'a> {
+    /// The guest's profile.
+    pub profile: &'a MachineProfile,
+    /// The accelerator chosen.
+    pub accel: Accel,
+    /// The emulator's binary name, for messages.
+    pub binary: &'a str,
+    /// What the emulator reports under that accelerator, if probed.
+    pub caps: Option<&'a Caps>,
+    /// The host CPU's physical-address bits, if known.
+    pub host_phys_bits: Option<u8>,
+    /// Guest RAM.
+    pub memory: MemSize,
+    /// The machine type chosen.
+    pub machine: &'a str,
+}
+
+impl CpuContext<'_> {
+    fn caps(&self) -> Result<&Caps, CpuError> {
+        self.caps.ok_or_else(|| CpuError::NoCaps {
+            binary: self.binary.to_owned(),
+            accel: self.accel,
+        })
+    }
+
+    fn version(&self) -> String {
+        self.caps.map_or_else(String::new, |c| c.version.clone())
+    }
+}
+
+/// Decides the guest CPU; `Ok(None)` means no `-cpu` (mode `none`). Needs [`CpuContext::caps`]
+/// whenever the request is not the profile's default ([`CpuError::NoCaps`] otherwise).
+pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuError> {
+    req.check_rules()?;
+    let ap = ctx
+        .profile
+        .accel
+        .get(&ctx.accel)
+        .ok_or_else(|| CpuError::NotForArch {
+            what: format!("accelerator {}", ctx.accel),
+            arch: ctx.profile.name.clone(),
+            hint: None,
+        })?;
+    let options_for = |model: &str| {
+        if model == ap.cpu {
+            ap.cpu_options.clone()
+        } else {
+            Vec::new()
+        }
+    };
+    if req.is_default() {
+        return Ok(Some(Cpu {
+            mode: mode_of(&ap.cpu),
+            model: ap.cpu.clone(),
+            features: Vec::new(),
+            options: ap.cpu_options.clone(),
+            maxphysaddr: None,
+            check: req.check,
+        }));
+    }
+    let caps = ctx.caps()?;
+    let mode = req.effective_mode();
+    let (mode, model, mut features) = match mode {
+        Some(CpuMode::None) => return Ok(None),
+        Some(CpuMode::HostPassthrough) => {
+            if ctx.accel != Accel::Kvm {
+                return Err(CpuError::NeedsKvm {
+                    what: "cpu_mode host-passthrough (-cpu host)".into(),
+                });
+            }
+            (CpuMode::HostPassthrough, "host".to_owned(), Vec::new())
+        }
+        Some(CpuMode::Maximum) => {
+            if let Some(models) = &caps.cpu_models
+                && !models.iter().any(|m| m.name == "max")
+            {
+                return Err(CpuError::NotForArch {
+                    what: format!(
+                        "cpu_mode maximum ({} {} has no 'max' CPU)",
+                        ctx.binary, caps.version
+                    ),
+                    arch: ctx.profile.name.clone(),
+                    hint: Some("name a model with --cpu-model (see qemu-direct cpu models)".into()),
+                });
+            }
+            (CpuMode::Maximum, "max".to_owned(), Vec::new())
+        }
+        Some(CpuMode::HostModel) => {
+            let (model, extra) = host_model(ctx)?;
+            (CpuMode::HostModel, model, extra)
+        }
+        Some(CpuMode::Custom) => {
+            let flags = features_of(req, ctx)?;
+            let model = pick_model(req, &flags, ctx)?;
+            (CpuMode::Custom, model, Vec::new())
+        }
+        None => (mode_of(&ap.cpu), ap.cpu.clone(), Vec::new()),
+    };
+    let user = features_of(req, ctx)?;
+    for f in &user {
+        features.retain(|o| o.name != f.name);
+        features.push(f.clone());
+    }
+    if req.check == CpuCheck::Enforce && mode != CpuMode::Custom {
+        // A custom model's flags were checked while picking it; here only `+f` can be missing.
+        let missing = missing_required(&user, caps);
+        if !missing.is_empty() {
+            return Err(CpuError::Unavailable {
+                accel: ctx.accel.to_string(),
+                detail: format!("{model} cannot have {}", missing.join(", ")),
+            });
+        }
+    }
+    let maxphysaddr = match req.maxphysaddr {
+        Some(m) => Some(check_phys_bits(m, mode, &model, ctx)?),
+        None => None,
+    };
+    Ok(Some(Cpu {
+        mode,
+        options: options_for(&model),
+        model,
+        features,
+        maxphysaddr,
+        check: req.check,
+    }))
+}
+
+fn mode_of(model: &str) -> CpuMode {
+    match model {
+        "host" => CpuMode::HostPassthrough,
+        "max" => CpuMode::Maximum,
+        _ => CpuMode::Custom,
+    }
+}
+
+/// The request's flags with aliases mapped to QEMU's names and each name checked.
+fn features_of(req: &CpuRequest, ctx: &CpuContext) -> Result<Vec<Flag>, CpuError> {
+    let caps = ctx.caps()?;
+    let aliases = &ctx.profile.cpu.feature_aliases;
+    let mapped: Vec<Flag> = req
+        .flags
+        .iter()
+        .map(|f| Flag {
+            name: aliases.get(&f.name).unwrap_or(&f.name).clone(),
+            on: f.on,
+        })
+        .collect();
+    let flags = normalize_flags("cpu_model_extra_flags", &mapped)?;
+    for f in &flags {
+        match &caps.feature_names {
+            Some(names) if names.contains(&f.name) => {}
+            Some(names) => {
+                return Err(CpuError::UnknownFeature {
+                    name: f.name.clone(),
+                    binary: ctx.binary.to_owned(),
+                    nearest: nearest(&f.name, names.iter().map(String::as_str)),
+                });
+            }
+            None if req.check == CpuCheck::None => {}
+            None => {
+                return Err(CpuError::Unverifiable {
+                    binary: ctx.binary.to_owned(),
+                    version: ctx.version(),
+                    what: "features".into(),
+                    value: f.to_string(),
+                });
+            }
+        }
+    }
+    Ok(flags)
+}
+
+/// Required (`+f`) features the accelerator cannot provide.
+fn missing_required(flags: &[Flag], caps: &Caps) -> Vec<String> {
+    let Some(host) = &caps.host_cpu else {
+        return Vec::new();
+    };
+    flags
+        .iter()
+        .filter(|f| f.on && !host.enabled.contains(&f.name))
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Nova's `cpu_models`: the first model, in order, that runs under the accelerator with the
+/// requested features.
+fn pick_model(req: &CpuRequest, flags: &[Flag], ctx: &CpuContext) -> Result<String, CpuError> {
+    let caps = ctx.caps()?;
+    let Some(models) = &caps.cpu_models else {
+        if req.check == CpuCheck::None {
+            return Ok(req.models[0].clone());
+        }
+        return Err(CpuError::Unverifiable {
+            binary: ctx.binary.to_owned(),
+            version: caps.version.clone(),
+            what: "models".into(),
+            value: req.models.join(", "),
+        });
+    };
+    let disabled: BTreeSet<&str> = flags
+        .iter()
+        .filter(|f| !f.on)
+        .map(|f| f.name.as_str())
+        .collect();
+    let mut refusals = Vec::new();
+    for given in &req.models {
+        let Some(m) = caps.model(given) else {
+            return Err(CpuError::UnknownModel {
+                name: given.clone(),
+                binary: ctx.binary.to_owned(),
+                nearest: nearest(given, models.iter().map(|m| m.name.as_str())),
+            });
+        };
+        let mut missing: Vec<String> = m
+            .unavailable
+            .iter()
+            .filter(|f| !disabled.contains(f.as_str()))
+            .cloned()
+            .collect();
+        missing.extend(missing_required(flags, caps));
+        if missing.is_empty() || req.check == CpuCheck::None {
+            return Ok(m.name.clone());
+        }
+        refusals.push(format!("{} lacks {}", m.name, missing.join(", ")));
+    }
+    Err(CpuError::Unavailable {
+        accel: ctx.accel.to_string(),
+        detail: refusals.join("; "),
+    })
+}
+
+/// host-model: per the profile, either computed (x86: the runnable named model whose features
+/// are a subset of what the accelerator offers, with the fewest left over, plus those), `-cpu
+/// host` under KVM (POWER), or an error saying what to use instead.
+pub fn host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
+    match ctx.profile.cpu.host_model {
+        HostModelRule::Unsupported => Err(CpuError::NotForArch {
+            what: "cpu_mode host-model".into(),
+            arch: ctx.profile.name.clone(),
+            hint: ctx.profile.cpu.host_model_hint.clone(),
+        }),
+        HostModelRule::Host if ctx.accel == Accel::Kvm => Ok(("host".into(), Vec::new())),
+        HostModelRule::Host => Err(CpuError::NeedsKvm {
+            what: format!("cpu_mode host-model on {}", ctx.profile.name),
+        }),
+        HostModelRule::Compute => {
+            let caps = ctx.caps()?;
+            let host = caps
+                .host_cpu
+                .as_ref()
+                .ok_or_else(|| CpuError::Unverifiable {
+                    binary: ctx.binary.to_owned(),
+                    version: caps.version.clone(),
+                    what: "features".into(),
+                    value: "host-model".into(),
+                })?;
+            let fits = |m: &&CpuModel| {
+                m.unavailable.is_empty()
+                    && !matches!(m.name.as_str(), "host" | "max" | "base")
+                    && m.features
+                        .as_ref()
+                        .is_some_and(|f| f.enabled.is_subset(&host.enabled))
+            };
+            let models = caps.cpu_models.as_deref().unwrap_or_default();
+            let same_vendor = |m: &&CpuModel| {
+                m.features.as_ref().and_then(|f| f.vendor.as_ref()) == host.vendor.as_ref()
+            };
+            // Prefer the host's vendor (guests take vendor-specific paths), else any.
+            let pool: Vec<&CpuModel> = {
+                let v: Vec<&CpuModel> = models.iter().filter(fits).filter(same_vendor).collect();
+                if v.is_empty() {
+                    models.iter().filter(fits).collect()
+                } else {
+                    v
+                }
+            };
+            let extra = |m: &CpuModel| {
+                m.features
+                    .as_ref()
+                    .map_or(usize::MAX, |f| host.enabled.difference(&f.enabled).count())
+            };
+            let best = pool
+                .into_iter()
+                .min_by(|a, b| {
+                    extra(a)
+                        .cmp(&extra(b))
+                        // The unversioned alias (`Nehalem`) reads better than `Nehalem-v1`.
+                        .then(a.alias_of.is_none().cmp(&b.alias_of.is_none()))
+                        .then(a.name.cmp(&b.name))
+                })
+                .ok_or_else(|| CpuError::Unavailable {
+                    accel: ctx.accel.to_string(),
+                    detail: "no named model is a subset of the host CPU".into(),
+                })?;
+            let have = best.features.as_ref().map(|f| &f.enabled);
+            let flags = host
+                .enabled
+                .iter()
+                .filter(|f| !have.is_some_and(|h| h.contains(*f)))
+                .map(|f| Flag {
+                    name: f.clone(),
+                    on: true,
+                })
+                .collect();
+            Ok((best.name.clone(), flags))
+        }
+    }
+}
+
+fn check_phys_bits(
+    m: MaxPhysAddr,
+    mode: CpuMode,
+    model: &str,
+    ctx: &CpuContext,
+) -> Result<MaxPhysAddr, CpuError> {
+    let value = m.to_string();
+    let err = |why: String| CpuError::PhysBits {
+        value: value.clone(),
+        why,
+    };
+    let range = ctx
+        .profile
+        .cpu
+        .phys_bits
+        .ok_or_else(|| CpuError::NotForArch {
+            what: "maxphysaddr".into(),
+            arch: ctx.profile.name.clone(),
+            hint: Some("physical-address bits can be set for x86_64 guests only".into()),
+        })?;
+    let bits = match m {
+        MaxPhysAddr::Emulate { bits } => {
+            if !(range.min..=range.max).contains(&bits) {
+                return Err(err(format!(
+                    "bits must be {} to {} for {} guests",
+                    range.min, range.max, ctx.profile.name
+                )));
+            }
+            if ctx.accel == Accel::Kvm
+                && let Some(host) = ctx.host_phys_bits
+                && bits > host
+            {
+                return Err(err(format!(
+                    "{bits} bits exceed the host CPU's {host} (under KVM the guest cannot have more)"
+                )));
+            }
+            bits
+        }
+        MaxPhysAddr::Passthrough { limit } => {
+            if ctx.accel != Accel::Kvm {
+                return Err(CpuError::NeedsKvm {
+                    what: format!("maxphysaddr {value} (the host's address width)"),
+                });
+            }
+            if !matches!(mode, CpuMode::HostPassthrough | CpuMode::Maximum) {
+                return Err(CpuError::Conflict {
+                    what: format!("maxphysaddr {value} with cpu_mode {mode}"),
+                    fix:
+                        "passthrough goes with cpu_mode host-passthrough or maximum (as in libvirt)"
+                            .into(),
+                });
+            }
+            let host = ctx.host_phys_bits.ok_or_else(|| {
+                err("the host CPU's address width is unknown (/proc/cpuinfo has no \"address sizes\")".into())
+            })?;
+            match limit {
+                Some(l) if l > host || l < range.min => {
+                    return Err(err(format!(
+                        "the limit must be {} to the host's {host} bits",
+                        range.min
+                    )));
+                }
+                Some(l) => l,
+                None => host,
+            }
+        }
+    };
+    if let Some(map) = ctx
+        .profile
+        .cpu
+        .memory_map
+        .iter()
+        .find(|mm| mm.matches(ctx.machine))
+    {
+        let amd = vendor_of(model, ctx).is_some_and(|v| v == "AuthenticAMD");
+        if !phys_bits_fit(map, ctx.memory, amd, bits) {
+            let need = min_phys_bits(map, ctx.memory, amd);
+            let fix = match need {
+                Some(n) if n <= range.max => format!("use at least {n} bits"),
+                _ => format!("no width up to {} fits; use less memory", range.max),
+            };
+            return Err(err(format!(
+                "{} of RAM on {} needs addresses up to {:#x}, beyond 2^{bits}; {fix}",
+                ctx.memory,
+                ctx.machine,
+                highest_address(map, ctx.memory, amd) - 1
+            )));
+        }
+    }
+    Ok(m)
+}
+
+fn vendor_of(model: &str, ctx: &CpuContext) -> Option<String> {
+    let caps = ctx.caps?;
+    if matches!(model, "host" | "max") {
+        return caps.host_cpu.as_ref()?.vendor.clone();
+    }
+    caps.model(model)?.features.as_ref()?.vendor.clone()
+}
+
+const GIB: u64 = 1 << 30;
+const FOUR_GIB: u64 = 4 * GIB;
+
+/// One past the highest guest-physical address QEMU uses for `ram` on this machine family:
+/// RAM above 4 GiB, then the 64-bit PCI hole (1 GiB aligned); with an AMD CPU a map reaching
+/// the HyperTransport hole moves above 1 TiB.
+pub fn highest_address(map: &MemoryMap, ram: MemSize, amd: bool) -> u64 {
+    let ram = ram.bytes();
+    let below = if ram >= map.split_at.bytes() {
+        map.below_4g.bytes()
+    } else {
+        ram
+    };
+    let above = ram - below;
+    let end_from = |start: u64| (start + above).div_ceil(GIB) * GIB + map.pci_hole64.bytes();
+    let end = end_from(FOUR_GIB);
+    match (map.amd_ht_start, map.amd_relocate_to) {
+        (Some(ht), Some(to)) if amd && end > ht.bytes() => end_from(to.bytes()),
+        _ => end,
+    }
+}
+
+/// Whether QEMU accepts `bits` physical-address bits for `ram` on this machine family. With 32
+/// or fewer QEMU skips the 64-bit hole, so all RAM must sit below 4 GiB; above 32 the whole map
+/// must fit.
+pub fn phys_bits_fit(map: &MemoryMap, ram: MemSize, amd: bool, bits: u8) -> bool {
+    if bits <= 32 {
+        ram.bytes() < map.split_at.bytes() && ram.bytes() <= FOUR_GIB
+    } else {
+        bits >= 64 || highest_address(map, ram, amd) <= 1u64 << bits
+    }
+}
+
+/// The fewest physical-address bits above 32 that fit `ram` on this machine family, or `None`
+/// past 63.
+pub fn min_phys_bits(map: &MemoryMap, ram: MemSize, amd: bool) -> Option<u8> {
+    (33..64u8).find(|&n| phys_bits_fit(map, ram, amd, n))
+}
