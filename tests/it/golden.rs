@@ -35,6 +35,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         disks: Vec::new(),
         firmware: None,
         emulator: None,
+        cpu: Default::default(),
     }
 }
 
