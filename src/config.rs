@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::{
     arch::Arch,
     cpu::{CpuError, CpuRequest, CpuSettings},
-    profile::ProfileSet,
+    profile::{MachineProfile, ProfileSet},
 };
 
 /// Where the system-wide file is unless `$QEMU_DIRECT_SYSTEM_CONFIG` says otherwise.
@@ -128,12 +128,16 @@ impl Config {
         })
     }
 
-    /// The configured default CPU for `arch`, layers merged (empty when none says anything).
-    pub fn cpu_for(&self, arch: &Arch) -> CpuRequest {
+    /// The configured default CPU for `profile`'s arch, layers merged (empty when none says
+    /// anything), feature names in QEMU's spelling.
+    pub fn cpu_for(&self, profile: &MachineProfile) -> CpuRequest {
+        let aliases = &profile.cpu.feature_aliases;
         self.layers
             .iter()
-            .filter_map(|l| l.cpu.get(arch))
-            .fold(CpuRequest::default(), |acc, r| acc.overlay(r.clone()))
+            .filter_map(|l| l.cpu.get(&profile.arch()))
+            .fold(CpuRequest::default(), |acc, r| {
+                acc.overlay(r.clone().canonical(aliases))
+            })
     }
 }
 

@@ -322,7 +322,9 @@ pub fn resolve_with(
         });
     }
 
-    let request = config.cpu_for(&arch).overlay(spec.cpu.clone());
+    let request = config
+        .cpu_for(profile)
+        .overlay(spec.cpu.clone().canonical(&profile.cpu.feature_aliases));
     let binary_key = emulator_key(spec, profile);
     let cpu = crate::cpu::resolve(
         &request,

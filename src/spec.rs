@@ -335,10 +335,12 @@ impl SpecInput {
             self.cpu_models = top.cpu_models;
             self.cpu_model_extra_flags = None;
         }
+        // Features on top win over the same feature below (`-pse36` over the file's `+pse36`).
         if let Some(flags) = top.cpu_model_extra_flags {
-            self.cpu_model_extra_flags
-                .get_or_insert_with(Vec::new)
-                .extend(flags);
+            let name = |f: &str| f.trim().trim_start_matches(['+', '-']).to_ascii_lowercase();
+            let below = self.cpu_model_extra_flags.get_or_insert_with(Vec::new);
+            below.retain(|b| !flags.iter().any(|t| name(t) == name(b)));
+            below.extend(flags);
         }
         self.properties.extend(top.properties);
         self

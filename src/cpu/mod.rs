@@ -204,7 +204,9 @@ impl MaxPhysAddr {
         let bits = bits
             .map(|b| b.trim().parse::<u8>())
             .transpose()
-            .map_err(|_| bad("a whole number of bits, e.g. emulate:42"))?;
+            .map_err(|_| {
+                bad("a whole number of bits (32 to 52 for x86_64 guests), e.g. emulate:42")
+            })?;
         Self::from_parts(field, text, mode, bits)
     }
 
@@ -226,6 +228,8 @@ impl MaxPhysAddr {
                 "emulate needs the number of bits: emulate:N (Nova: hw:maxphysaddr_bits)",
             )),
             ("passthrough", limit) => Ok(MaxPhysAddr::Passthrough { limit }),
+            // Nova's flavor key takes the bare mode; the command line takes mode[:bits].
+            _ if field.starts_with("hw:") => Err(bad("emulate or passthrough")),
             _ => Err(bad("emulate:N, passthrough or passthrough:LIMIT")),
         }
     }
@@ -316,6 +320,17 @@ impl CpuRequest {
         }
         normalize_flags("cpu_model_extra_flags", &self.flags)?;
         Ok(())
+    }
+
+    /// The same request with feature names in QEMU's spelling (libvirt's `lahf_lm` becomes
+    /// `lahf-lm`), so layers compare like with like.
+    pub fn canonical(mut self, aliases: &std::collections::BTreeMap<String, String>) -> Self {
+        for f in &mut self.flags {
+            if let Some(q) = aliases.get(&f.name) {
+                f.name = q.clone();
+            }
+        }
+        self
     }
 
     /// Layers `top` over `self`: a mode or model in `top` replaces this one's mode, models and
@@ -410,6 +425,8 @@ pub enum CpuError {
     NeedsKvm {
         /// What was asked.
         what: String,
+        /// What to use under TCG instead.
+        instead: String,
     },
     /// A mode or option this architecture does not have.
     #[error("{what} is not supported for {arch} guests")]
@@ -456,9 +473,7 @@ impl CpuError {
             CpuError::NoCaps { .. } => {
                 Some("record them with `qemu-direct probe --json` on that host".into())
             }
-            CpuError::NeedsKvm { .. } => {
-                Some("under TCG use --cpu-mode maximum or a named model".into())
-            }
+            CpuError::NeedsKvm { instead, .. } => Some(format!("under TCG use {instead}")),
             _ => None,
         }
     }

@@ -133,6 +133,7 @@ pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuErr
             if ctx.accel != Accel::Kvm {
                 return Err(CpuError::NeedsKvm {
                     what: "cpu_mode host-passthrough (-cpu host)".into(),
+                    instead: "--cpu-mode maximum or a named model".into(),
                 });
             }
             (CpuMode::HostPassthrough, "host".to_owned(), Vec::new())
@@ -309,6 +310,7 @@ pub fn host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
         HostModelRule::Host if ctx.accel == Accel::Kvm => Ok(("host".into(), Vec::new())),
         HostModelRule::Host => Err(CpuError::NeedsKvm {
             what: format!("cpu_mode host-model on {}", ctx.profile.name),
+            instead: "--cpu-mode maximum or a named model".into(),
         }),
         HostModelRule::Compute => {
             let caps = ctx.caps()?;
@@ -416,6 +418,7 @@ fn check_phys_bits(
             if ctx.accel != Accel::Kvm {
                 return Err(CpuError::NeedsKvm {
                     what: format!("maxphysaddr {value} (the host's address width)"),
+                    instead: "--maxphysaddr emulate:N".into(),
                 });
             }
             if !matches!(mode, CpuMode::HostPassthrough | CpuMode::Maximum) {

@@ -1,5 +1,6 @@
 //! Integration tests, one binary. Modules:
 //! - `common`: the fixture: built binary, test guests, fake hosts.
+//! - `cpu`: CPU modes, features and phys-bits seen by real guests; baseline, cache, traits.
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
@@ -9,6 +10,8 @@
 mod boot;
 mod cli;
 mod common;
+mod cpu;
+mod cpu_rules;
 mod golden;
 mod kvm;
 mod signals;
