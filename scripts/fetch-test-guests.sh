@@ -7,14 +7,22 @@
 # configuration under DIR/.apt and unpacked with dpkg-deb. Layout of DIR:
 #
 #   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel
+#   <arch>/uefi.img                   x86_64 aarch64: FAT disk (no partition table) that
+#                                     UEFI firmware (OVMF, AAVMF) boots as removable media:
+#                                     EFI/BOOT/BOOT{X64,AA64}.EFI is systemd-boot, whose
+#                                     loader/loader.conf (timeout 0) boots loader/entries/qd.conf
+#                                     at once: /linux (the same kernel, an EFI-stub PE image),
+#                                     /initrd.gz, options console=<console> panic=-1.
+#                                     startup.nsh does the same from the UEFI shell (fallback).
 #   riscv64/fw_jump.bin               OpenSBI generic fw_jump (-bios)
 #   riscv64/u-boot.bin                U-Boot qemu-riscv64_smode (-kernel)
 #   riscv64/boot/boot.scr.uimg        U-Boot script; serve the folder as fat:DIR/riscv64/boot
 #   manifest.txt                      "name version arch sha256" per .deb,
 #                                     "file <relative path> <sha256>" per output
 #
-# The initramfs /init prints "GUEST-READY <arch>", then qd-uname:, qd-address-sizes:,
-# qd-flags:, qd-cmdline: lines, and powers off. Kernel command line switches:
+# The initramfs /init prints "GUEST-READY <arch>", then qd-uptime: (the guest's
+# /proc/uptime seconds at the marker), qd-uname:, qd-address-sizes:, qd-flags:,
+# qd-cmdline: lines, and powers off. Kernel command line switches:
 # qd.hold=1 (print "qd-heartbeat N" every second forever), qd.panic=1 (kernel panic).
 #
 # Re-runs are cached by package version: when the versions resolved from the apt
@@ -84,10 +92,21 @@ kernel_meta_of() {
 	esac
 }
 
+# UEFI arch name (as in BOOT<NAME>.EFI, systemd-boot<name>.efi) and serial console of
+# the guests that get a uefi.img.
+uefi_of() {
+	case $1 in
+	x86_64) echo "x64 ttyS0" ;;
+	aarch64) echo "aa64 ttyAMA0" ;;
+	*) return 1 ;;
+	esac
+}
+
 # Output files (relative to DIR) of one guest.
 outputs_of() {
 	case $1 in
 	riscv64) printf '%s\n' riscv64/fw_jump.bin riscv64/u-boot.bin riscv64/boot/boot.scr.uimg ;;
+	x86_64 | aarch64) printf '%s\n' "$1/kernel" "$1/initrd.gz" "$1/uefi.img" ;;
 	*) printf '%s\n' "$1/kernel" "$1/initrd.gz" ;;
 	esac
 }
@@ -175,14 +194,17 @@ if [[ $(id -u) == 0 ]]; then IS_ROOT=1; fi
 
 STAGE="checking host tools"
 ensure_host_tools() {
-	local missing_pkgs=() missing_cmds=() entry cmd pkg
+	local missing_pkgs=() missing_cmds=() entry cmd pkg a uefi_tools=()
+	for a in "${ARCHES[@]}"; do
+		if uefi_of "$a" >/dev/null; then uefi_tools=(mformat:mtools mmd:mtools mcopy:mtools); fi
+	done
 	for entry in apt-get:apt apt-cache:apt dpkg-deb:dpkg cpio:cpio gzip:gzip \
 		sha256sum:coreutils tr:coreutils od:coreutils find:findutils awk:mawk sed:sed \
-		tar:tar flock:util-linux realpath:coreutils; do
+		tar:tar flock:util-linux realpath:coreutils "${uefi_tools[@]}"; do
 		cmd=${entry%%:*} pkg=${entry#*:}
 		if ! command -v "$cmd" >/dev/null 2>&1; then
 			missing_cmds+=("$cmd")
-			missing_pkgs+=("$pkg")
+			[[ " ${missing_pkgs[*]} " == *" $pkg "* ]] || missing_pkgs+=("$pkg")
 		fi
 	done
 	((${#missing_cmds[@]})) || return 0
@@ -358,7 +380,8 @@ apt_show() {
 		}'
 }
 
-# WANT[arch] = "name:debarch=version ..." (the kernel package first for kernel guests)
+# WANT[arch] = "name:debarch=version ..." (kernel guests: the kernel, busybox-static and,
+# for the uefi_of arches, systemd-boot-efi, in this order)
 # DEB_SHA[name:debarch=version] = SHA256 of the .deb from the (signed) Packages index
 declare -A WANT DEB_SHA
 SPEC=""
@@ -372,6 +395,7 @@ resolve() {
 		else
 			meta=$(kernel_meta_of "$a")
 			specs+=("$meta:$da" "busybox-static:$da")
+			if uefi_of "$a" >/dev/null; then specs+=("systemd-boot-efi:$da"); fi
 		fi
 	done
 	shown=$(apt_show "${specs[@]}") || die "apt-cache could not resolve: ${specs[*]} (try --refresh)"
@@ -406,6 +430,10 @@ resolve() {
 		kernel_specs+=("$name:$da")
 		want_pkg busybox-static "$da"
 		WANT[$a]="KERNEL $SPEC "
+		if uefi_of "$a" >/dev/null; then
+			want_pkg systemd-boot-efi "$da"
+			WANT[$a]+="$SPEC "
+		fi
 	done
 	if ((${#kernel_specs[@]})); then
 		shown=$(apt_show "${kernel_specs[@]}") || die "apt-cache could not resolve: ${kernel_specs[*]} (try --refresh)"
@@ -584,7 +612,9 @@ qd_opt() {
 for m in $QD_MODULES; do
 	insmod "/lib/modules/$m.ko" >/dev/null 2>&1 || true
 done
+read -r up _ </proc/uptime
 echo "GUEST-READY $QD_ARCH"
+echo "qd-uptime: $up"
 echo "qd-uname: $(uname -m)"
 echo "qd-address-sizes: $(grep -m1 '^address sizes' /proc/cpuinfo)"
 echo "qd-flags: $(grep -m1 -iE '^(flags|features)[[:space:]]*:' /proc/cpuinfo)"
@@ -629,7 +659,7 @@ copy_module() {
 }
 
 build_kernel_guest() {
-	local arch=$1 kspec=$2 bbspec=$3 out=$4
+	local arch=$1 kspec=$2 bbspec=$3 out=$4 sdbspec=${5:-}
 	local x=$TMP/x/$arch root kdeb bbdeb kernel moddirs moddir
 	kdeb=$DEBS/$(deb_file_of "$kspec")
 	bbdeb=$DEBS/$(deb_file_of "$bbspec")
@@ -690,7 +720,53 @@ build_kernel_guest() {
 	find "$root" -exec touch -h -d @0 {} +
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
 		cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -n -9 >"$out/initrd.gz"
+	if [[ -n $sdbspec ]]; then
+		make_uefi_disk "$arch" "$kernel" "$out/initrd.gz" "$sdbspec" "$out/uefi.img"
+	fi
 	mv -- "$kernel" "$out/kernel"
+	rm -rf -- "$x"
+}
+
+# The UEFI-bootable FAT disk of a kernel guest (see the layout at the top), made with
+# mtools: no root, no loop mount. Reproducible: fixed serial number and time stamps.
+make_uefi_disk() {
+	local arch=$1 kernel=$2 initrd=$3 sdbspec=$4 img=$5
+	local x=$TMP/x/$arch/uefi efiarch console magic size mib f
+	read -r efiarch console <<<"$(uefi_of "$arch")"
+	mkdir -p "$x"
+	copy_from_deb "$sdbspec" "$x/sdb" "systemd/boot/efi/systemd-boot$efiarch.efi" "$x/loader.efi"
+
+	STAGE="making the $arch UEFI disk"
+	# The firmware starts the kernel's EFI stub, so it must be the PE image ("MZ"), not a
+	# gzip-compressed one (as some arm64 vmlinuz are).
+	cp -- "$kernel" "$x/linux"
+	magic=$(head -c 2 "$x/linux" | od -An -tx1 | tr -d ' \n')
+	if [[ $magic == 1f8b ]]; then
+		gzip -dc <"$kernel" >"$x/linux"
+		magic=$(head -c 2 "$x/linux" | od -An -tx1 | tr -d ' \n')
+	fi
+	[[ $magic == 4d5a ]] || die "the $arch kernel is not an EFI-stub PE image (starts with $magic, not MZ)"
+	cp -- "$initrd" "$x/initrd.gz"
+	printf 'timeout 0\ndefault qd.conf\n' >"$x/loader.conf"
+	printf 'title qemu-direct test guest (%s)\nlinux /linux\ninitrd /initrd.gz\noptions console=%s panic=-1\n' \
+		"$arch" "$console" >"$x/qd.conf"
+	printf '\\linux initrd=\\initrd.gz console=%s panic=-1\r\n' "$console" >"$x/startup.nsh"
+
+	# payload + 2 MiB for the FAT and the directories
+	size=0
+	for f in linux initrd.gz loader.efi loader.conf qd.conf startup.nsh; do
+		size=$((size + $(stat -c %s "$x/$f")))
+	done
+	mib=$(((size + 1048575) / 1048576 + 2))
+	truncate -s "${mib}M" "$img.new"
+	mt() { TZ=UTC SOURCE_DATE_EPOCH=946684800 MTOOLS_SKIP_CHECK=1 "$@" || die "$1 failed making $img"; }
+	mt mformat -i "$img.new" -N 0 -v QDUEFI ::
+	mt mmd -i "$img.new" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+	mt mcopy -i "$img.new" "$x/loader.efi" "::/EFI/BOOT/BOOT${efiarch^^}.EFI"
+	mt mcopy -i "$img.new" "$x/loader.conf" ::/loader/loader.conf
+	mt mcopy -i "$img.new" "$x/qd.conf" ::/loader/entries/qd.conf
+	mt mcopy -i "$img.new" "$x/linux" "$x/initrd.gz" "$x/startup.nsh" ::/
+	mv -- "$img.new" "$img"
 	rm -rf -- "$x"
 }
 
@@ -698,7 +774,7 @@ build_kernel_guest() {
 copy_from_deb() {
 	local spec=$1 into=$2 suffix=$3 dest=$4 deb f
 	deb=$DEBS/$(deb_file_of "$spec")
-	STAGE="unpacking $(basename "$deb") for riscv64"
+	STAGE="unpacking $(basename "$deb")"
 	mkdir -p "$into"
 	dpkg-deb -x "$deb" "$into" || die "dpkg-deb -x failed for $deb"
 	f=$(find "$into" -path "*/$suffix" | head -n1)
@@ -747,7 +823,7 @@ if ((${#STALE[@]})); then
 		if [[ $a == riscv64 ]]; then
 			build_riscv_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a"
 		else
-			build_kernel_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a"
+			build_kernel_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a" "${specs[2]:-}"
 		fi
 	}
 	wait_builds() {
@@ -837,7 +913,9 @@ for a in "${ARCHES[@]}"; do
 	if [[ $a == riscv64 ]]; then
 		echo "riscv64 bios=$DIR/riscv64/fw_jump.bin kernel=$DIR/riscv64/u-boot.bin boot-dir=$DIR/riscv64/boot"
 	else
-		echo "$a kernel=$DIR/$a/kernel initrd=$DIR/$a/initrd.gz"
+		line="$a kernel=$DIR/$a/kernel initrd=$DIR/$a/initrd.gz"
+		if uefi_of "$a" >/dev/null; then line+=" uefi-disk=$DIR/$a/uefi.img"; fi
+		echo "$line"
 	fi
 done
 echo "test guests in $DIR"
