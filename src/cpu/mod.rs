@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 mod baseline;
 mod resolve;
 mod settings;
+#[cfg(test)]
+mod tests;
 
 pub use baseline::{Baseline, BaselineHost, baseline};
 pub use resolve::{
