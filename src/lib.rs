@@ -36,6 +36,7 @@
 pub mod arch;
 pub mod argv;
 pub mod host;
+pub mod instance;
 pub mod pathser;
 pub mod plan;
 pub mod profile;
@@ -81,6 +82,15 @@ pub enum Error {
     /// Running.
     #[error(transparent)]
     Vm(#[from] vm::VmError),
+    /// Finding or reading an instance.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    /// Talking to an instance over QMP.
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+    /// Waiting for console text.
+    #[error(transparent)]
+    Console(#[from] vm::ConsoleError),
 }
 
 impl Error {
@@ -88,8 +98,21 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Profile(_) | Error::Spec(_) | Error::Plan(_) => ExitCode::BadInput,
-            Error::Vm(vm::VmError::Spawn { .. }) => ExitCode::QemuFailed,
-            Error::Vm(_) => ExitCode::Failure,
+            Error::Vm(vm::VmError::Spawn { .. } | vm::VmError::Startup { .. }) => {
+                ExitCode::QemuFailed
+            }
+            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) if i.is_bad_input() => {
+                ExitCode::BadInput
+            }
+            // QEMU refused the command: its name or arguments were wrong.
+            Error::Qmp(qmp::QmpError::Command { .. }) => ExitCode::BadInput,
+            Error::Console(vm::ConsoleError::BadPattern { .. }) => ExitCode::BadInput,
+            Error::Console(vm::ConsoleError::Failed { .. }) => ExitCode::GuestPanicked,
+            Error::Console(vm::ConsoleError::TimedOut { .. }) => ExitCode::Timeout,
+            Error::Console(vm::ConsoleError::Ended { .. }) => ExitCode::QemuFailed,
+            Error::Vm(_) | Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => {
+                ExitCode::Failure
+            }
         }
     }
 
@@ -97,6 +120,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Plan(p) => p.hint(),
+            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) => i.hint(),
             _ => None,
         }
     }
