@@ -5,10 +5,13 @@
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
 //! - `signals`: launcher and QEMU live and die together.
+//! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
+//!   killed launchers and QEMUs, stale directories, and the library example.
 
 mod boot;
 mod cli;
 mod common;
 mod golden;
 mod kvm;
+mod lifecycle;
 mod signals;
