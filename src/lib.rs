@@ -11,7 +11,9 @@
 //! - [`host`]: what this host offers (arch, KVM verdict, emulators), as a plain value.
 //! - [`plan`]: the pure decision ([`plan::resolve`]) of what to run and why.
 //! - [`argv`]: the QEMU command line for a plan.
-//! - [`vm`]: running a plan and reporting how it ended.
+//! - [`vm`]: running a plan ([`vm::Vm`]): console, QMP, failure detection, the stop ladder, and
+//!   the report of how it ended.
+//! - [`instance`]: the private directory of each running guest, found by name (`ps`).
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
 //! ```no_run
@@ -49,17 +51,20 @@ pub mod vm;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ExitCode {
-    /// The guest powered off cleanly, or the `--until` text appeared.
+    /// The guest powered off cleanly, the `--until` text appeared, or the guest was stopped on
+    /// request (`stop`, `qmp quit`); for the other commands, they did what was asked.
     Success = 0,
     /// An unexpected failure of the launcher itself (I/O, resources).
     Failure = 1,
-    /// Bad input: an invalid spec, flag, file or host requirement. Nothing was started.
+    /// Bad input: an invalid spec, flag, file or host requirement, an instance name that is
+    /// taken or not running, a QMP command QEMU refused. Nothing was started.
     BadInput = 2,
-    /// QEMU failed to start or exited with an error.
+    /// QEMU failed to start or exited with an error; for `wait`, the instance ended first.
     QemuFailed = 3,
-    /// The guest kernel panicked.
+    /// The guest kernel panicked; for `wait`, a failure pattern matched.
     GuestPanicked = 4,
-    /// `--timeout` expired; the guest was stopped.
+    /// `--timeout` expired; the guest was stopped. For `wait`, the pattern did not appear in
+    /// time.
     Timeout = 5,
     /// The hypervisor stopped the guest (e.g. KVM internal error).
     GuestCrashed = 6,

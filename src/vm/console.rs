@@ -244,8 +244,32 @@ impl LogReader {
 /// A pattern to wait for, with failure patterns that end the wait early.
 #[derive(Debug, Clone)]
 pub struct Expect {
-    want: Regex,
+    want: Want,
     fail: Vec<Regex>,
+}
+
+/// What [`Expect`] waits for.
+#[derive(Debug, Clone)]
+enum Want {
+    Pattern(Regex),
+    /// Literal text, searched as is: no regex to compile, so no size limit to hit.
+    Text(String),
+}
+
+impl Want {
+    fn is_match(&self, line: &str) -> bool {
+        match self {
+            Want::Pattern(r) => r.is_match(line),
+            Want::Text(t) => line.contains(t.as_str()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Want::Pattern(r) => r.as_str(),
+            Want::Text(t) => t,
+        }
+    }
 }
 
 /// What a fed chunk decided.
@@ -273,7 +297,7 @@ impl Expect {
     /// Waits for `pattern`, a regular expression matched against each line.
     pub fn new(pattern: &str) -> Result<Expect, ConsoleError> {
         Ok(Expect {
-            want: compile(pattern)?,
+            want: Want::Pattern(compile(pattern)?),
             fail: Vec::new(),
         })
     }
@@ -281,7 +305,7 @@ impl Expect {
     /// Waits for literal text, not a pattern.
     pub fn text(text: &str) -> Expect {
         Expect {
-            want: Regex::new(&regex::escape(text)).expect("an escaped literal is a valid regex"),
+            want: Want::Text(text.to_owned()),
             fail: Vec::new(),
         }
     }

@@ -432,6 +432,8 @@ impl VmBuilder {
             info: Mutex::new(info),
         });
         let dir = lock(&shared.instance).dir().to_owned();
+        // `ps` and `stop` know the pid from now on, even if QMP never answers.
+        shared.set_state("prelaunch");
         let (progress, progress_rx) = watch::channel(Progress::default());
         let watcher = Arc::new(Mutex::new(Watcher::default()));
         let errlog = Arc::new(Mutex::new(ErrLog::default()));

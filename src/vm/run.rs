@@ -158,7 +158,8 @@ type Stopping<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// Runs a launched guest to the end: copies its console to `out`, applies `opts.until` and
 /// `opts.timeout` (both stop QEMU at once), and on SIGINT or SIGTERM runs the stop ladder
-/// ([`Vm::stop`]); a second signal kills QEMU. `opts`' launch settings are not used here.
+/// ([`Vm::stop`]), saying so on stderr; a second signal kills QEMU. `opts`' launch settings
+/// are not used here.
 pub async fn run_vm<W: AsyncWrite + Unpin>(
     vm: &Vm,
     opts: &RunOptions,
@@ -237,6 +238,11 @@ fn interrupted<'a>(
     stop_timeout: Duration,
 ) {
     if stop.is_none() {
+        // The guest may take the whole timeout, or ignore the request: say what is going on.
+        eprintln!(
+            "qemu-direct: {signal}: asking the guest to power off (up to {}; {signal} again stops QEMU at once)",
+            humantime::format_duration(stop_timeout)
+        );
         *stop = Some(Outcome::Interrupted {
             signal: signal.into(),
         });
