@@ -148,7 +148,8 @@ pub fn detach(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("cannot start {}", exe.display()))?;
     {
         let mut stdin = child.stdin.take().context("no stdin pipe")?;
-        serde_json::to_writer(&mut stdin, &req)?;
+        // A supervisor that died before reading says why itself; its exit status follows.
+        let _ = serde_json::to_writer(&mut stdin, &req);
     }
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;

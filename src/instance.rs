@@ -512,13 +512,16 @@ pub fn list(root: &Path) -> Result<Vec<(InstanceRef, Option<InstanceInfo>)>, Ins
         if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        match liveness(&dir)? {
-            Liveness::Live => {
+        // One odd entry (not ours, unreadable) must not hide the others.
+        match liveness(&dir) {
+            Ok(Liveness::Live) => {
                 let info = read_info(&dir).ok().flatten();
                 out.push((InstanceRef { name, dir }, info));
             }
-            Liveness::Stale(lock) => drop_stale(root, &dir, lock)?,
-            Liveness::Gone => {}
+            Ok(Liveness::Stale(lock)) => {
+                let _ = drop_stale(root, &dir, lock);
+            }
+            Ok(Liveness::Gone) | Err(_) => {}
         }
     }
     out.sort_by(|a, b| a.0.name.cmp(&b.0.name));

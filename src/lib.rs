@@ -103,9 +103,12 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Profile(_) | Error::Spec(_) | Error::Plan(_) => ExitCode::BadInput,
-            Error::Vm(vm::VmError::Spawn { .. } | vm::VmError::Startup { .. }) => {
-                ExitCode::QemuFailed
-            }
+            Error::Vm(
+                vm::VmError::Spawn { .. }
+                | vm::VmError::Startup { .. }
+                | vm::VmError::StartupTimeout(_)
+                | vm::VmError::Qmp(_),
+            ) => ExitCode::QemuFailed,
             Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) if i.is_bad_input() => {
                 ExitCode::BadInput
             }

@@ -79,6 +79,96 @@ pub(crate) async fn record(mut events: Events, qmp: Qmp, mut file: File, shared:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        instance::{Instance, InstanceInfo},
+        profile::Accel,
+    };
+    use std::sync::Mutex;
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+        sync::watch,
+    };
+
+    fn shared(root: &std::path::Path) -> Arc<Shared> {
+        let inst = Instance::create(root, "vm", false).unwrap();
+        Arc::new(Shared {
+            pid: 0,
+            pidfd: None,
+            exit: watch::Sender::new(None),
+            failure: watch::Sender::new(None),
+            state: watch::Sender::new("prelaunch".into()),
+            shutdown_reason: Mutex::new(None),
+            stop_step: Mutex::new(None),
+            stderr_done: watch::Sender::new(false),
+            log_error: Mutex::new(None),
+            instance: Mutex::new(inst),
+            info: Mutex::new(InstanceInfo {
+                name: "vm".into(),
+                arch: "x86_64".into(),
+                accel: Accel::Kvm,
+                pid: 0,
+                supervisor_pid: 0,
+                started: 0,
+                state: "prelaunch".into(),
+                console_log: None,
+            }),
+        })
+    }
+
+    /// What QEMU does when KVM gives up: STOP, after which `query-status` says
+    /// `internal-error` and QEMU stays up. (The fake sends STOP right after `cont`.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stop_into_internal_error_is_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (cr, cw) = tokio::io::split(client);
+        let (sr, mut sw) = tokio::io::split(server);
+        let fake = tokio::spawn(async move {
+            let mut lines = BufReader::new(sr).lines();
+            sw.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let ret = match req["execute"].as_str() {
+                    Some("query-status") => json!({"status": "internal-error", "running": false}),
+                    _ => json!({}),
+                };
+                let reply = json!({"return": ret, "id": req["id"]}).to_string() + "\n";
+                sw.write_all(reply.as_bytes()).await.unwrap();
+                if req["execute"] == "cont" {
+                    sw.write_all(b"{\"event\": \"STOP\"}\n").await.unwrap();
+                }
+            }
+        });
+        let qmp = Qmp::handshake(cr, cw).await.unwrap();
+        let events_file = File::create(dir.path().join("events")).unwrap();
+        let recorder = tokio::spawn(record(
+            qmp.events(),
+            qmp.clone(),
+            events_file,
+            shared.clone(),
+        ));
+        qmp.cont().await.unwrap();
+        let mut failure = shared.failure.subscribe();
+        let f = tokio::time::timeout(Duration::from_secs(10), failure.wait_for(Option::is_some))
+            .await
+            .unwrap()
+            .unwrap()
+            .clone();
+        assert_eq!(f, Some(Failure::Crashed("run state internal-error".into())));
+        assert_eq!(*shared.state.borrow(), "internal-error");
+        let info = crate::instance::find(dir.path(), "vm")
+            .unwrap()
+            .info()
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.state, "internal-error", "ps sees it too");
+        drop(qmp);
+        recorder.abort();
+        fake.abort();
+    }
 
     #[test]
     fn events_are_written_in_qmp_shape() {

@@ -116,6 +116,15 @@ pub enum VmError {
     /// The instance directory.
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    /// A QMP socket could not be made.
+    #[error("cannot create QMP socket {path}")]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// QEMU exited before it answered on QMP, usually over its command line.
     #[error("QEMU exited while starting ({status}){}", stderr.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
     Startup {
@@ -388,9 +397,15 @@ impl VmBuilder {
         let events_path = inst.path(instance::EVENTS);
         let events_file = File::create(&events_path).map_err(log_err(&events_path))?;
 
+        let bind = |path: &Path| {
+            UnixListener::bind(path).map_err(|source| VmError::Socket {
+                path: path.to_owned(),
+                source,
+            })
+        };
         let sup_path = inst.path(instance::SUPERVISOR_QMP);
-        let sup = UnixListener::bind(&sup_path)?;
-        let client = UnixListener::bind(inst.path(instance::QMP))?;
+        let sup = bind(&sup_path)?;
+        let client = bind(&inst.path(instance::QMP))?;
         let mut argv = argv::build(&plan);
         argv.extend(argv::monitors(sup.as_raw_fd(), client.as_raw_fd()));
         let mut child =
@@ -432,6 +447,9 @@ impl VmBuilder {
             info: Mutex::new(info),
         });
         let dir = lock(&shared.instance).dir().to_owned();
+        // Until the Vm exists, a failure, or the caller dropping this future, must not leave
+        // QEMU running: the tasks that own it would keep it alive.
+        let mut abort = Abort(Some(&shared));
         // `ps` and `stop` know the pid from now on, even if QMP never answers.
         shared.set_state("prelaunch");
         let (progress, progress_rx) = watch::channel(Progress::default());
@@ -480,21 +498,29 @@ impl VmBuilder {
                 Err(_) => Err(VmError::StartupTimeout(QMP_CALL)),
             }
         };
-        match started.await {
-            Ok((qmp, accel)) => Ok(Vm {
-                plan,
-                dir,
-                accel,
-                qmp,
-                console,
-                shared,
-                errlog,
-            }),
-            Err(e) => {
-                shared.kill();
-                shared.remove_instance();
-                Err(e)
-            }
+        let (qmp, accel) = started.await?;
+        abort.0 = None;
+        drop(abort);
+        Ok(Vm {
+            plan,
+            dir,
+            accel,
+            qmp,
+            console,
+            shared,
+            errlog,
+        })
+    }
+}
+
+/// Kills QEMU and removes the instance directory when dropped, unless disarmed.
+struct Abort<'a>(Option<&'a Shared>);
+
+impl Drop for Abort<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared.kill();
+            shared.remove_instance();
         }
     }
 }

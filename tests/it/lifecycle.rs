@@ -403,3 +403,27 @@ fn the_library_example_boots_a_guest() {
         "nothing left"
     );
 }
+
+#[test]
+fn a_qemu_that_fails_to_start_is_reported_and_leaves_nothing() {
+    let Some(w) = World::new() else { return };
+    for detach in [false, true] {
+        let mut args = vec!["--machine", "no-such-board"];
+        if detach {
+            args.push("--detach");
+        }
+        let out = w.run_cmd(&args).output().unwrap();
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(3), "detach {detach}: {o}{e}");
+        assert!(
+            e.contains("error: QEMU exited while starting (exit status 1): qemu-system-aarch64: "),
+            "detach {detach}: {e}"
+        );
+        assert!(o.is_empty(), "{o}");
+        assert_eq!(
+            std::fs::read_dir(w.root()).unwrap().count(),
+            0,
+            "nothing left"
+        );
+    }
+}
