@@ -30,6 +30,7 @@ pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
         console(plan),
         boot(plan),
         disks(plan),
+        panic_device(plan),
     ] {
         argv.extend(group);
     }
@@ -164,6 +165,33 @@ fn disks(plan: &LaunchPlan) -> Vec<OsString> {
             drive,
             os("-device"),
             os(format!("{},drive={id}", d.device)),
+        ]);
+    }
+    v
+}
+
+fn panic_device(plan: &LaunchPlan) -> Vec<OsString> {
+    match &plan.panic_device {
+        Some(d) => vec![os("-device"), os(d.clone())],
+        None => Vec::new(),
+    }
+}
+
+/// The chardev ids of the two QMP monitors.
+pub const QMP_CHARDEVS: [&str; 2] = ["qd-qmp-supervisor", "qd-qmp"];
+
+/// What a launch adds to [`build`]'s command line: `-S` (CPUs start stopped, so the launcher
+/// can subscribe to events before the guest runs) and two QMP monitors on listening sockets the
+/// launcher bound and passes down as descriptors, the supervisor's and the clients' (QEMU 7.2
+/// serves one client per monitor).
+pub fn monitors(supervisor_fd: i32, client_fd: i32) -> Vec<OsString> {
+    let mut v = vec![os("-S")];
+    for (id, fd) in QMP_CHARDEVS.iter().zip([supervisor_fd, client_fd]) {
+        v.extend([
+            os("-chardev"),
+            os(format!("socket,id={id},fd={fd},server=on,wait=off")),
+            os("-mon"),
+            os(format!("chardev={id},mode=control")),
         ]);
     }
     v

@@ -62,6 +62,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List running instances: name, arch, accelerator, QEMU pid, run state, uptime.
+    Ps {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control a running instance over QMP.
+    Qmp(QmpArgs),
+    /// Print an instance's serial console so far.
+    Console {
+        /// Instance name.
+        name: String,
+        /// Keep printing until the instance ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Wait until an instance's console prints a line matching a pattern (exit 0; the line is
+    /// printed), a failure pattern (exit 4), or the time runs out (exit 5).
+    Wait(WaitArgs),
+    /// Stop an instance: system_powerdown, then quit, then SIGKILL; returns once it is gone.
+    Stop {
+        /// Instance name.
+        name: String,
+        /// How long the guest gets to power off before QEMU is made to quit.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+        timeout: std::time::Duration,
+    },
+    /// Internal: the detached supervisor `run --detach` starts.
+    #[command(name = "__supervise", hide = true)]
+    Supervise,
     /// Would this guest run here: natively, emulated, or not, and why (Nova's prefilter).
     /// Exits 0 when it runs, 1 when it does not.
     Check {
@@ -134,6 +164,13 @@ pub struct RunArgs {
     /// Print the QEMU command line before starting it.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Run in the background; return once QEMU answers on QMP, printing the instance name and
+    /// directory.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// On SIGINT/SIGTERM, how long the guest gets to power off before QEMU is made to quit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub stop_timeout: Option<std::time::Duration>,
 }
 
 /// The guest description. Flags override the same keys of --spec.
@@ -207,6 +244,61 @@ pub struct SpecArgs {
     /// hw_architecture, hw_machine_type, hw:maxphysaddr_mode, hw:maxphysaddr_bits).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
+}
+
+/// Options of `qmp`.
+#[derive(Debug, Args)]
+pub struct QmpArgs {
+    /// Instance name.
+    pub name: String,
+    #[command(subcommand)]
+    pub action: QmpAction,
+}
+
+/// What to do over QMP.
+#[derive(Debug, Subcommand)]
+pub enum QmpAction {
+    /// Print the run state (running, paused, internal-error, ...).
+    Status,
+    /// Pause the guest's CPUs.
+    Stop,
+    /// Resume the guest's CPUs.
+    Cont,
+    /// Reset the machine.
+    Reset,
+    /// Ask the guest to power off (ACPI power button); it may ignore this.
+    Powerdown,
+    /// Make QEMU exit at once.
+    Quit,
+    /// Print the QMP events so far as JSON lines.
+    Events {
+        /// Keep printing until the instance ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Run any QMP command and print its JSON reply.
+    Execute {
+        /// The command, e.g. query-cpus-fast.
+        command: String,
+        /// Its arguments, a JSON object.
+        arguments: Option<String>,
+    },
+}
+
+/// Options of `wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Instance name.
+    pub name: String,
+    /// The pattern (a regular expression) to wait for.
+    #[arg(long = "for", value_name = "REGEX")]
+    pub pattern: String,
+    /// Fail (exit 4) if a line matches this first; repeatable. A kernel panic always fails.
+    #[arg(long, value_name = "REGEX")]
+    pub fail_on: Vec<String>,
+    /// Give up (exit 5) after this long [default: 60s under KVM, 5 times that under TCG].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -16,7 +16,9 @@
 //! - [`firmware`]: UEFI/BIOS firmware chosen from QEMU's firmware descriptor files.
 //! - [`traits`]: os-traits names for this host, and whether a guest runs here.
 //! - [`config`]: host-wide CPU defaults from config files.
-//! - [`vm`]: running a plan and reporting how it ended.
+//! - [`vm`]: running a plan ([`vm::Vm`]): console, QMP, failure detection, the stop ladder, and
+//!   the report of how it ended.
+//! - [`instance`]: the private directory of each running guest, found by name (`ps`).
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
 //! ```no_run
@@ -45,6 +47,7 @@ pub mod config;
 pub mod cpu;
 pub mod firmware;
 pub mod host;
+pub mod instance;
 pub mod pathser;
 pub mod plan;
 pub mod profile;
@@ -58,17 +61,20 @@ pub mod vm;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ExitCode {
-    /// The guest powered off cleanly, or the `--until` text appeared.
+    /// The guest powered off cleanly, the `--until` text appeared, or the guest was stopped on
+    /// request (`stop`, `qmp quit`); for the other commands, they did what was asked.
     Success = 0,
     /// An unexpected failure of the launcher itself (I/O, resources).
     Failure = 1,
-    /// Bad input: an invalid spec, flag, file or host requirement. Nothing was started.
+    /// Bad input: an invalid spec, flag, file or host requirement, an instance name that is
+    /// taken or not running, a QMP command QEMU refused. Nothing was started.
     BadInput = 2,
-    /// QEMU failed to start or exited with an error.
+    /// QEMU failed to start or exited with an error; for `wait`, the instance ended first.
     QemuFailed = 3,
-    /// The guest kernel panicked.
+    /// The guest kernel panicked; for `wait`, a failure pattern matched.
     GuestPanicked = 4,
-    /// `--timeout` expired; the guest was stopped.
+    /// `--timeout` expired; the guest was stopped. For `wait`, the pattern did not appear in
+    /// time.
     Timeout = 5,
     /// The hypervisor stopped the guest (e.g. KVM internal error).
     GuestCrashed = 6,
@@ -97,6 +103,15 @@ pub enum Error {
     /// A CPU question (baseline, compare) with no good answer.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    /// Finding or reading an instance.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    /// Talking to an instance over QMP.
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+    /// Waiting for console text.
+    #[error(transparent)]
+    Console(#[from] vm::ConsoleError),
 }
 
 impl Error {
@@ -109,8 +124,24 @@ impl Error {
             | Error::Plan(_)
             | Error::Config(_)
             | Error::Cpu(_) => ExitCode::BadInput,
-            Error::Vm(vm::VmError::Spawn { .. }) => ExitCode::QemuFailed,
-            Error::Vm(_) => ExitCode::Failure,
+            Error::Vm(
+                vm::VmError::Spawn { .. }
+                | vm::VmError::Startup { .. }
+                | vm::VmError::StartupTimeout(_)
+                | vm::VmError::Qmp(_),
+            ) => ExitCode::QemuFailed,
+            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) if i.is_bad_input() => {
+                ExitCode::BadInput
+            }
+            // QEMU refused the command: its name or arguments were wrong.
+            Error::Qmp(qmp::QmpError::Command { .. }) => ExitCode::BadInput,
+            Error::Console(vm::ConsoleError::BadPattern { .. }) => ExitCode::BadInput,
+            Error::Console(vm::ConsoleError::Failed { .. }) => ExitCode::GuestPanicked,
+            Error::Console(vm::ConsoleError::TimedOut { .. }) => ExitCode::Timeout,
+            Error::Console(vm::ConsoleError::Ended { .. }) => ExitCode::QemuFailed,
+            Error::Vm(_) | Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => {
+                ExitCode::Failure
+            }
         }
     }
 
@@ -120,6 +151,7 @@ impl Error {
             Error::Plan(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
             Error::Config(config::ConfigError::Cpu { source, .. }) => source.hint(),
+            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) => i.hint(),
             _ => None,
         }
     }

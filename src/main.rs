@@ -1,6 +1,7 @@
 //! The `qemu-direct` command: parse, call the library, print, map to an exit code.
 
 mod cli;
+mod control;
 
 use std::{
     io::Write,
@@ -28,7 +29,7 @@ use cli::{Cli, Command, CpuCommand, RunArgs, SpecArgs};
 /// Bad input found by the binary itself (e.g. an unreadable --host-facts file).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Usage(String);
+pub(crate) struct Usage(pub(crate) String);
 
 fn main() -> ProcessExit {
     let cli = Cli::parse();
@@ -201,6 +202,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::Success
             })
         }
+        Command::Ps { json } => {
+            drop(out);
+            control::ps(*json)
+        }
+        Command::Qmp(args) => control::qmp(args),
+        Command::Console { name, follow } => control::console(name, *follow),
+        Command::Wait(args) => control::wait(args),
+        Command::Stop { name, timeout } => control::stop(name, *timeout),
+        Command::Supervise => control::supervise(),
     }
 }
 
@@ -488,45 +498,36 @@ fn run(
             String::from_utf8_lossy(&argv::shell_line(&argv))
         );
     }
-    let console_log = if args.no_console_log {
-        None
+    // The log is named after the instance, whose name is only final once launched.
+    let (console_log, console_log_dir) = if args.no_console_log {
+        (None, None)
     } else {
-        args.console_log.clone().or_else(|| default_log(&plan.name))
+        (args.console_log.clone(), default_log_dir())
     };
     let opts = vm::RunOptions {
         timeout: args.timeout,
         until: args.until.clone(),
-        console_log: console_log.clone(),
+        console_log,
+        console_log_dir,
+        stop_timeout: args.stop_timeout,
+        // Without a name asked for, a busy default name (the arch) moves on to NAME-2, ...
+        unique_name: spec_input(&args.spec)?.name.is_none(),
+        runtime_dir: None,
     };
-    // Current-thread: QEMU's parent-death signal is tied to the thread that spawned it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let report = rt
-        .block_on(vm::run(&plan, &opts, &mut tokio::io::stdout()))
-        .map_err(Error::from)?;
-    let outcome = &report.outcome;
-    eprintln!("qemu-direct: {outcome}");
-    if matches!(
-        outcome,
-        vm::Outcome::QemuFailed { .. } | vm::Outcome::Crashed { .. }
-    ) && !report.stderr_tail.is_empty()
-    {
-        eprintln!("qemu-direct: QEMU said:\n{}", report.stderr_tail);
+    if args.detach {
+        control::detach(&plan, &opts)
+    } else {
+        control::foreground(&plan, &opts)
     }
-    if let Some(log) = console_log.filter(|_| outcome.exit_code() != ExitCode::Success) {
-        eprintln!("qemu-direct: console log: {}", log.display());
-    }
-    Ok(outcome.exit_code())
 }
 
-fn default_log(name: &str) -> Option<PathBuf> {
+/// `$XDG_STATE_HOME/qemu-direct/logs`, where `NAME.log` goes.
+fn default_log_dir() -> Option<PathBuf> {
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))?;
-    Some(state.join("qemu-direct/logs").join(format!("{name}.log")))
+    Some(state.join("qemu-direct/logs"))
 }
 
 fn print_probe(

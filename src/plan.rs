@@ -56,6 +56,9 @@ pub struct LaunchPlan {
     pub console: ConsolePlan,
     /// Other decisions worth showing, one line each.
     pub notes: Vec<String>,
+    /// The pvpanic device, which lets the guest report a panic to QEMU.
+    #[serde(default)]
+    pub panic_device: Option<String>,
 }
 
 /// A machine type with properties.
@@ -398,6 +401,7 @@ pub fn resolve_with(
         firmware: spec.firmware.clone(),
         console,
         notes,
+        panic_device: profile.panic_device.clone(),
     })
 }
 

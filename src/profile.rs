@@ -72,6 +72,10 @@ pub struct MachineProfile {
     /// messages when nothing else would show them, used for firmware-only boots.
     #[serde(default)]
     pub firmware_console: Option<String>,
+    /// The pvpanic device (QEMU `-device` spelling) through which a guest reports its panic to
+    /// QEMU (the `GUEST_PANICKED` event); absent where the machine has none.
+    #[serde(default)]
+    pub panic_device: Option<String>,
     /// The guest's serial console.
     pub console: ConsoleProfile,
     /// Firmware facts.

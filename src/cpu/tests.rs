@@ -184,14 +184,9 @@ fn custom_models_pick_the_first_that_runs() {
 #[test]
 fn features_are_checked_mapped_and_required_ones_must_be_offered() {
     let c = caps();
-    let cpu = resolve_x86(
-        req(&["Small"], &["-lahf_lm", "+a"]),
-        Accel::Tcg,
-        "1G",
-        &c,
-    )
-    .unwrap()
-    .unwrap();
+    let cpu = resolve_x86(req(&["Small"], &["-lahf_lm", "+a"]), Accel::Tcg, "1G", &c)
+        .unwrap()
+        .unwrap();
     assert_eq!(cpu.qemu_value(), "Small,lahf-lm=off,a=on");
     let err = resolve_x86(req(&["Small"], &["+ee"]), Accel::Tcg, "1G", &c).unwrap_err();
     assert!(matches!(err, CpuError::UnknownFeature { .. }), "{err}");

@@ -36,7 +36,8 @@ pub fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// `qemu-direct ARGS --kernel K --initrd I` for a test guest, with logs under `state`.
+/// `qemu-direct ARGS --kernel K --initrd I` for a test guest, with logs under `state` and
+/// instance directories under `state/run` (so parallel tests never share an instance name).
 pub fn guest_cmd<I, S>(g: &Guest, state: &Path, args: I) -> Command
 where
     I: IntoIterator<Item = S>,
@@ -44,12 +45,20 @@ where
 {
     let mut c = bin();
     c.env("XDG_STATE_HOME", state)
+        .env("XDG_RUNTIME_DIR", runtime_dir(state))
         .args(args)
         .arg("--kernel")
         .arg(&g.kernel)
         .arg("--initrd")
         .arg(&g.initrd);
     c
+}
+
+/// `state/run`, created: the XDG_RUNTIME_DIR of the commands a test runs.
+pub fn runtime_dir(state: &Path) -> PathBuf {
+    let run = state.join("run");
+    std::fs::create_dir_all(&run).expect("create the runtime dir");
+    run
 }
 
 /// A made-up host with every emulator "installed" under /usr/bin.

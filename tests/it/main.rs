@@ -6,6 +6,8 @@
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
 //! - `signals`: launcher and QEMU live and die together.
+//! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
+//!   killed launchers and QEMUs, stale directories, and the library example.
 
 mod boot;
 mod cli;
@@ -14,4 +16,5 @@ mod cpu;
 mod cpu_rules;
 mod golden;
 mod kvm;
+mod lifecycle;
 mod signals;

@@ -56,6 +56,9 @@ fn held_guest(dir: &std::path::Path) -> Option<(Child, u32)> {
             "qd.hold=1",
             "--timeout",
             "300s",
+            // The test guest ignores the power button; SIGTERM's ladder then quits QEMU.
+            "--stop-timeout",
+            "1s",
         ],
     )
     .stdout(Stdio::piped())
