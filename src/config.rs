@@ -130,14 +130,17 @@ impl Config {
 
     /// The configured default CPU for `profile`'s arch, layers merged (empty when none says
     /// anything), feature names in QEMU's spelling.
-    pub fn cpu_for(&self, profile: &MachineProfile) -> CpuRequest {
+    pub fn cpu_for(&self, profile: &MachineProfile) -> Result<CpuRequest, CpuError> {
         let aliases = &profile.cpu.feature_aliases;
-        self.layers
+        let mut acc = CpuRequest::default();
+        for r in self
+            .layers
             .iter()
             .filter_map(|l| l.cpu.get(&profile.arch()))
-            .fold(CpuRequest::default(), |acc, r| {
-                acc.overlay(r.clone().canonical(aliases))
-            })
+        {
+            acc = acc.overlay(r.clone().canonical(aliases)?);
+        }
+        Ok(acc)
     }
 }
 

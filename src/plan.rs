@@ -326,8 +326,8 @@ pub fn resolve_with(
     }
 
     let request = config
-        .cpu_for(profile)
-        .overlay(spec.cpu.clone().canonical(&profile.cpu.feature_aliases));
+        .cpu_for(profile)?
+        .overlay(spec.cpu.clone().canonical(&profile.cpu.feature_aliases)?);
     let binary_key = emulator_key(spec, profile);
     let cpu = crate::cpu::resolve(
         &request,

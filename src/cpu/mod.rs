@@ -326,13 +326,18 @@ impl CpuRequest {
 
     /// The same request with feature names in QEMU's spelling (libvirt's `lahf_lm` becomes
     /// `lahf-lm`), so layers compare like with like.
-    pub fn canonical(mut self, aliases: &std::collections::BTreeMap<String, String>) -> Self {
+    /// Two spellings of one feature with opposite signs are a conflict.
+    pub fn canonical(
+        mut self,
+        aliases: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, CpuError> {
         for f in &mut self.flags {
             if let Some(q) = aliases.get(&f.name) {
                 f.name = q.clone();
             }
         }
-        self
+        self.flags = normalize_flags("cpu_model_extra_flags", &self.flags)?;
+        Ok(self)
     }
 
     /// Layers `top` over `self`: a mode or model in `top` replaces this one's mode, models and
