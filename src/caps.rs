@@ -38,7 +38,7 @@ use crate::{
 /// How long one emulator may take to answer everything; a healthy one takes well under a second.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bumped when [`Caps`] changes shape, so old cache files are ignored rather than misread.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 
 /// One emulator's capabilities under one accelerator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +102,8 @@ pub struct CpuModel {
     /// Deprecated.
     #[serde(default, skip_serializing_if = "is_false")]
     pub deprecated: bool,
-    /// What the model turns on, when the binary can expand it.
+    /// What the model turns on, when the binary can expand it; `None` for an alias, whose
+    /// target has them (see [`Caps::features`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<CpuFeatures>,
 }
@@ -130,6 +131,14 @@ impl Caps {
             .iter()
             .find(|m| m.name == name)
             .or_else(|| models.iter().find(|m| m.name.eq_ignore_ascii_case(name)))
+    }
+
+    /// What `model` turns on: its own expansion, or its alias target's.
+    pub fn features<'a>(&'a self, model: &'a CpuModel) -> Option<&'a CpuFeatures> {
+        match &model.alias_of {
+            Some(target) if model.features.is_none() => self.model(target)?.features.as_ref(),
+            _ => model.features.as_ref(),
+        }
     }
 
     /// The machine named `name` or carrying it as its alias.
@@ -270,12 +279,26 @@ async fn ask(qmp: &Qmp, accel: Accel) -> Result<Caps, QmpError> {
     if host_cpu.is_some()
         && let Some(models) = cpu_models.as_mut()
     {
-        for m in models.iter_mut() {
+        // An alias (`Nehalem` for `Nehalem-v1`) expands like its target: ask for targets only,
+        // all at once, so QEMU never waits on a round trip.
+        let asks: Vec<_> = models
+            .iter()
+            .filter(|m| m.alias_of.is_none())
+            .map(|m| {
+                let (qmp, name) = (qmp.clone(), m.name.clone());
+                tokio::spawn(async move { (expand(&qmp, &name).await, name) })
+            })
+            .collect();
+        let mut expanded = std::collections::HashMap::new();
+        for a in asks {
             // One model that will not expand (QEMU lists some it cannot instantiate on this
             // binary) must not cost the rest.
-            if let Ok(Some((cpu, _))) = expand(qmp, &m.name).await {
-                m.features = Some(cpu);
+            if let Ok((Ok(Some((cpu, _))), name)) = a.await {
+                expanded.insert(name, cpu);
             }
+        }
+        for m in models.iter_mut().filter(|m| m.alias_of.is_none()) {
+            m.features = expanded.remove(&m.name);
         }
     }
     Ok(Caps {

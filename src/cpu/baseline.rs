@@ -102,7 +102,9 @@ pub fn baseline(hosts: &[BaselineHost]) -> Result<Baseline, CpuError> {
         if matches!(m.name.as_str(), "host" | "max" | "base") {
             continue;
         }
-        let Some(feats) = &m.features else { continue };
+        let Some(feats) = first.caps.features(m) else {
+            continue;
+        };
         if vendor.is_some() && feats.vendor != vendor {
             continue;
         }

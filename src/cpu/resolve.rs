@@ -326,13 +326,13 @@ pub fn host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
             let fits = |m: &&CpuModel| {
                 m.unavailable.is_empty()
                     && !matches!(m.name.as_str(), "host" | "max" | "base")
-                    && m.features
-                        .as_ref()
+                    && caps
+                        .features(m)
                         .is_some_and(|f| f.enabled.is_subset(&host.enabled))
             };
             let models = caps.cpu_models.as_deref().unwrap_or_default();
             let same_vendor = |m: &&CpuModel| {
-                m.features.as_ref().and_then(|f| f.vendor.as_ref()) == host.vendor.as_ref()
+                caps.features(m).and_then(|f| f.vendor.as_ref()) == host.vendor.as_ref()
             };
             // Prefer the host's vendor (guests take vendor-specific paths), else any.
             let pool: Vec<&CpuModel> = {
@@ -344,8 +344,7 @@ pub fn host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
                 }
             };
             let extra = |m: &CpuModel| {
-                m.features
-                    .as_ref()
+                caps.features(m)
                     .map_or(usize::MAX, |f| host.enabled.difference(&f.enabled).count())
             };
             let best = pool
@@ -361,7 +360,7 @@ pub fn host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
                     accel: ctx.accel.to_string(),
                     detail: "no named model is a subset of the host CPU".into(),
                 })?;
-            let have = best.features.as_ref().map(|f| &f.enabled);
+            let have = caps.features(best).map(|f| &f.enabled);
             let flags = host
                 .enabled
                 .iter()
@@ -474,7 +473,7 @@ fn vendor_of(model: &str, ctx: &CpuContext) -> Option<String> {
     if matches!(model, "host" | "max") {
         return caps.host_cpu.as_ref()?.vendor.clone();
     }
-    caps.model(model)?.features.as_ref()?.vendor.clone()
+    caps.features(caps.model(model)?)?.vendor.clone()
 }
 
 const GIB: u64 = 1 << 30;

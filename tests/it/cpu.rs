@@ -123,11 +123,23 @@ fn x86_caps(host: &Value, accel: &str) -> Option<Caps> {
 /// A host whose CPU offers exactly `model`'s features (a CI runner VM with that vCPU model):
 /// derived from real capabilities, with QEMU's per-model verdict recomputed against it.
 fn restricted(mut caps: Caps, model: &str) -> Caps {
-    let offered = caps.model(model).and_then(|m| m.features.clone()).unwrap();
-    for m in caps.cpu_models.iter_mut().flatten() {
-        if let Some(f) = &m.features {
-            m.unavailable = f.enabled.difference(&offered.enabled).cloned().collect();
-        }
+    let offered = caps
+        .model(model)
+        .and_then(|m| caps.features(m))
+        .cloned()
+        .unwrap();
+    let lacking: Vec<Vec<String>> = caps
+        .cpu_models
+        .iter()
+        .flatten()
+        .map(|m| {
+            caps.features(m).map_or_else(Vec::new, |f| {
+                f.enabled.difference(&offered.enabled).cloned().collect()
+            })
+        })
+        .collect();
+    for (m, l) in caps.cpu_models.iter_mut().flatten().zip(lacking) {
+        m.unavailable = l;
     }
     caps.host_cpu = Some(offered);
     caps
