@@ -69,8 +69,10 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
             "x86_64",
             "--accel",
             "kvm",
+            // PVM takes about a minute to crash the guest on an idle machine, several on a busy
+            // one; the timeout only bounds a launcher that failed to notice.
             "--timeout",
-            "120s",
+            "400s",
         ],
     )
     .output()
