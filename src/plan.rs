@@ -361,9 +361,11 @@ pub fn resolve_with(
         });
     }
 
-    let request = config
-        .cpu_for(profile)
-        .overlay(spec.cpu.clone().canonical(&profile.cpu.feature_aliases));
+    let own = spec.cpu.clone().canonical(&profile.cpu.feature_aliases);
+    // Checked in QEMU's spelling before the overlay, in which a later flag replaces an earlier
+    // one of the same name: `+lahf_lm,-lahf-lm` is a contradiction, not `-lahf-lm`.
+    crate::cpu::normalize_flags("cpu_model_extra_flags", &own.flags)?;
+    let request = config.cpu_for(profile).overlay(own);
     let binary_key = emulator_key(spec, profile);
     let cpu = crate::cpu::resolve(
         &request,
