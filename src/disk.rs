@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     pathser,
-    spec::{Disk, DiskFormat, SpecError},
+    spec::{self, Disk, DiskFormat, SpecError},
 };
 
 /// The first four bytes of every qcow2 image.
@@ -131,22 +131,11 @@ fn check_format(field: &str, f: &str) -> Result<DiskFormat, SpecError> {
 }
 
 fn file_error(path: &Path, problem: impl Into<String>) -> SpecError {
-    SpecError::File {
-        field: "disk".into(),
-        path: path.display().to_string(),
-        problem: problem.into(),
-    }
+    spec::file_error("disk", path, problem)
 }
 
 fn open_error(path: &Path, e: std::io::Error) -> SpecError {
-    file_error(
-        path,
-        match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_string(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-            _ => e.to_string(),
-        },
-    )
+    spec::open_error("disk", path, e)
 }
 
 /// Checks one disk: it exists and can be read (and written, with `persist`), its format from its

@@ -697,7 +697,7 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
-fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError {
+pub(crate) fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError {
     SpecError::File {
         field: field.into(),
         path: path.display().to_string(),
@@ -705,7 +705,7 @@ fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError
     }
 }
 
-fn open_error(field: &str, path: &Path, e: std::io::Error) -> SpecError {
+pub(crate) fn open_error(field: &str, path: &Path, e: std::io::Error) -> SpecError {
     let problem = match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_string(),
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
