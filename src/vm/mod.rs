@@ -189,11 +189,17 @@ impl VmError {
                  first (qemu-direct ps)"
                     .into(),
             ),
-            VmError::ImageLocked { .. } => Some(
+            VmError::ImageLocked {
+                persist: Some(false),
+                ..
+            } => Some(
                 "a guest writes to this image (persist), so no overlay can be made over it: stop \
                  that guest first (qemu-direct ps), or drop its persist"
                     .into(),
             ),
+            VmError::ImageLocked { .. } => {
+                Some("stop the other guest using the image first (qemu-direct ps)".into())
+            }
             _ => None,
         }
     }
