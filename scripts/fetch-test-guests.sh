@@ -23,7 +23,11 @@
 # The initramfs /init prints "GUEST-READY <arch>", then qd-uptime: (the guest's
 # /proc/uptime seconds at the marker), qd-uname:, qd-address-sizes:, qd-flags:,
 # qd-cmdline: lines, and powers off. Kernel command line switches:
-# qd.hold=1 (print "qd-heartbeat N" every second forever), qd.panic=1 (kernel panic).
+# qd.hold=1 (print "qd-heartbeat N" every second forever), qd.panic=1 (kernel panic),
+# qd.write=DEV (write the 512-byte block "QD-MARKER <arch>" at the start of block device
+# DEV, e.g. /dev/vda, synced, then print "qd-wrote: DEV", or "qd-error: ..." if it fails).
+# Before those it prints "qd-net: <name>(<driver>)..." for each network interface but lo,
+# or "qd-net: none".
 #
 # Re-runs are cached by package version: when the versions resolved from the apt
 # lists (refreshed when older than a day, or with --refresh) match the manifest
@@ -619,6 +623,32 @@ echo "qd-uname: $(uname -m)"
 echo "qd-address-sizes: $(grep -m1 '^address sizes' /proc/cpuinfo)"
 echo "qd-flags: $(grep -m1 -iE '^(flags|features)[[:space:]]*:' /proc/cpuinfo)"
 echo "qd-cmdline: $cmdline"
+nics=""
+for n in /sys/class/net/*; do
+	n=${n##*/}
+	case $n in lo | "*") continue ;; esac
+	drv=$(readlink "/sys/class/net/$n/device/driver" 2>/dev/null) || drv=none
+	nics="$nics $n(${drv##*/})"
+done
+echo "qd-net:${nics:- none}"
+qd_write=""
+for w in $cmdline; do
+	case $w in qd.write=*) qd_write=${w#qd.write=} ;; esac
+done
+if [ -n "$qd_write" ]; then
+	i=0
+	# Block devices of modules loaded above may appear a moment later.
+	while [ ! -b "$qd_write" ] && [ $i -lt 10 ]; do
+		sleep 1
+		i=$((i + 1))
+	done
+	if printf 'QD-MARKER %s\n' "$QD_ARCH" | dd of="$qd_write" bs=512 count=1 conv=sync,notrunc,fsync 2>/dev/null; then
+		sync
+		echo "qd-wrote: $qd_write"
+	else
+		echo "qd-error: cannot write $qd_write"
+	fi
+fi
 if qd_opt qd.panic=1; then
 	# PID 1 exiting makes the kernel panic ("Attempted to kill init!").
 	echo "qd-panic: exiting init"

@@ -30,6 +30,7 @@ pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
         console(plan),
         boot(plan),
         disks(plan),
+        nics(plan),
         panic_device(plan),
     ] {
         argv.extend(group);
@@ -148,23 +149,53 @@ fn disks(plan: &LaunchPlan) -> Vec<OsString> {
     for (i, d) in plan.disks.iter().enumerate() {
         let id = format!("disk{i}");
         let mut drive = OsString::from(format!("if=none,id={id},file="));
-        let (format, access) = match d.disk.format {
-            DiskFormat::Dir => {
-                drive.push("fat:");
-                ("raw", "readonly=on")
-            }
-            DiskFormat::Raw if d.disk.writable => ("raw", "snapshot=off"),
-            DiskFormat::Raw => ("raw", "snapshot=on"),
-            DiskFormat::Qcow2 if d.disk.writable => ("qcow2", "snapshot=off"),
-            DiskFormat::Qcow2 => ("qcow2", "snapshot=on"),
+        let format = match d.disk.format {
+            DiskFormat::Dir => "raw",
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
         };
-        drive.push(escape(d.disk.path.as_os_str()));
-        drive.push(format!(",format={format},{access}"));
+        match (&d.overlay, d.disk.format) {
+            // The overlay names the image as its backing file, with its format; QEMU opens
+            // that read-only.
+            (Some(overlay), _) if d.wants_overlay() => {
+                drive.push(escape(overlay.as_os_str()));
+                drive.push(",format=qcow2");
+            }
+            (_, DiskFormat::Dir) => {
+                drive.push("fat:");
+                drive.push(escape(d.disk.path.as_os_str()));
+                drive.push(",format=raw,readonly=on");
+            }
+            _ => {
+                drive.push(escape(d.disk.path.as_os_str()));
+                let snapshot = if d.disk.writable { "off" } else { "on" };
+                drive.push(format!(",format={format},snapshot={snapshot}"));
+            }
+        }
         v.extend([
             os("-drive"),
             drive,
             os("-device"),
             os(format!("{},drive={id}", d.device)),
+        ]);
+    }
+    v
+}
+
+fn nics(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut v = Vec::new();
+    for (i, n) in plan.nics.iter().enumerate() {
+        let id = format!("net{i}");
+        // Rules are checked (net::HostFwd): numbers, IPv4 addresses, tcp or udp; no commas.
+        let mut netdev = format!("user,id={id}");
+        for fwd in &n.user.hostfwd {
+            netdev.push_str(&format!(",hostfwd={fwd}"));
+        }
+        v.extend([
+            os("-netdev"),
+            os(netdev),
+            os("-device"),
+            os(format!("{},netdev={id}", n.device)),
         ]);
     }
     v

@@ -1,6 +1,6 @@
 //! Command-line syntax (clap derive types only). Doc comments here are the `--help` text.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use qemu_direct::spec::AccelRequest;
@@ -206,13 +206,19 @@ pub struct SpecArgs {
     /// Extra kernel command line (console= and panic=-1 are added unless given).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Option<String>,
-    /// Disk image (raw or qcow2; writes are discarded unless --disk-writable), or a directory
-    /// shown read-only as a FAT disk.
-    #[arg(long, value_name = "PATH")]
-    pub disk: Option<PathBuf>,
-    /// Let the guest write to the disk image.
+    /// A disk, repeatable: an image (raw or qcow2, as its header says, or format=) that the
+    /// guest sees whole but whose writes go to a throw-away overlay unless persist, or a
+    /// directory shown read-only as a FAT disk. Write a comma in PATH as ',,'.
+    #[arg(long, value_name = "PATH[,format=raw|qcow2][,persist]")]
+    pub disk: Vec<OsString>,
+    /// Persist every disk (the same as ,persist on each --disk; kept for old scripts).
     #[arg(long)]
     pub disk_writable: bool,
+    /// The network: none (no network card; the default), or user: a virtio network card on
+    /// QEMU's user-mode network, with host ports forwarded by hostfwd=RULE (repeatable),
+    /// RULE being [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22.
+    #[arg(long, value_name = "none|user[,hostfwd=RULE]...")]
+    pub net: Option<String>,
     /// Firmware image (QEMU -bios).
     #[arg(long, value_name = "FILE")]
     pub firmware: Option<PathBuf>,

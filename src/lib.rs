@@ -8,6 +8,7 @@
 //!
 //! - [`spec`]: the user's description, validated ([`spec::SpecInput::validate`]).
 //! - [`profile`]: per-architecture facts from `machine-profiles/*.toml`.
+//! - [`disk`], [`net`]: the `--disk` and `--net` syntax, checked.
 //! - [`host`]: what this host offers (arch, KVM verdict, emulators), as a plain value.
 //! - [`plan`]: the pure decision ([`plan::resolve`]) of what to run and why.
 //! - [`argv`]: the QEMU command line for a plan.
@@ -45,9 +46,11 @@ pub mod argv;
 pub mod caps;
 pub mod config;
 pub mod cpu;
+pub mod disk;
 pub mod firmware;
 pub mod host;
 pub mod instance;
+pub mod net;
 pub mod pathser;
 pub mod plan;
 pub mod profile;
@@ -124,8 +127,11 @@ impl Error {
             | Error::Plan(_)
             | Error::Config(_)
             | Error::Cpu(_) => ExitCode::BadInput,
+            Error::Vm(vm::VmError::NoQemuImg { .. }) => ExitCode::BadInput,
             Error::Vm(
                 vm::VmError::Spawn { .. }
+                | vm::VmError::Overlay { .. }
+                | vm::VmError::ImageLocked { .. }
                 | vm::VmError::Startup { .. }
                 | vm::VmError::StartupTimeout(_)
                 | vm::VmError::Qmp(_),
@@ -151,7 +157,8 @@ impl Error {
             Error::Plan(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
             Error::Config(config::ConfigError::Cpu { source, .. }) => source.hint(),
-            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) => i.hint(),
+            Error::Vm(v) => v.hint(),
+            Error::Instance(i) => i.hint(),
             _ => None,
         }
     }

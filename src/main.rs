@@ -15,6 +15,7 @@ use qemu_direct::{
     Error, ExitCode, argv,
     caps::CapsCache,
     config::Config,
+    disk::DiskInput,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
     profile::Accel,
@@ -434,8 +435,12 @@ fn spec_input(args: &SpecArgs) -> Result<SpecInput, Error> {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
         append: args.append.clone(),
-        disk: args.disk.clone(),
+        disk: None,
+        disks: (!args.disk.is_empty())
+            .then(|| args.disk.iter().map(|d| DiskInput::parse(d)).collect())
+            .transpose()?,
         disk_writable: args.disk_writable.then_some(true),
+        net: args.net.clone(),
         firmware: args.firmware.clone(),
         emulator: args.emulator.clone(),
         cpu_mode: args.cpu_mode.clone(),

@@ -12,10 +12,11 @@ use crate::{
     config::Config,
     cpu::{CpuContext, CpuError},
     host::{Emulator, HostFacts, KvmBlocker},
+    net::{Net, UserNet},
     pathser,
     profile::{Accel, MachineProfile, ProfileSet},
     size::MemSize,
-    spec::{AccelRequest, ArchChoice, Disk, VmSpec},
+    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, VmSpec},
 };
 
 /// Below this no Linux guest boots, and it catches unit slips such as `--memory 512K`.
@@ -49,6 +50,9 @@ pub struct LaunchPlan {
     pub kernel: Option<KernelPlan>,
     /// Disks, in order.
     pub disks: Vec<DiskPlan>,
+    /// Network cards, in order.
+    #[serde(default)]
+    pub nics: Vec<NicPlan>,
     /// `-bios` image.
     #[serde(default, with = "pathser::option")]
     pub firmware: Option<PathBuf>,
@@ -93,6 +97,38 @@ pub struct DiskPlan {
     #[serde(flatten)]
     pub disk: Disk,
     /// QEMU device, e.g. `virtio-blk-pci`.
+    pub device: String,
+    /// The qcow2 overlay that takes the guest's writes to an image that does not persist, made
+    /// (over the image, as its read-only backing file) in the instance directory at launch.
+    /// `None` in a plan not launched yet, whose command line shows `snapshot=on` instead: the
+    /// same throw-away writes, for a QEMU started by hand.
+    #[serde(
+        default,
+        with = "pathser::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub overlay: Option<PathBuf>,
+}
+
+impl DiskPlan {
+    /// The file name of the overlay of the plan's `index`th disk in the instance directory.
+    pub fn overlay_name(index: usize) -> String {
+        format!("disk{index}.qcow2")
+    }
+
+    /// Whether the guest's writes go to an overlay made at launch (not to the image, and not
+    /// refused as for a directory).
+    pub fn wants_overlay(&self) -> bool {
+        !self.disk.writable && self.disk.format != DiskFormat::Dir
+    }
+}
+
+/// A network card and the network behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicPlan {
+    /// QEMU's user-mode network (the one kind there is so far).
+    pub user: UserNet,
+    /// QEMU device, e.g. `virtio-net-pci`.
     pub device: String,
 }
 
@@ -360,16 +396,27 @@ pub fn resolve_with(
         .map(|d| DiskPlan {
             disk: d.clone(),
             device: format!("virtio-blk{}", profile.device_suffix),
+            overlay: None,
         })
         .collect::<Vec<_>>();
-    for d in &disks {
-        if !d.disk.writable && d.disk.format != crate::spec::DiskFormat::Dir {
+    for (i, d) in disks.iter().enumerate() {
+        if d.wants_overlay() {
             notes.push(format!(
-                "disk {}: guest writes go to a temporary overlay (snapshot=on); --disk-writable keeps them",
-                d.disk.path.display()
+                "disk {}: read-only; guest writes go to an overlay in the instance directory \
+                 ({}, made with qemu-img at launch, gone with the instance); \
+                 persist keeps them",
+                d.disk.path.display(),
+                DiskPlan::overlay_name(i)
             ));
         }
     }
+    let nics = match &spec.net {
+        Net::None => Vec::new(),
+        Net::User(user) => vec![NicPlan {
+            user: user.clone(),
+            device: format!("virtio-net{}", profile.device_suffix),
+        }],
+    };
 
     let firmware_only = kernel.is_none() && disks.is_empty() && spec.firmware.is_none();
     let console = match (&profile.firmware_console, firmware_only) {
@@ -398,6 +445,7 @@ pub fn resolve_with(
         smp,
         kernel,
         disks,
+        nics,
         firmware: spec.firmware.clone(),
         console,
         notes,

@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     fmt,
     fs::File,
-    io::Read,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -16,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     arch::Arch,
     cpu::{CpuCheck, CpuError, CpuRequest, CpuSettings, MaxPhysAddr},
+    disk::{self, DiskInput},
+    net::Net,
     pathser,
     profile::{ProfileError, ProfileSet},
     size::MemSize,
@@ -105,11 +106,17 @@ pub struct SpecInput {
     pub initrd: Option<PathBuf>,
     /// Extra kernel command line.
     pub append: Option<String>,
-    /// Disk image (raw or qcow2), or a directory shown to the guest as a read-only FAT disk.
+    /// Disk image (raw or qcow2), or a directory shown to the guest as a read-only FAT disk; a
+    /// plain path. Attached before [`SpecInput::disks`].
     #[serde(default, with = "pathser::option")]
     pub disk: Option<PathBuf>,
-    /// Let the guest write to the disk image (default: writes go to a throw-away overlay).
+    /// Disks with options (`[[disks]]` tables: `path`, `format`, `persist`); see [`crate::disk`].
+    pub disks: Option<Vec<DiskInput>>,
+    /// Every disk persists: guest writes reach the images (the old `--disk-writable`; default:
+    /// writes go to a throw-away overlay).
     pub disk_writable: Option<bool>,
+    /// The network: `none` (default) or `user[,hostfwd=RULE]...`; see [`crate::net`].
+    pub net: Option<String>,
     /// Firmware image passed as `-bios`.
     #[serde(default, with = "pathser::option")]
     pub firmware: Option<PathBuf>,
@@ -229,9 +236,10 @@ pub struct Disk {
     /// The image or directory.
     #[serde(with = "pathser")]
     pub path: PathBuf,
-    /// Its format, read from the file's header.
+    /// Its format: as given, else read from the file's header.
     pub format: DiskFormat,
-    /// Whether guest writes reach the image.
+    /// Whether guest writes reach the image (`persist`); if not, they go to a throw-away
+    /// overlay and the image is only read.
     pub writable: bool,
 }
 
@@ -267,6 +275,9 @@ pub struct VmSpec {
     pub kernel: Option<KernelBoot>,
     /// Disks.
     pub disks: Vec<Disk>,
+    /// The network.
+    #[serde(default)]
+    pub net: Net,
     /// `-bios` image.
     #[serde(default, with = "pathser::option")]
     pub firmware: Option<PathBuf>,
@@ -299,6 +310,7 @@ impl SpecInput {
         ]
         .into_iter()
         .flatten()
+        .chain(input.disks.iter_mut().flatten().map(|d| &mut d.path))
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -322,13 +334,18 @@ impl SpecInput {
             kernel,
             initrd,
             append,
-            disk,
             disk_writable,
+            net,
             firmware,
             emulator,
             cpu_check,
             maxphysaddr
         );
+        // Disks given on top replace all disks below, in either form.
+        if top.disk.is_some() || top.disks.is_some() {
+            self.disk = top.disk;
+            self.disks = top.disks;
+        }
         // A mode or model replaces the CPU below it, features and all (see CpuRequest::overlay).
         if top.cpu_mode.is_some() || top.cpu_models.is_some() {
             self.cpu_mode = top.cpu_mode;
@@ -465,13 +482,25 @@ impl SpecInput {
             });
         }
 
+        let persist_all = self.disk_writable.unwrap_or(false);
         let disks = self
             .disk
+            .iter()
+            .map(|d| disk::validate("disk", &DiskInput::plain(d), persist_all))
+            .chain(
+                self.disks
+                    .iter()
+                    .flatten()
+                    .map(|d| disk::validate("disks", d, persist_all)),
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        disk::check_distinct(&disks)?;
+        let net = self
+            .net
             .as_deref()
-            .map(|d| disk("disk", d, self.disk_writable.unwrap_or(false)))
+            .map(|n| Net::parse("net", n))
             .transpose()?
-            .into_iter()
-            .collect();
+            .unwrap_or_default();
 
         let firmware = self
             .firmware
@@ -490,6 +519,7 @@ impl SpecInput {
             smp: self.smp,
             kernel,
             disks,
+            net,
             firmware,
             emulator,
             cpu,
@@ -667,7 +697,7 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
-fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError {
+pub(crate) fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError {
     SpecError::File {
         field: field.into(),
         path: path.display().to_string(),
@@ -675,7 +705,7 @@ fn file_error(field: &str, path: &Path, problem: impl Into<String>) -> SpecError
     }
 }
 
-fn open_error(field: &str, path: &Path, e: std::io::Error) -> SpecError {
+pub(crate) fn open_error(field: &str, path: &Path, e: std::io::Error) -> SpecError {
     let problem = match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_string(),
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
@@ -705,50 +735,9 @@ fn executable(path: &Path) -> Result<PathBuf, SpecError> {
     Ok(path.to_owned())
 }
 
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
-
-fn disk(field: &str, path: &Path, writable: bool) -> Result<Disk, SpecError> {
-    let meta = std::fs::metadata(path).map_err(|e| open_error(field, path, e))?;
-    if meta.is_dir() {
-        if writable {
-            return Err(file_error(
-                field,
-                path,
-                "a directory disk is read-only; drop --disk-writable",
-            ));
-        }
-        // Check we can list it: QEMU's vvfat fails late and vaguely otherwise.
-        std::fs::read_dir(path).map_err(|e| open_error(field, path, e))?;
-        return Ok(Disk {
-            path: path.to_owned(),
-            format: DiskFormat::Dir,
-            writable: false,
-        });
-    }
-    let mut f = File::open(path).map_err(|e| open_error(field, path, e))?;
-    let mut magic = [0u8; 4];
-    let n = f.read(&mut magic).map_err(|e| open_error(field, path, e))?;
-    if writable {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| open_error(field, path, e))?;
-    }
-    Ok(Disk {
-        path: path.to_owned(),
-        format: if n == 4 && &magic == QCOW2_MAGIC {
-            DiskFormat::Qcow2
-        } else {
-            DiskFormat::Raw
-        },
-        writable,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn profiles() -> ProfileSet {
         ProfileSet::embedded().unwrap()
@@ -922,25 +911,6 @@ mod tests {
                 .to_string()
                 .starts_with("invalid smp '0'")
         );
-    }
-
-    #[test]
-    fn disk_format_comes_from_the_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = dir.path().join("a.qcow2");
-        File::create(&q)
-            .unwrap()
-            .write_all(b"QFI\xfb\0\0\0\x03")
-            .unwrap();
-        let r = dir.path().join("a.img");
-        File::create(&r).unwrap().write_all(&[0u8; 512]).unwrap();
-        assert_eq!(disk("disk", &q, false).unwrap().format, DiskFormat::Qcow2);
-        assert_eq!(disk("disk", &r, false).unwrap().format, DiskFormat::Raw);
-        assert_eq!(
-            disk("disk", dir.path(), false).unwrap().format,
-            DiskFormat::Dir
-        );
-        assert!(disk("disk", dir.path(), true).is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@
 
 mod console;
 mod events;
+mod overlay;
 mod process;
 mod run;
 
@@ -142,6 +143,66 @@ pub enum VmError {
     /// Reading QEMU's output or waiting for it failed.
     #[error("lost contact with QEMU")]
     Io(#[from] std::io::Error),
+    /// A disk that does not persist needs `qemu-img` for its overlay.
+    #[error(
+        "qemu-img is not installed (looked beside {} and on PATH); it makes the overlays that take the writes to disks without persist",
+        emulator.display()
+    )]
+    NoQemuImg {
+        /// The emulator beside which it was looked for.
+        emulator: PathBuf,
+    },
+    /// `qemu-img` could not make a disk's overlay.
+    #[error("cannot make the overlay of disk {}: {why}", image.display())]
+    Overlay {
+        /// The image.
+        image: PathBuf,
+        /// What qemu-img said.
+        why: String,
+    },
+    /// QEMU could not lock a disk image: another process (a QEMU) has it open.
+    #[error("disk image {image} is in use by another process (QEMU: {detail})")]
+    ImageLocked {
+        /// The image, as QEMU names it.
+        image: String,
+        /// Whether this guest's disk persists (wants the write lock); `None` if unknown.
+        persist: Option<bool>,
+        /// QEMU's words, e.g. `Failed to get "write" lock`.
+        detail: String,
+    },
+}
+
+impl VmError {
+    /// What the user can do, where we know.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            VmError::Instance(i) => i.hint(),
+            VmError::NoQemuImg { .. } => Some(
+                "install the Debian package qemu-utils, or give the disk persist (writes then reach the image)".into(),
+            ),
+            VmError::ImageLocked {
+                persist: Some(true),
+                ..
+            } => Some(
+                "drop persist from this disk (it then gets an overlay of its own, which works \
+                 while the other guests only read the image), or stop the guest using the image \
+                 first (qemu-direct ps)"
+                    .into(),
+            ),
+            VmError::ImageLocked {
+                persist: Some(false),
+                ..
+            } => Some(
+                "a guest writes to this image (persist), so no overlay can be made over it: stop \
+                 that guest first (qemu-direct ps), or drop its persist"
+                    .into(),
+            ),
+            VmError::ImageLocked { .. } => {
+                Some("stop the other guest using the image first (qemu-direct ps)".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Which step of the stop ladder ended QEMU.
@@ -361,6 +422,7 @@ impl VmBuilder {
     /// QEMU dies with the thread that spawned it (`PR_SET_PDEATHSIG`): on a multi-thread
     /// runtime that is a worker thread, which lives as long as the runtime.
     pub async fn launch(self) -> Result<Vm, VmError> {
+        let qemu_img = overlay::qemu_img_for(&self.plan)?;
         let root = match &self.runtime_dir {
             Some(d) => {
                 instance::private_dir(d)?;
@@ -371,6 +433,10 @@ impl VmBuilder {
         let mut plan = self.plan;
         let inst = Instance::create(&root, &plan.name, self.unique_name)?;
         plan.name = inst.name().to_owned();
+        if let Some(qemu_img) = &qemu_img {
+            // On failure the instance, and so the overlays made so far, are removed.
+            overlay::create_all(&mut plan, qemu_img, inst.dir()).await?;
+        }
         inst.write_json(instance::PLAN, &plan)?;
 
         let log_err = |path: &Path| {
@@ -498,7 +564,17 @@ impl VmBuilder {
                 Err(_) => Err(VmError::StartupTimeout(QMP_CALL)),
             }
         };
-        let (qmp, accel) = started.await?;
+        let (qmp, accel) = match started.await {
+            Ok(r) => r,
+            Err(e @ VmError::Startup { .. }) => {
+                let locked = overlay::locked_image(&lock(&errlog).text());
+                return Err(match locked {
+                    Some((image, detail)) => overlay::lock_error(&plan, image, detail),
+                    None => e,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         abort.0 = None;
         drop(abort);
         Ok(Vm {

@@ -136,6 +136,11 @@ impl ErrLog {
         }
     }
 
+    /// All that is kept, as text.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
     /// The last ten lines.
     pub(crate) fn tail(&self) -> String {
         let err = String::from_utf8_lossy(&self.buf);

@@ -9,7 +9,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 use crate::common::{files_under, qd, scratch, text};
 
 /// Writes an emulator wrapper that leaves `started` behind when run.
-fn tripwire(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn tripwire(dir: &Path) -> std::path::PathBuf {
     let script = dir.join("qemu-tripwire");
     std::fs::write(
         &script,
@@ -25,7 +25,7 @@ fn tripwire(dir: &Path) -> std::path::PathBuf {
 
 /// Runs `run` with the args plus a tripwire emulator; checks exit 2, the error line, and that
 /// nothing started or was written.
-fn refused(args: &[&str], expect: &str) -> String {
+pub(crate) fn refused(args: &[&str], expect: &str) -> String {
     let dir = scratch();
     let wire = tripwire(dir.path());
     let state = dir.path().join("state");

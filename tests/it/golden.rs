@@ -7,6 +7,7 @@ use std::{ffi::OsString, os::unix::ffi::OsStrExt, path::PathBuf};
 use qemu_direct::{
     argv,
     host::{HostFacts, KvmState},
+    net::Net,
     plan::{self, LaunchPlan},
     profile::{Accel, ProfileSet},
     spec::{AccelRequest, ArchChoice, Disk, DiskFormat, KernelBoot, VmSpec},
@@ -33,6 +34,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
             append: Some("quiet".into()),
         }),
         disks: Vec::new(),
+        net: Net::None,
         firmware: None,
         emulator: None,
         cpu: Default::default(),
@@ -123,6 +125,64 @@ fn disk_boots_use_the_bus_suffix_and_never_write_by_default() {
         writable: false,
     }];
     check("riscv64-firmware-dir", &argv::build(&plan_for(&s, &host)));
+}
+
+#[test]
+fn launched_overlays_replace_the_image_on_the_command_line() {
+    let host = fake_host("x86_64", KvmState::Missing);
+    let mut s = spec("x86_64", AccelRequest::Auto);
+    s.disks = ["/img/a,b.raw", "/img/keep.qcow2"]
+        .iter()
+        .zip([(DiskFormat::Raw, false), (DiskFormat::Qcow2, true)])
+        .map(|(p, (format, writable))| Disk {
+            path: p.into(),
+            format,
+            writable,
+        })
+        .collect();
+    let mut plan = plan_for(&s, &host);
+    let drives = |plan: &LaunchPlan| -> Vec<String> {
+        let argv = argv::build(plan);
+        argv.windows(2)
+            .filter(|w| w[0] == "-drive")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect()
+    };
+    // Not launched: QEMU's own throw-away overlay, for a command line run by hand.
+    assert_eq!(
+        drives(&plan),
+        [
+            "if=none,id=disk0,file=/img/a,,b.raw,format=raw,snapshot=on",
+            "if=none,id=disk1,file=/img/keep.qcow2,format=qcow2,snapshot=off"
+        ]
+    );
+    assert!(plan.disks[0].wants_overlay() && !plan.disks[1].wants_overlay());
+    // Launched: the overlay in the instance directory, its backing file the image.
+    plan.disks[0].overlay = Some("/run/qd/x,86/disk0.qcow2".into());
+    assert_eq!(
+        drives(&plan),
+        [
+            "if=none,id=disk0,file=/run/qd/x,,86/disk0.qcow2,format=qcow2",
+            "if=none,id=disk1,file=/img/keep.qcow2,format=qcow2,snapshot=off"
+        ]
+    );
+}
+
+#[test]
+fn network_cards_per_arch() {
+    let host = fake_host("x86_64", KvmState::Usable);
+    for p in ProfileSet::embedded().unwrap().iter() {
+        let mut s = spec(&p.name, AccelRequest::Tcg);
+        s.net = Net::parse(
+            "net",
+            "user,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-10.0.2.15:53",
+        )
+        .unwrap();
+        let argv = argv::build(&plan_for(&s, &host));
+        let want = format!("virtio-net{},netdev=net0", p.device_suffix);
+        assert!(argv.iter().any(|a| *a == *want), "{}: {argv:?}", p.name);
+        check(&format!("{}-net", p.name), &argv);
+    }
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Integration tests, one binary. Modules:
 //! - `common`: the fixture: built binary, test guests, fake hosts.
 //! - `cpu`: CPU modes, features and phys-bits seen by real guests; baseline, cache, traits.
+//! - `cpu_rules`: every CPU/maxphysaddr validation rule through the real binary: exit 2, a named
+//!   error, no QEMU started.
+//! - `disks`: overlays, persist, image locks, NIC per arch, hostfwd; `--disk`/`--net` syntax.
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
@@ -14,6 +17,7 @@ mod cli;
 mod common;
 mod cpu;
 mod cpu_rules;
+mod disks;
 mod golden;
 mod kvm;
 mod lifecycle;

@@ -1,0 +1,343 @@
+//! Disks as the user names them, and how they are checked.
+//!
+//! On the command line: `--disk PATH[,format=raw|qcow2][,persist]`, repeatable. As in QEMU's
+//! own option lists, a single `,` starts an option and `,,` is a literal comma, so every path can
+//! be written and nothing after a single comma is ever taken as part of the path:
+//! `--disk 'my,,disk.img,persist'` is the image `my,disk.img`, written through.
+//!
+//! In a spec file: `disk = "PATH"` (a plain path, as before), and/or a list of tables
+//! `[[disks]]` with `path`, `format` and `persist`.
+//!
+//! The format is read from the image's header (the qcow2 magic `QFI\xfb`), never from its name;
+//! `format=` may say `raw` for a qcow2 file (the guest then sees the qcow2 file's bytes), but not
+//! `qcow2` for a file without the header. A directory is shown read-only as a FAT disk.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fs::File,
+    io::Read,
+    os::unix::{
+        ffi::{OsStrExt, OsStringExt},
+        fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    pathser,
+    spec::{self, Disk, DiskFormat, SpecError},
+};
+
+/// The first four bytes of every qcow2 image.
+pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+const OPTIONS: &str = "options: format=raw|qcow2, persist (write a comma in the path as ',,')";
+
+/// A disk before validation: a `[[disks]]` table of a spec file, or one `--disk`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskInput {
+    /// The image or directory.
+    #[serde(with = "pathser")]
+    pub path: PathBuf,
+    /// `raw` or `qcow2`; default: read from the image's header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Guest writes reach the image itself (default: a throw-away overlay takes them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persist: bool,
+}
+
+impl DiskInput {
+    /// A disk given by its path alone.
+    pub fn plain(path: impl Into<PathBuf>) -> DiskInput {
+        DiskInput {
+            path: path.into(),
+            format: None,
+            persist: false,
+        }
+    }
+
+    /// Parses a `--disk` value: `PATH[,format=raw|qcow2][,persist]`, `,,` being a literal comma.
+    pub fn parse(arg: &OsStr) -> Result<DiskInput, SpecError> {
+        let invalid = |expected: String| SpecError::Invalid {
+            field: "--disk".into(),
+            value: arg.to_string_lossy().into_owned(),
+            expected,
+        };
+        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+        let bytes = arg.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match (bytes[i], bytes.get(i + 1)) {
+                (b',', Some(b',')) => {
+                    parts.last_mut().expect("never empty").push(b',');
+                    i += 2;
+                }
+                (b',', _) => {
+                    parts.push(Vec::new());
+                    i += 1;
+                }
+                (b, _) => {
+                    parts.last_mut().expect("never empty").push(b);
+                    i += 1;
+                }
+            }
+        }
+        let mut parts = parts.into_iter();
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(invalid(format!("a path comes first; {OPTIONS}")));
+        }
+        let mut disk = DiskInput::plain(PathBuf::from(OsString::from_vec(path)));
+        for opt in parts {
+            let opt = String::from_utf8_lossy(&opt);
+            match opt.split_once('=') {
+                _ if opt == "persist" => {
+                    if disk.persist {
+                        return Err(invalid("persist is given twice".into()));
+                    }
+                    disk.persist = true;
+                }
+                Some(("format", f)) => {
+                    if disk.format.is_some() {
+                        return Err(invalid("format is given twice".into()));
+                    }
+                    check_format("--disk", f)?;
+                    disk.format = Some(f.to_owned());
+                }
+                _ if opt.is_empty() => {
+                    return Err(invalid(format!("an empty option; {OPTIONS}")));
+                }
+                _ => return Err(invalid(format!("unknown option '{opt}'; {OPTIONS}"))),
+            }
+        }
+        Ok(disk)
+    }
+}
+
+fn check_format(field: &str, f: &str) -> Result<DiskFormat, SpecError> {
+    match f {
+        "raw" => Ok(DiskFormat::Raw),
+        "qcow2" => Ok(DiskFormat::Qcow2),
+        _ => Err(SpecError::Invalid {
+            field: format!("{field} format"),
+            value: f.into(),
+            expected: "valid: raw, qcow2 (default: read from the image's header)".into(),
+        }),
+    }
+}
+
+fn file_error(path: &Path, problem: impl Into<String>) -> SpecError {
+    spec::file_error("disk", path, problem)
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> SpecError {
+    spec::open_error("disk", path, e)
+}
+
+/// Checks one disk: it exists and can be read (and written, with `persist`), its format from its
+/// header, the options fit it. `persist_all` is the old `--disk-writable`.
+pub fn validate(field: &str, input: &DiskInput, persist_all: bool) -> Result<Disk, SpecError> {
+    let path = &input.path;
+    let persist = input.persist || persist_all;
+    let given = input
+        .format
+        .as_deref()
+        .map(|f| check_format(field, f))
+        .transpose()?;
+    let meta = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
+    if meta.is_dir() {
+        if persist {
+            return Err(file_error(
+                path,
+                "a directory disk is read-only; drop persist (or --disk-writable)",
+            ));
+        }
+        if let Some(f) = &input.format {
+            return Err(file_error(
+                path,
+                format!("a directory is shown as a read-only FAT disk; drop format={f}"),
+            ));
+        }
+        // Check we can list it: QEMU's vvfat fails late and vaguely otherwise.
+        std::fs::read_dir(path).map_err(|e| open_error(path, e))?;
+        return Ok(Disk {
+            path: path.clone(),
+            format: DiskFormat::Dir,
+            writable: false,
+        });
+    }
+    let mut f = File::open(path).map_err(|e| open_error(path, e))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(|e| open_error(path, e))?;
+    let detected = if n == 4 && &magic == QCOW2_MAGIC {
+        DiskFormat::Qcow2
+    } else {
+        DiskFormat::Raw
+    };
+    if given == Some(DiskFormat::Qcow2) && detected != DiskFormat::Qcow2 {
+        return Err(file_error(
+            path,
+            "format=qcow2, but the file has no qcow2 header; drop format= or write format=raw",
+        ));
+    }
+    if persist {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+    }
+    Ok(Disk {
+        path: path.clone(),
+        format: given.unwrap_or(detected),
+        writable: persist,
+    })
+}
+
+/// Refuses one image given twice where a guest writes to it: QEMU's image lock would stop the
+/// guest at start with an error about "another process". Overlays of one image are fine.
+pub fn check_distinct(disks: &[Disk]) -> Result<(), SpecError> {
+    let id = |d: &Disk| {
+        std::fs::metadata(&d.path)
+            .ok()
+            .filter(|m| !m.is_dir())
+            .map(|m| (m.dev(), m.ino()))
+    };
+    for (i, a) in disks.iter().enumerate() {
+        for b in &disks[i + 1..] {
+            if (a.writable || b.writable) && id(a).is_some() && id(a) == id(b) {
+                return Err(SpecError::Conflict {
+                    first: format!("disk {}", a.path.display()),
+                    second: format!("disk {}", b.path.display()),
+                    why: "they are one image, and persist writes to it; give it once".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn parse(s: &str) -> Result<DiskInput, String> {
+        DiskInput::parse(OsStr::new(s)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn options_come_after_single_commas() {
+        assert_eq!(parse("/a.img").unwrap(), DiskInput::plain("/a.img"));
+        let d = parse("/a.img,format=qcow2,persist").unwrap();
+        assert_eq!(
+            (d.path.to_str(), d.format.as_deref(), d.persist),
+            (Some("/a.img"), Some("qcow2"), true)
+        );
+        assert_eq!(parse("/a,,b.img").unwrap().path, Path::new("/a,b.img"));
+        // A doubled comma before an option's comma: the path ends in a comma.
+        let d = parse("/a,,,persist").unwrap();
+        assert_eq!((d.path.to_str(), d.persist), (Some("/a,"), true));
+        assert_eq!(parse("/x,,persist").unwrap().path, Path::new("/x,persist"));
+        let raw = OsStr::from_bytes(b"/t/\xff,,x,persist");
+        let d = DiskInput::parse(raw).unwrap();
+        assert_eq!(d.path.as_os_str().as_bytes(), b"/t/\xff,x");
+    }
+
+    #[test]
+    fn bad_options_name_the_field_and_the_way_out() {
+        let e = parse("/a,b.img").unwrap_err();
+        assert_eq!(
+            e,
+            "invalid --disk '/a,b.img': unknown option 'b.img'; options: format=raw|qcow2, \
+             persist (write a comma in the path as ',,')"
+        );
+        let e = parse("/a.img,format=vmdk").unwrap_err();
+        assert_eq!(
+            e,
+            "invalid --disk format 'vmdk': valid: raw, qcow2 (default: read from the image's header)"
+        );
+        assert!(
+            parse(",persist")
+                .unwrap_err()
+                .contains("a path comes first")
+        );
+        assert!(parse("/a.img,").unwrap_err().contains("an empty option"));
+        assert!(
+            parse("/a.img,persist,persist")
+                .unwrap_err()
+                .contains("persist is given twice")
+        );
+        assert!(
+            parse("/a.img,format=raw,format=raw")
+                .unwrap_err()
+                .contains("format is given twice")
+        );
+    }
+
+    #[test]
+    fn format_comes_from_the_header_not_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("looks-raw.img");
+        File::create(&q)
+            .unwrap()
+            .write_all(b"QFI\xfb\0\0\0\x03")
+            .unwrap();
+        let r = dir.path().join("looks-qcow2.qcow2");
+        File::create(&r).unwrap().write_all(&[0u8; 512]).unwrap();
+        let v = |p: &Path, format: Option<&str>, persist: bool| {
+            validate(
+                "disk",
+                &DiskInput {
+                    path: p.to_owned(),
+                    format: format.map(Into::into),
+                    persist,
+                },
+                false,
+            )
+        };
+        assert_eq!(v(&q, None, false).unwrap().format, DiskFormat::Qcow2);
+        assert_eq!(v(&r, None, false).unwrap().format, DiskFormat::Raw);
+        // Explicit raw over a qcow2 header is the user's call; qcow2 over raw is refused.
+        assert_eq!(v(&q, Some("raw"), false).unwrap().format, DiskFormat::Raw);
+        let e = v(&r, Some("qcow2"), false).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "format=qcow2, but the file has no qcow2 header; drop format= or write format=raw"
+            ),
+            "{e}"
+        );
+        assert_eq!(v(dir.path(), None, false).unwrap().format, DiskFormat::Dir);
+        assert!(v(dir.path(), None, true).is_err());
+        assert!(v(dir.path(), Some("raw"), false).is_err());
+        assert!(v(&r, None, false).is_ok_and(|d| !d.writable));
+        assert!(v(&r, None, true).is_ok_and(|d| d.writable));
+        // --disk-writable: persist for every disk.
+        let all = validate("disk", &DiskInput::plain(&r), true).unwrap();
+        assert!(all.writable);
+        let e = v(&dir.path().join("nope"), None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("nope: no such file"), "{e}");
+    }
+
+    #[test]
+    fn one_image_twice_is_refused_only_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path().join("a.img");
+        std::fs::write(&r, [0u8; 512]).unwrap();
+        let d = |writable| Disk {
+            path: r.clone(),
+            format: DiskFormat::Raw,
+            writable,
+        };
+        assert!(check_distinct(&[d(false), d(false)]).is_ok());
+        let e = check_distinct(&[d(false), d(true)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("they are one image"), "{e}");
+    }
+}

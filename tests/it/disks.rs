@@ -1,0 +1,578 @@
+//! Disks and network on real guests, through the binary: a guest writes to its disk
+//! (`qd.write=/dev/vda` in the test initramfs) and the base image stays byte-identical unless
+//! the disk persists; overlays live and die with the instance directory; QEMU's image locks
+//! become a clear error; every arch's guest sees its virtio network card, and a forwarded host
+//! port listens. Bad `--disk`/`--net` syntax is refused before anything starts.
+
+use std::{
+    ffi::OsStr,
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+use crate::{
+    cli::{refused, tripwire},
+    common::{Guest, bin, files_under, guest, guest_cmd, qd, runtime_dir, scratch, text},
+};
+
+/// What the test initramfs writes with `qd.write=DEV`.
+const MARKER: &[u8] = b"QD-MARKER ";
+
+/// One test's world: its own state and runtime directories, a guest, images in `dir`.
+struct World {
+    dir: tempfile::TempDir,
+    guest: Guest,
+    arch: &'static str,
+    /// Instances to stop if the test ends early.
+    started: Vec<String>,
+}
+
+impl World {
+    fn new(arch: &'static str) -> Option<World> {
+        Some(World {
+            dir: scratch(),
+            guest: guest(arch)?,
+            arch,
+            started: Vec::new(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `run --arch ARCH ARGS --kernel K --initrd I`.
+    fn run(&self, args: &[&OsStr]) -> Command {
+        let mut c = guest_cmd(
+            &self.guest,
+            self.dir.path(),
+            ["run", "--arch", self.arch, "--timeout", "240s"],
+        );
+        c.args(args);
+        c
+    }
+
+    /// Any other command in this world.
+    fn qd(&self, args: &[&str]) -> Output {
+        bin()
+            .env("XDG_STATE_HOME", self.dir.path())
+            .env("XDG_RUNTIME_DIR", runtime_dir(self.dir.path()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a detached instance named `name`; returns its directory.
+    fn detach(&mut self, name: &str, args: &[&OsStr]) -> PathBuf {
+        let out = self
+            .run(&[os("--detach"), os("--name"), os(name)])
+            .args(args)
+            .output()
+            .unwrap();
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "stdout:\n{o}\nstderr:\n{e}");
+        self.started.push(name.to_owned());
+        PathBuf::from(o.trim_end().split_once('\t').expect("NAME\\tDIR").1)
+    }
+
+    /// Waits for console text; returns the matching line.
+    fn wait_for(&self, name: &str, pattern: &str) -> String {
+        let out = self.qd(&["wait", name, "--for", pattern, "--timeout", "240s"]);
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "wait {pattern}: {e}");
+        o
+    }
+
+    fn stop(&mut self, name: &str) {
+        let out = self.qd(&["stop", name, "--timeout", "0s"]);
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        self.started.retain(|n| n != name);
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for name in std::mem::take(&mut self.started) {
+            let _ = self.qd(&["stop", &name, "--timeout", "0s"]);
+        }
+    }
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A raw image with a recognisable first block, so a write to it shows.
+fn raw_image(path: &Path) {
+    let mut data = vec![0u8; 4 << 20];
+    data[..16].copy_from_slice(b"BASE IMAGE BLOCK");
+    std::fs::write(path, data).unwrap();
+}
+
+fn qemu_img(args: &[&OsStr]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(out.status.success(), "qemu-img {args:?}: {:?}", text(&out));
+}
+
+/// A qcow2 image (named as the caller likes: the header says what it is).
+fn qcow2_image(path: &Path) {
+    qemu_img(&[
+        os("create"),
+        os("-q"),
+        os("-f"),
+        os("qcow2"),
+        path.as_os_str(),
+        os("4M"),
+    ]);
+}
+
+/// The guest's view of a qcow2 image, as raw bytes.
+fn qcow2_contents(path: &Path) -> Vec<u8> {
+    let raw = path.with_extension("as-raw");
+    qemu_img(&[
+        os("convert"),
+        os("-O"),
+        os("raw"),
+        path.as_os_str(),
+        raw.as_os_str(),
+    ]);
+    std::fs::read(raw).unwrap()
+}
+
+/// A host port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One guest per arch writes to its disk and lists its network cards: the base image is
+/// byte-identical afterwards, the NIC is the arch's virtio-net device.
+fn writes_to_an_overlay_and_sees_its_nic(arch: &'static str) {
+    let Some(w) = World::new(arch) else { return };
+    let base = w.path("base.img");
+    raw_image(&base);
+    let before = sha256(&base);
+    let out = w
+        .run(&[
+            os("--disk"),
+            base.as_os_str(),
+            os("--net"),
+            os("user"),
+            os("--append"),
+            os("qd.write=/dev/vda"),
+        ])
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{arch}: {e}\n{o}");
+    assert!(o.contains("qd-wrote: /dev/vda"), "{arch}: {o}");
+    assert!(o.contains("qd-net: eth0(virtio_net)"), "{arch}: {o}");
+    assert!(e.contains("guest writes go to an overlay"), "{e}");
+    assert_eq!(sha256(&base), before, "{arch}: the base image changed");
+    assert!(
+        files_under(&runtime_dir(w.dir.path())).is_empty(),
+        "instance files left: {:?}",
+        files_under(&runtime_dir(w.dir.path()))
+    );
+}
+
+#[test]
+fn x86_64_writes_to_an_overlay_and_sees_virtio_net_pci() {
+    writes_to_an_overlay_and_sees_its_nic("x86_64");
+}
+
+#[test]
+fn aarch64_writes_to_an_overlay_and_sees_virtio_net_pci() {
+    writes_to_an_overlay_and_sees_its_nic("aarch64");
+}
+
+#[test]
+fn s390x_writes_to_an_overlay_and_sees_virtio_net_ccw() {
+    writes_to_an_overlay_and_sees_its_nic("s390x");
+}
+
+#[test]
+fn ppc64le_writes_to_an_overlay_and_sees_virtio_net_pci() {
+    writes_to_an_overlay_and_sees_its_nic("ppc64le");
+}
+
+#[test]
+fn mipsel_writes_to_an_overlay_and_sees_virtio_net_pci() {
+    writes_to_an_overlay_and_sees_its_nic("mipsel");
+}
+
+/// Acceptance 4, for a qcow2 base (and a raw second disk): while the guest runs, its writes are
+/// in the overlays in the instance directory; once it is stopped they are gone with the
+/// directory, and both images hash as before.
+#[test]
+fn overlays_live_in_the_instance_directory_and_go_with_it() {
+    let Some(mut w) = World::new("x86_64") else {
+        return;
+    };
+    let base = w.path("base.qcow2");
+    qcow2_image(&base);
+    let second = w.path("second.img");
+    raw_image(&second);
+    let hashes = [sha256(&base), sha256(&second)];
+    let dir = w.detach(
+        "ov",
+        &[
+            os("--disk"),
+            base.as_os_str(),
+            os("--disk"),
+            second.as_os_str(),
+            os("--append"),
+            os("qd.write=/dev/vda qd.hold=1"),
+        ],
+    );
+    w.wait_for("ov", "qd-wrote: /dev/vda");
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    let overlays: Vec<PathBuf> = plan["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| PathBuf::from(d["overlay"].as_str().expect("an overlay")))
+        .collect();
+    assert_eq!(
+        overlays,
+        [dir.join("disk0.qcow2"), dir.join("disk1.qcow2")],
+        "{plan}"
+    );
+    assert_eq!(plan["disks"][0]["format"], "qcow2");
+    // The write went to the first overlay (the guest fsynced it), not to the image.
+    assert!(contains(&std::fs::read(&overlays[0]).unwrap(), MARKER));
+    assert!(!contains(&qcow2_contents(&base), MARKER));
+    w.stop("ov");
+    assert!(!dir.exists(), "the instance directory outlived the guest");
+    assert_eq!([sha256(&base), sha256(&second)], hashes);
+}
+
+/// `persist` writes through, to a raw image at a path with a comma, and `--disk-writable`
+/// (persist for all) to a qcow2 image; with no `--net` the guest has no network card.
+#[test]
+fn persist_writes_reach_the_image() {
+    let Some(w) = World::new("x86_64") else {
+        return;
+    };
+    let raw = w.path("a,b.img");
+    raw_image(&raw);
+    let mut arg = w.path("a,,b.img").into_os_string();
+    arg.push(",format=raw,persist");
+    let out = w
+        .run(&[os("--disk"), &arg, os("--append"), os("qd.write=/dev/vda")])
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}\n{o}");
+    assert!(o.contains("qd-wrote: /dev/vda"), "{o}");
+    assert!(o.contains("qd-net: none"), "{o}");
+    assert!(!e.contains("overlay"), "{e}");
+    let data = std::fs::read(&raw).unwrap();
+    assert!(data.starts_with(b"QD-MARKER x86_64\n"), "{:?}", &data[..32]);
+
+    let q = w.path("q.qcow2");
+    qcow2_image(&q);
+    let out = w
+        .run(&[
+            os("--disk"),
+            q.as_os_str(),
+            os("--disk-writable"),
+            os("--append"),
+            os("qd.write=/dev/vda"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(qcow2_contents(&q).starts_with(b"QD-MARKER x86_64\n"));
+}
+
+/// Two guests persisting one image: the second fails as a QEMU startup failure (exit 3) with a
+/// message naming the image and suggesting to drop persist. Nor can an overlay be made over an
+/// image a guest writes to. Overlays of one image, which only read it, share it.
+#[test]
+fn image_lock_conflicts_are_explained() {
+    let Some(mut w) = World::new("x86_64") else {
+        return;
+    };
+    let img = w.path("shared.img");
+    raw_image(&img);
+    let mut persist = img.clone().into_os_string();
+    persist.push(",persist");
+    let held = [os("--append"), os("qd.hold=1")];
+    w.detach("writer", &[&[os("--disk"), &persist], &held[..]].concat());
+
+    let out = w
+        .run(
+            &[
+                &[os("--name"), os("second"), os("--disk"), &persist],
+                &held[..],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    let error = e.lines().find(|l| l.starts_with("error: ")).unwrap_or("");
+    assert_eq!(
+        error,
+        format!(
+            "error: disk image {} is in use by another process (QEMU: Failed to get \"write\" lock)",
+            img.display()
+        )
+    );
+    assert!(e.contains("hint: drop persist from this disk"), "{e}");
+    assert!(
+        !runtime_dir(w.dir.path())
+            .join("qemu-direct/second")
+            .exists()
+    );
+
+    let out = w
+        .run(
+            &[
+                &[os("--name"), os("reader"), os("--disk"), img.as_os_str()],
+                &held[..],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(e.contains("is in use by another process"), "{e}");
+    assert!(
+        e.contains("hint: a guest writes to this image (persist)"),
+        "{e}"
+    );
+    w.stop("writer");
+
+    for name in ["ov1", "ov2"] {
+        w.detach(
+            name,
+            &[&[os("--disk"), img.as_os_str()], &held[..]].concat(),
+        );
+    }
+    for name in ["ov1", "ov2"] {
+        w.wait_for(name, "qd-heartbeat");
+        w.stop(name);
+    }
+}
+
+/// A forwarded host port listens while the guest runs.
+#[test]
+fn hostfwd_listens_on_the_host() {
+    let Some(mut w) = World::new("x86_64") else {
+        return;
+    };
+    let port = free_port();
+    let net = format!("user,hostfwd=tcp:127.0.0.1:{port}-:22");
+    w.detach(
+        "fwd",
+        &[os("--net"), os(&net), os("--append"), os("qd.hold=1")],
+    );
+    let line = w.wait_for("fwd", "qd-net:");
+    assert!(line.contains("eth0(virtio_net)"), "{line}");
+    // slirp accepts on the host side, whether or not the guest has a server on 22.
+    TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .unwrap_or_else(|e| panic!("nothing listens on 127.0.0.1:{port}: {e}"));
+    w.stop("fwd");
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+}
+
+#[test]
+fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
+    let dir = scratch();
+    let img = dir.path().join("a,b.img");
+    raw_image(&img);
+    let p = img.to_str().unwrap();
+    fn with<'a>(more: &[&'a str]) -> Vec<&'a str> {
+        [&["--arch", "x86_64"][..], more].concat()
+    }
+    refused(
+        &with(&["--disk", p]),
+        &format!(
+            "invalid --disk '{p}': unknown option 'b.img'; options: format=raw|qcow2, persist (write a comma in the path as ',,')"
+        ),
+    );
+    let escaped = p.replace(',', ",,");
+    refused(
+        &with(&["--disk", &format!("{escaped},format=vmdk")]),
+        "invalid --disk format 'vmdk': valid: raw, qcow2",
+    );
+    refused(
+        &with(&["--disk", &format!("{escaped},persist=yes")]),
+        "unknown option 'persist=yes'",
+    );
+    refused(
+        &with(&["--disk", &format!("{escaped},format=qcow2")]),
+        "format=qcow2, but the file has no qcow2 header",
+    );
+    refused(
+        &with(&["--disk", &format!("{escaped},persist"), "--disk", &escaped]),
+        "they are one image, and persist writes to it",
+    );
+    refused(
+        &with(&["--disk", dir.path().to_str().unwrap(), "--disk-writable"]),
+        "a directory disk is read-only; drop persist",
+    );
+    refused(
+        &with(&["--net", "user,hostfwd=tcp::65536-:22"]),
+        "invalid net hostfwd 'tcp::65536-:22': host port '65536' is not in 1..65535",
+    );
+    refused(
+        &with(&["--net", "user,hostfwd=sctp::2222-:22"]),
+        "invalid net hostfwd 'sctp::2222-:22': protocol 'sctp': valid: tcp, udp",
+    );
+    refused(
+        &with(&["--net", "bridge"]),
+        "invalid net 'bridge': unknown network 'bridge'; valid: none, user[,hostfwd=...]",
+    );
+    let spec = dir.path().join("vm.toml");
+    std::fs::write(&spec, "[[disks]]\npath = \"x.img\"\npersits = true\n").unwrap();
+    let e = refused(&["--spec", spec.to_str().unwrap()], "vm.toml");
+    assert!(e.contains("persits"), "{e}");
+}
+
+/// Without qemu-img an overlay cannot be made: exit 2 naming the package, nothing started or
+/// left. A failing qemu-img: its words, exit 3, nothing started or left.
+#[test]
+fn overlays_need_a_working_qemu_img() {
+    let dir = scratch();
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    // Only what the tripwire runs on PATH: no qemu-img.
+    for tool in ["qemu-system-x86_64", "touch"] {
+        std::os::unix::fs::symlink(which(tool), bin_dir.join(tool)).unwrap();
+    }
+    let wire = tripwire(dir.path());
+    let img = dir.path().join("base.img");
+    raw_image(&img);
+    let state = dir.path().join("state");
+    let run = |extra: &[&OsStr]| {
+        bin()
+            .env("PATH", &bin_dir)
+            .env("XDG_STATE_HOME", &state)
+            .env("XDG_RUNTIME_DIR", runtime_dir(&state))
+            .args(["run", "--arch", "x86_64", "--emulator"])
+            .arg(&wire)
+            .arg("--disk")
+            .arg(&img)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("\nerror: qemu-img is not installed"), "{e}");
+    assert!(
+        e.contains("hint: install the Debian package qemu-utils"),
+        "{e}"
+    );
+    assert!(!dir.path().join("started").exists());
+    assert!(files_under(&runtime_dir(&state)).is_empty());
+
+    let fake = dir.path().join("qemu-img");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'qemu-img: the disk is full' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(&[]);
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(
+        e.contains(&format!(
+            "error: cannot make the overlay of disk {}: the disk is full",
+            img.display()
+        )),
+        "{e}"
+    );
+    assert!(!dir.path().join("started").exists());
+    assert!(
+        files_under(&runtime_dir(&state)).is_empty(),
+        "{:?}",
+        files_under(&runtime_dir(&state))
+    );
+    // A disk that persists needs no overlay, so no qemu-img: QEMU starts (and runs the
+    // firmware until the timeout).
+    let out = run(&[os("--disk-writable"), os("--timeout"), os("2s")]);
+    assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
+    assert!(dir.path().join("started").exists());
+}
+
+fn which(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not on PATH"))
+}
+
+/// Formats come from headers, not names; a spec file mixes `disk` and `[[disks]]` and names
+/// the network; flags replace the file's disks.
+#[test]
+fn spec_files_and_formats_in_the_plan() {
+    let dir = scratch();
+    let q = dir.path().join("looks-raw.img");
+    qcow2_image(&q);
+    let r = dir.path().join("looks-qcow2.qcow2");
+    raw_image(&r);
+    let spec = dir.path().join("vm.toml");
+    std::fs::write(
+        &spec,
+        "arch = \"x86_64\"\ndisk = \"looks-raw.img\"\nnet = \"user,hostfwd=tcp::2222-:22\"\n\
+         [[disks]]\npath = \"looks-qcow2.qcow2\"\npersist = true\n",
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| -> Value {
+        let mut args = vec!["plan", "--json", "--spec", spec.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = qd(&args);
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let p = plan(&[]);
+    let disks = p["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2, "{p}");
+    assert_eq!(disks[0]["path"], q.to_str().unwrap());
+    assert_eq!(disks[0]["format"], "qcow2");
+    assert_eq!(disks[0]["writable"], false);
+    assert_eq!(disks[1]["path"], r.to_str().unwrap());
+    assert_eq!(disks[1]["format"], "raw");
+    assert_eq!(disks[1]["writable"], true);
+    assert_eq!(p["nics"][0]["device"], "virtio-net-pci");
+    assert_eq!(
+        p["nics"][0]["user"]["hostfwd"][0]["host_port"],
+        serde_json::json!(2222)
+    );
+    let p = plan(&[
+        "--disk",
+        &format!("{},format=raw", q.display()),
+        "--net",
+        "none",
+    ]);
+    let disks = p["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{p}");
+    assert_eq!(disks[0]["format"], "raw");
+    assert_eq!(p["nics"], serde_json::json!([]));
+}
