@@ -325,9 +325,11 @@ pub fn resolve_with(
         });
     }
 
-    let request = config
-        .cpu_for(profile)
-        .overlay(spec.cpu.clone().canonical(&profile.cpu.feature_aliases));
+    // In QEMU's spelling `+lahf_lm` and `-lahf-lm` are one feature: a contradiction within the
+    // spec, which the overlay below would otherwise settle silently.
+    let own = spec.cpu.clone().canonical(&profile.cpu.feature_aliases);
+    own.check_rules()?;
+    let request = config.cpu_for(profile).overlay(own);
     let binary_key = emulator_key(spec, profile);
     let cpu = crate::cpu::resolve(
         &request,
