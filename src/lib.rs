@@ -18,6 +18,7 @@
 //! - [`config`]: host-wide CPU defaults from config files.
 //! - [`vm`]: running a plan ([`vm::Vm`]): console, QMP, failure detection, the stop ladder, and
 //!   the report of how it ended.
+//! - [`libvirt`]: a plan as libvirt domain XML, and a libvirt domain as a guest description.
 //! - [`instance`]: the private directory of each running guest, found by name (`ps`).
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
@@ -48,6 +49,7 @@ pub mod cpu;
 pub mod firmware;
 pub mod host;
 pub mod instance;
+pub mod libvirt;
 pub mod pathser;
 pub mod plan;
 pub mod profile;
@@ -112,6 +114,9 @@ pub enum Error {
     /// Waiting for console text.
     #[error(transparent)]
     Console(#[from] vm::ConsoleError),
+    /// Reading or writing libvirt domain XML.
+    #[error(transparent)]
+    Libvirt(#[from] libvirt::LibvirtError),
 }
 
 impl Error {
@@ -123,7 +128,8 @@ impl Error {
             | Error::Spec(_)
             | Error::Plan(_)
             | Error::Config(_)
-            | Error::Cpu(_) => ExitCode::BadInput,
+            | Error::Cpu(_)
+            | Error::Libvirt(_) => ExitCode::BadInput,
             Error::Vm(
                 vm::VmError::Spawn { .. }
                 | vm::VmError::Startup { .. }
