@@ -172,9 +172,6 @@ fn cpu(plan: &LaunchPlan, profile: &MachineProfile, un: &mut Vec<String>) -> Opt
         CpuMode::Custom => {
             let model = profile.libvirt.cpu_models.get(&c.model).unwrap_or(&c.model);
             node = node.attr("match", "exact");
-            if c.check == CpuCheck::None {
-                node = node.attr("check", "none");
-            }
             node.push(
                 Node::new("model")
                     .attr("fallback", "forbid")
@@ -182,27 +179,29 @@ fn cpu(plan: &LaunchPlan, profile: &MachineProfile, un: &mut Vec<String>) -> Opt
             );
         }
         CpuMode::HostModel => {
+            // The extra features qemu-direct computed and the user's own are one list here;
+            // libvirt computes the former itself, so neither is written.
             un.push(format!(
                 "host-model CPU -cpu {}: written as mode='host-model', for which libvirt computes \
                  its own model and features from its CPU map",
                 c.qemu_value()
             ));
-            return Some(node.child(topology));
         }
-        CpuMode::HostPassthrough | CpuMode::Maximum | CpuMode::None => {
-            if c.check == CpuCheck::None {
-                node = node.attr("check", "none");
-            }
-        }
+        CpuMode::HostPassthrough | CpuMode::Maximum | CpuMode::None => {}
+    }
+    if c.check == CpuCheck::None {
+        node = node.attr("check", "none");
     }
     node.push(topology);
-    for f in &c.features {
-        let name = profile.libvirt.cpu_features.get(&f.name).unwrap_or(&f.name);
-        node.push(
-            Node::new("feature")
-                .attr("policy", if f.on { "require" } else { "disable" })
-                .attr("name", name.clone()),
-        );
+    if c.mode != CpuMode::HostModel {
+        for f in &c.features {
+            let name = profile.libvirt.cpu_features.get(&f.name).unwrap_or(&f.name);
+            node.push(
+                Node::new("feature")
+                    .attr("policy", if f.on { "require" } else { "disable" })
+                    .attr("name", name.clone()),
+            );
+        }
     }
     for opt in &c.options {
         un.push(format!(

@@ -186,6 +186,11 @@ fn matrix(f: &BTreeMap<&str, PathBuf>) -> Vec<Case> {
     v.push(with("host-model", "x86_64", &|i| {
         i.cpu_mode = Some("host-model".into())
     }));
+    v.push(with("host-model-emulate-unchecked", "x86_64", &|i| {
+        i.cpu_mode = Some("host-model".into());
+        i.maxphysaddr = Some("emulate:40".into());
+        i.cpu_check = Some("none".into());
+    }));
     v.push(with("none", "x86_64", &|i| {
         i.cpu_mode = Some("none".into())
     }));

@@ -200,7 +200,10 @@ impl Element {
     /// one item (its content is not listed separately).
     pub fn untaken(&self, out: &mut Vec<Item>) {
         if !self.taken.get() {
-            out.push(Item::new(self, &format!("<{}> is not supported", self.name)));
+            out.push(Item::new(
+                self,
+                &format!("<{}> is not supported", self.name),
+            ));
             return;
         }
         for a in &self.attrs {

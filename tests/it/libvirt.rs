@@ -224,6 +224,10 @@ pub fn matrix() -> Vec<Case> {
         i.cpu_check = Some("none".into());
     });
     add("x86_64-host-model", "x86_64", false, &mode("host-model"));
+    add("x86_64-host-model-emulate", "x86_64", false, &|i| {
+        i.cpu_mode = Some("host-model".into());
+        i.maxphysaddr = Some("emulate:40".into());
+    });
     add("x86_64-none", "x86_64", false, &mode("none"));
     add("x86_64-emulate", "x86_64", false, &|i| {
         i.cpu_mode = Some("maximum".into());
