@@ -48,6 +48,14 @@ pub enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Print only the QEMU command line, shell-quoted, as `run --dry-run` does.
+        #[arg(long, conflicts_with = "json")]
+        dry_run: bool,
+    },
+    /// Write the resolved plan in another tool's format.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
     },
     /// Boot a guest: stream its serial console to stdout (and a log file) until it powers off.
     Run(RunArgs),
@@ -100,6 +108,20 @@ pub enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `export` formats.
+#[derive(Debug, Subcommand)]
+pub enum ExportFormat {
+    /// libvirt domain XML on stdout (`virsh define` takes it). What the XML cannot say is
+    /// listed on stderr.
+    Libvirt {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Fail (exit 2, no XML) if any part of the plan cannot be expressed.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -179,6 +201,9 @@ pub struct SpecArgs {
     /// Read the guest description from a TOML file.
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
+    /// Read the guest description from a libvirt domain XML file.
+    #[arg(long, value_name = "FILE", conflicts_with = "spec")]
+    pub libvirt_xml: Option<PathBuf>,
     /// Instance name [default: the guest arch].
     #[arg(long)]
     pub name: Option<String>,

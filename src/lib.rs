@@ -19,6 +19,7 @@
 //! - [`config`]: host-wide CPU defaults from config files.
 //! - [`vm`]: running a plan ([`vm::Vm`]): console, QMP, failure detection, the stop ladder, and
 //!   the report of how it ended.
+//! - [`libvirt`]: a plan as libvirt domain XML, and a libvirt domain as a guest description.
 //! - [`instance`]: the private directory of each running guest, found by name (`ps`).
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
 //!
@@ -50,6 +51,7 @@ pub mod disk;
 pub mod firmware;
 pub mod host;
 pub mod instance;
+pub mod libvirt;
 pub mod net;
 pub mod pathser;
 pub mod plan;
@@ -115,6 +117,9 @@ pub enum Error {
     /// Waiting for console text.
     #[error(transparent)]
     Console(#[from] vm::ConsoleError),
+    /// Reading or writing libvirt domain XML.
+    #[error(transparent)]
+    Libvirt(#[from] libvirt::LibvirtError),
 }
 
 impl Error {
@@ -126,7 +131,8 @@ impl Error {
             | Error::Spec(_)
             | Error::Plan(_)
             | Error::Config(_)
-            | Error::Cpu(_) => ExitCode::BadInput,
+            | Error::Cpu(_)
+            | Error::Libvirt(_) => ExitCode::BadInput,
             Error::Vm(vm::VmError::NoQemuImg { .. }) => ExitCode::BadInput,
             Error::Vm(
                 vm::VmError::Spawn { .. }

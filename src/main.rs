@@ -25,7 +25,7 @@ use qemu_direct::{
     vm,
 };
 
-use cli::{Cli, Command, CpuCommand, RunArgs, SpecArgs};
+use cli::{Cli, Command, CpuCommand, ExportFormat, RunArgs, SpecArgs};
 
 /// Bad input found by the binary itself (e.g. an unreadable --host-facts file).
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +115,39 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::Success)
         }
-        Command::Plan { spec, json } => {
-            let plan = make_plan(&cli, spec, &profiles, probe(false)?)?;
+        Command::Plan {
+            spec,
+            json,
+            dry_run,
+        } => {
+            let input = spec_input(spec, &profiles)?;
+            let plan = make_plan(&cli, input, &profiles, probe(false)?)?;
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
+            } else if *dry_run {
+                out.write_all(&argv::shell_line(&argv::build(&plan)))?;
+                out.write_all(b"\n")?;
             } else {
                 print_plan(&mut out, &plan)?;
             }
+            Ok(ExitCode::Success)
+        }
+        Command::Export {
+            format: ExportFormat::Libvirt { spec, strict },
+        } => {
+            let input = spec_input(spec, &profiles)?;
+            let plan = make_plan(&cli, input, &profiles, probe(false)?)?;
+            let export = qemu_direct::libvirt::export(&plan, &profiles).map_err(Error::from)?;
+            if *strict && !export.unexpressed.is_empty() {
+                return Err(Error::from(qemu_direct::libvirt::LibvirtError::Unexpressed(
+                    export.unexpressed,
+                ))
+                .into());
+            }
+            for u in &export.unexpressed {
+                eprintln!("qemu-direct: libvirt XML cannot express: {u}");
+            }
+            out.write_all(export.xml.as_bytes())?;
             Ok(ExitCode::Success)
         }
         Command::Run(args) => {
@@ -150,7 +176,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { spec, json } => {
             let mut facts = probe(false)?;
-            let input = spec_input(spec)?;
+            let input = spec_input(spec, &profiles)?;
             let vm = input.validate(&profiles).map_err(Error::from)?;
             if cli.host_facts.is_none() {
                 let wanted: Vec<(String, Accel)> = profiles
@@ -374,7 +400,9 @@ fn cpu_command(
             Ok(ExitCode::Success)
         }
         CpuCommand::Compare { spec, hosts } => {
-            let vm = spec_input(spec)?.validate(profiles).map_err(Error::from)?;
+            let vm = spec_input(spec, profiles)?
+                .validate(profiles)
+                .map_err(Error::from)?;
             let config = load_config(cli, profiles)?;
             let mut all = true;
             for h in hosts {
@@ -420,10 +448,19 @@ fn host_facts(cli: &Cli, profiles: &ProfileSet, versions: bool) -> anyhow::Resul
     }
 }
 
-fn spec_input(args: &SpecArgs) -> Result<SpecInput, Error> {
-    let base = match &args.spec {
-        Some(path) => SpecInput::from_file(path)?,
-        None => SpecInput::default(),
+/// The guest description from --spec or --libvirt-xml, with the flags over it. Notes from a
+/// libvirt domain (what it says that qemu-direct does not act on) go to stderr.
+fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, Error> {
+    let base = match (&args.spec, &args.libvirt_xml) {
+        (Some(path), _) => SpecInput::from_file(path)?,
+        (None, Some(xml)) => {
+            let imported = qemu_direct::libvirt::import_file(xml, profiles)?;
+            for note in &imported.notes {
+                eprintln!("qemu-direct: libvirt XML: {note}");
+            }
+            imported.spec
+        }
+        (None, None) => SpecInput::default(),
     };
     let mut flags = SpecInput {
         name: args.name.clone(),
@@ -458,11 +495,11 @@ fn spec_input(args: &SpecArgs) -> Result<SpecInput, Error> {
 
 fn make_plan(
     cli: &Cli,
-    args: &SpecArgs,
+    input: SpecInput,
     profiles: &ProfileSet,
     mut host: HostFacts,
 ) -> anyhow::Result<LaunchPlan> {
-    let spec = spec_input(args)?.validate(profiles).map_err(Error::from)?;
+    let spec = input.validate(profiles).map_err(Error::from)?;
     let config = load_config(cli, profiles)?;
     let plan = block_on(plan::resolve_probing(
         &spec,
@@ -482,7 +519,10 @@ fn run(
     profiles: &ProfileSet,
     host: HostFacts,
 ) -> anyhow::Result<ExitCode> {
-    let plan = make_plan(cli, &args.spec, profiles, host)?;
+    let input = spec_input(&args.spec, profiles)?;
+    // Without a name asked for, a busy default name (the arch) moves on to NAME-2, ...
+    let unique_name = input.name.is_none();
+    let plan = make_plan(cli, input, profiles, host)?;
     let argv = argv::build(&plan);
     if args.dry_run {
         let mut out = std::io::stdout().lock();
@@ -515,8 +555,7 @@ fn run(
         console_log,
         console_log_dir,
         stop_timeout: args.stop_timeout,
-        // Without a name asked for, a busy default name (the arch) moves on to NAME-2, ...
-        unique_name: spec_input(&args.spec)?.name.is_none(),
+        unique_name,
         runtime_dir: None,
     };
     if args.detach {

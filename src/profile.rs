@@ -208,7 +208,8 @@ pub struct FirmwareProfile {
     pub packages: Vec<String>,
 }
 
-/// libvirt's names for this guest.
+/// libvirt's names for this guest, and what its domain XML can say about it (read by
+/// [`crate::libvirt`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LibvirtNames {
@@ -216,6 +217,40 @@ pub struct LibvirtNames {
     pub arch: String,
     /// `<type machine=...>`.
     pub machine: String,
+    /// `<features>` elements for what QEMU's machine has on by default (x86: `acpi`, `apic`),
+    /// which libvirt turns off unless named: export writes them, import accepts them.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// More `<features>` elements import accepts as QEMU's default, though export does not
+    /// write them (libvirt refuses them in some configurations).
+    #[serde(default)]
+    pub accepted_features: Vec<String>,
+    /// `<console><target type=...>` of the guest's console: `serial`, or `sclp` on s390x.
+    #[serde(default = "default_console_target")]
+    pub console_target: String,
+    /// Whether libvirt has a CPU driver for this arch; without one it refuses a `<cpu>` with a
+    /// mode or model.
+    #[serde(default = "default_true")]
+    pub cpu_driver: bool,
+    /// libvirt's spelling of CPU models, where it differs from QEMU's (`power9` -> `POWER9`).
+    #[serde(default)]
+    pub cpu_models: BTreeMap<String, String>,
+    /// libvirt's spelling of CPU features, where it differs from QEMU's (`lahf-lm` ->
+    /// `lahf_lm`); import maps them back through [`CpuProfile::feature_aliases`].
+    #[serde(default)]
+    pub cpu_features: BTreeMap<String, String>,
+    /// `<panic model=...>` for the way this machine reports a guest panic (`isa` for x86's
+    /// pvpanic, `pseries`, `s390`); absent where libvirt has no model for it.
+    #[serde(default)]
+    pub panic_model: Option<String>,
+}
+
+fn default_console_target() -> String {
+    "serial".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Machine type and CPU under one accelerator.

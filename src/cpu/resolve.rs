@@ -95,8 +95,8 @@ impl CpuContext<'_> {
     }
 }
 
-/// Decides the guest CPU; `Ok(None)` means no `-cpu` (mode `none`). Needs the `caps` of [`CpuContext`]
-/// whenever the request is not the profile's default ([`CpuError::NoCaps`] otherwise).
+/// Decides the guest CPU; `Ok(None)` means no `-cpu` (mode `none`). Needs the [`CpuContext`]'s
+/// `caps` whenever the request is not the profile's default ([`CpuError::NoCaps`] otherwise).
 pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuError> {
     req.check_rules()?;
     let ap = ctx

@@ -7,6 +7,7 @@
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
+//! - `libvirt`: exported XML against libvirt's schema and a real libvirtd (argv parity), import.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
@@ -20,5 +21,6 @@ mod cpu_rules;
 mod disks;
 mod golden;
 mod kvm;
+mod libvirt;
 mod lifecycle;
 mod signals;

@@ -1,0 +1,301 @@
+//! `<devices>`: the emulator, one disk, the console, and what the machine has anyway.
+
+use super::{Cx, Element, is_qcow2};
+use crate::profile::MachineProfile;
+
+/// Serial port targets that are the machine's own first serial port.
+const SERIAL_TARGETS: &[&str] = &[
+    "isa-serial",
+    "system-serial",
+    "spapr-vio-serial",
+    "sclp-serial",
+];
+
+pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
+    d.take();
+    let (mut disks, mut serials, mut consoles) = (0, 0, 0);
+    for e in d.children() {
+        match e.name.as_str() {
+            "emulator" if cx.spec.emulator.is_none() => {
+                e.take();
+                cx.spec.emulator = Some(cx.path(e.text()));
+            }
+            "disk" => {
+                disks += 1;
+                if disks == 1 {
+                    disk(e, cx);
+                } else {
+                    cx.bad(e, "a second disk: qemu-direct attaches one disk");
+                }
+            }
+            "serial" => {
+                serials += 1;
+                if serials == 1 {
+                    serial(e, cx);
+                } else {
+                    cx.bad(
+                        e,
+                        "a second serial port: qemu-direct gives the guest one console",
+                    );
+                }
+            }
+            "console" => {
+                consoles += 1;
+                if consoles == 1 {
+                    console(e, p, cx);
+                } else {
+                    cx.bad(
+                        e,
+                        "a second console: qemu-direct gives the guest one console",
+                    );
+                }
+            }
+            "controller" => controller(e, cx),
+            "memballoon" if e.attr("model") == Some("none") => e.take_all(),
+            "memballoon" => cx.bad(e, "a memory balloon: qemu-direct adds none"),
+            "panic" => {
+                let model = e.attr("model");
+                if model.is_some() && model == p.libvirt.panic_model.as_deref() {
+                    e.take_all();
+                } else {
+                    cx.bad(
+                        e,
+                        &format!(
+                            "panic model '{}': {} guests report a panic through {}",
+                            model.unwrap_or("(none)"),
+                            p.name,
+                            match (&p.libvirt.panic_model, &p.panic_device) {
+                                (Some(m), _) => format!("model '{m}'"),
+                                (None, Some(d)) => format!("{d}, which libvirt has no model for"),
+                                (None, None) => "the console alone".to_owned(),
+                            }
+                        ),
+                    );
+                }
+            }
+            "audio" if e.attr("type") == Some("none") => e.take_all(),
+            "input" if e.attr("bus") == Some("ps2") => {
+                cx.accept(e, "the PS/2 mouse and keyboard are built into the machine");
+            }
+            "interface" => cx.bad(e, "a network interface: qemu-direct attaches none yet"),
+            "graphics" | "video" => cx.bad(e, "a display: qemu-direct runs with -display none"),
+            "channel" => cx.bad(
+                e,
+                "a channel (guest agent, spice...): qemu-direct adds none",
+            ),
+            "emulator" => cx.bad(e, "a second emulator"),
+            other => cx.bad(
+                e,
+                &format!("a <{other}> device: qemu-direct attaches no such device"),
+            ),
+        }
+    }
+}
+
+fn disk(e: &Element, cx: &mut Cx) {
+    e.take();
+    let kind = e.attr("type").unwrap_or("file");
+    if !matches!(kind, "file" | "dir") {
+        cx.bad_attr(
+            e,
+            "type",
+            &format!(
+                "disk type '{kind}': qemu-direct takes image files (type='file') and \
+                 directories (type='dir')"
+            ),
+        );
+        e.take_all();
+        return;
+    }
+    if let Some(dev) = e.attr("device")
+        && dev != "disk"
+    {
+        cx.bad(
+            e,
+            &format!("a {dev} device: qemu-direct attaches disks only"),
+        );
+        return;
+    }
+    let Some(source) = e.child("source") else {
+        cx.bad(e, "a disk without <source>");
+        return;
+    };
+    let attr = if kind == "file" { "file" } else { "dir" };
+    let Some(path) = source.attr(attr).map(|s| cx.path(s)) else {
+        cx.bad(source, &format!("<source> needs {attr}='...'"));
+        return;
+    };
+    if let Some(d) = e.child("driver") {
+        {
+            if let Some(name) = d.attr("name")
+                && name != "qemu"
+            {
+                cx.bad_attr(d, "name", &format!("driver '{name}': QEMU's own only"));
+            }
+            let t = d.attr("type");
+            let ok = match kind {
+                "file" => matches!(t, None | Some("raw" | "qcow2")),
+                _ => matches!(t, None | Some("fat")),
+            };
+            if !ok {
+                cx.bad_attr(
+                    d,
+                    "type",
+                    &format!(
+                        "format '{}': qemu-direct takes raw and qcow2 images, and directories as \
+                         fat",
+                        t.unwrap_or_default()
+                    ),
+                );
+            }
+            if kind == "file"
+                && let Some(t) = t
+                && let Some(q) = is_qcow2(&path)
+                && q != (t == "qcow2")
+            {
+                cx.bad(
+                    d,
+                    &format!(
+                        "driver type '{t}', but the image's header says {}: qemu-direct takes \
+                         the format from the header",
+                        if q { "qcow2" } else { "raw" }
+                    ),
+                );
+            }
+        }
+    }
+    match e.child("target") {
+        Some(t) => {
+            let dev = t.attr("dev").unwrap_or_default();
+            match t.attr("bus") {
+                Some("virtio") => {}
+                None if dev.starts_with("vd") => {}
+                other => cx.bad(
+                    t,
+                    &format!(
+                        "bus '{}': qemu-direct attaches disks over virtio",
+                        other.unwrap_or(dev)
+                    ),
+                ),
+            }
+        }
+        None => cx.bad(e, "a disk without <target>"),
+    }
+    let transient = e.child("transient").is_some();
+    let readonly = e.child("readonly");
+    if let (Some(r), "file") = (readonly, kind) {
+        cx.bad(
+            r,
+            "a read-only image: qemu-direct attaches images writable, or with guest writes \
+             going to a throw-away overlay (<transient/>)",
+        );
+    }
+    if let Some(b) = e.child("boot") {
+        b.take_all();
+    }
+    for extra in ["address", "alias"] {
+        if let Some(a) = e.child(extra) {
+            cx.accept(a, "QEMU places the devices itself");
+        }
+    }
+    cx.spec.disk = Some(path);
+    if kind == "file" {
+        cx.spec.disk_writable = Some(!transient);
+    }
+}
+
+fn serial(e: &Element, cx: &mut Cx) {
+    e.take();
+    pty(e, cx);
+    if let Some(t) = e.child("target") {
+        if let Some(kind) = t.attr("type")
+            && !SERIAL_TARGETS.contains(&kind)
+        {
+            cx.bad_attr(
+                t,
+                "type",
+                &format!("serial target '{kind}': qemu-direct uses the machine's own port"),
+            );
+        }
+        port_zero(t, cx);
+        if let Some(m) = t.child("model") {
+            m.take_all();
+        }
+    }
+}
+
+fn console(e: &Element, p: &MachineProfile, cx: &mut Cx) {
+    e.take();
+    pty(e, cx);
+    if let Some(t) = e.child("target") {
+        if let Some(kind) = t.attr("type")
+            && kind != "serial"
+            && kind != p.libvirt.console_target
+        {
+            cx.bad_attr(
+                t,
+                "type",
+                &format!(
+                    "console target '{kind}': the {} console is {}",
+                    p.name, p.libvirt.console_target
+                ),
+            );
+        }
+        port_zero(t, cx);
+    }
+}
+
+/// The host side of a console: qemu-direct connects it to its own output, which is what a
+/// `pty` is for under libvirt.
+fn pty(e: &Element, cx: &mut Cx) {
+    match e.attr("type") {
+        Some("pty") => {}
+        other => cx.bad_attr(
+            e,
+            "type",
+            &format!(
+                "type '{}': qemu-direct connects the console to its own output (type='pty')",
+                other.unwrap_or_default()
+            ),
+        ),
+    }
+    for extra in ["source", "alias", "address"] {
+        if let Some(a) = e.child(extra) {
+            a.take_all();
+        }
+    }
+}
+
+fn port_zero(t: &Element, cx: &mut Cx) {
+    if let Some(port) = t.attr("port")
+        && port != "0"
+    {
+        cx.bad_attr(t, "port", "qemu-direct's console is port 0");
+    }
+}
+
+fn controller(e: &Element, cx: &mut Cx) {
+    match (e.attr("type"), e.attr("model")) {
+        (Some("pci"), Some("pci-root" | "pcie-root")) => e.take_all(),
+        (Some("pci"), _) => cx.accept(
+            e,
+            "PCI(e) ports and bridges: qemu-direct plugs its devices into the root bus",
+        ),
+        (Some("usb"), Some("none")) => e.take_all(),
+        (Some("usb"), _) => cx.accept(
+            e,
+            "a USB controller: qemu-direct attaches no USB devices, so adds no controller",
+        ),
+        (Some("sata" | "ide"), _) => cx.accept(
+            e,
+            "the machine's disk controller: qemu-direct attaches its disk over virtio",
+        ),
+        (kind, _) => cx.bad(
+            e,
+            &format!(
+                "a {} controller: qemu-direct adds no such controller",
+                kind.unwrap_or("(typeless)")
+            ),
+        ),
+    }
+}

@@ -1,0 +1,447 @@
+//! argv parity with a real libvirtd: for each exported domain of the matrix, `virsh define`
+//! takes it, and `virsh domxml-to-native qemu-argv` gives the same binary, accelerator, machine
+//! type (aliases resolved through QEMU's own list), machine properties, `-cpu` model and
+//! property set (libvirt's `migratable=on` on `host` normalised away), memory, vCPUs and
+//! topology, kernel boot, firmware and disks as ours. Each deliberate divergence is named below
+//! and in the README ("libvirt parity"); any other difference fails.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Command, Output, Stdio},
+    sync::Mutex,
+};
+
+use qemu_direct::{
+    argv,
+    caps::Caps,
+    cpu::{CpuMode, MaxPhysAddr},
+    plan::LaunchPlan,
+    profile::{Accel, ProfileSet},
+};
+
+use super::{matrix, probed, say, skip};
+use crate::common::{scratch, text};
+
+const URI: &str = "qemu:///system";
+
+fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh")
+        .arg("-c")
+        .arg(URI)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run virsh")
+}
+
+/// Whether a libvirtd answers on qemu:///system, and if not why.
+fn libvirtd() -> Result<(), String> {
+    let out = Command::new("virsh")
+        .args(["-c", URI, "version"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("virsh cannot run ({e}; Debian: libvirt-clients)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no libvirtd answers on {URI} ({}); scripts/with-libvirtd starts one",
+            text(&out).1.trim().lines().collect::<Vec<_>>().join(" ")
+        ))
+    }
+}
+
+/// A QEMU command line split into the binary and its options.
+#[derive(Debug)]
+struct Line {
+    binary: String,
+    opts: Vec<(String, Option<String>)>,
+}
+
+/// Options that take no value.
+const FLAGS: &[&str] = &[
+    "-S",
+    "-nodefaults",
+    "-no-user-config",
+    "-no-reboot",
+    "-no-shutdown",
+    "-no-acpi",
+    "-enable-kvm",
+];
+
+impl Line {
+    fn parse(words: &[String]) -> Line {
+        // libvirt prints its environment first: NAME=value ... binary -opt ...
+        let start = words.iter().position(|w| !w.contains('=')).unwrap_or(0);
+        let mut opts = Vec::new();
+        let mut i = start + 1;
+        while i < words.len() {
+            let o = words[i].clone();
+            if FLAGS.contains(&o.as_str()) || i + 1 == words.len() {
+                opts.push((o, None));
+                i += 1;
+            } else {
+                opts.push((o, Some(words[i + 1].clone())));
+                i += 2;
+            }
+        }
+        Line {
+            binary: words.get(start).cloned().unwrap_or_default(),
+            opts,
+        }
+    }
+
+    fn get(&self, opt: &str) -> Option<&str> {
+        self.opts
+            .iter()
+            .find(|(o, _)| o == opt)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn all(&self, opt: &str) -> Vec<&str> {
+        self.opts
+            .iter()
+            .filter(|(o, _)| o == opt)
+            .filter_map(|(_, v)| v.as_deref())
+            .collect()
+    }
+
+    fn has(&self, opt: &str) -> bool {
+        self.opts.iter().any(|(o, _)| o == opt)
+    }
+
+    /// The `-cpu` model and its properties.
+    fn cpu(&self) -> Option<(String, BTreeSet<String>)> {
+        let v = self.get("-cpu")?;
+        let mut parts = v.split(',');
+        let model = parts.next()?.to_owned();
+        Some((model, parts.map(str::to_owned).collect()))
+    }
+
+    /// `-machine` type and properties.
+    fn machine(&self) -> (String, BTreeSet<String>) {
+        let v = self.get("-machine").unwrap_or_default();
+        let mut parts = v.split(',');
+        let kind = parts.next().unwrap_or_default().to_owned();
+        (kind, parts.map(str::to_owned).collect())
+    }
+
+    /// `-smp`: (vCPUs, sockets, cores), the topology where given.
+    fn smp(&self) -> (u32, Option<u32>, Option<u32>) {
+        let v = self.get("-smp").unwrap_or_default();
+        let mut parts = v.split(',');
+        let n = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut kv = BTreeMap::new();
+        for p in parts {
+            if let Some((k, v)) = p.split_once('=') {
+                kv.insert(k, v.parse::<u32>().ok());
+            }
+        }
+        (
+            n,
+            kv.get("sockets").copied().flatten(),
+            kv.get("cores").copied().flatten(),
+        )
+    }
+
+    /// `-m` in MiB (`512`, `512M`, `size=512M`).
+    fn memory_mib(&self) -> Option<u64> {
+        let v = self.get("-m")?;
+        let v = v.strip_prefix("size=").unwrap_or(v);
+        let v = v.split(',').next()?;
+        v.trim_end_matches(['M', 'm']).parse().ok()
+    }
+}
+
+/// QEMU's default CPU type per machine (`query-machines`' `default-cpu-type`), per binary.
+fn default_cpu(binary: &str, machine: &str) -> Option<String> {
+    static CACHE: Mutex<BTreeMap<String, BTreeMap<String, String>>> = Mutex::new(BTreeMap::new());
+    let mut cache = CACHE.lock().unwrap();
+    let table = cache.entry(binary.to_owned()).or_insert_with(|| {
+        use std::io::Write;
+        let mut child = Command::new(binary)
+            .args(["-machine", "none", "-nodefaults", "-display", "none"])
+            .args(["-no-user-config", "-qmp", "stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start QEMU");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-machines\"}\n\
+                  {\"execute\":\"quit\"}\n",
+            )
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let mut table = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            for m in v["return"].as_array().into_iter().flatten() {
+                if let Some(cpu) = m["default-cpu-type"].as_str() {
+                    for key in [&m["name"], &m["alias"]] {
+                        if let Some(k) = key.as_str() {
+                            table.insert(k.to_owned(), cpu.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        table
+    });
+    table.get(machine).cloned()
+}
+
+/// The TCG capabilities of the plan's emulator (for machine aliases and model spellings).
+fn caps_of(plan: &LaunchPlan) -> &'static Caps {
+    let set = ProfileSet::embedded().unwrap();
+    let p = set.get(&plan.arch).unwrap();
+    probed().host.caps(&p.binary, Accel::Tcg).unwrap()
+}
+
+/// QEMU's own name of a CPU model, so `POWER9` and `power9` compare equal.
+fn model_name(caps: &Caps, name: &str) -> String {
+    caps.model(name)
+        .map(|m| m.alias_of.clone().unwrap_or_else(|| m.name.clone()))
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// Compares one case; returns (differences, deliberate divergences seen).
+fn compare(plan: &LaunchPlan, ours: &Line, theirs: &Line) -> (Vec<String>, Vec<String>) {
+    let mut diff = Vec::new();
+    let mut div = Vec::new();
+    let caps = caps_of(plan);
+    let arch = plan.arch.as_str();
+
+    if ours.binary != theirs.binary {
+        diff.push(format!(
+            "binary: ours {} theirs {}",
+            ours.binary, theirs.binary
+        ));
+    }
+    if ours.get("-accel") != theirs.get("-accel") {
+        diff.push(format!(
+            "accel: ours {:?} theirs {:?}",
+            ours.get("-accel"),
+            theirs.get("-accel")
+        ));
+    }
+
+    let ((our_kind, our_props), (their_kind, their_props)) = (ours.machine(), theirs.machine());
+    let resolve = |m: &str| caps.machine(m).map_or(m.to_owned(), |i| i.name.clone());
+    if resolve(&our_kind) != resolve(&their_kind) {
+        diff.push(format!("machine: ours {our_kind} theirs {their_kind}"));
+    }
+    for p in &our_props {
+        if their_props.contains(p) {
+            continue;
+        }
+        match p.as_str() {
+            "gic-version=max" if arch == "aarch64" => div.push(format!(
+                "D1 gic-version: ours max, libvirt {} (no <gic version='max'>)",
+                their_props
+                    .iter()
+                    .find(|t| t.starts_with("gic-version="))
+                    .map_or("unset", String::as_str)
+            )),
+            "x-vof=on" if arch == "ppc64le" => {
+                div.push("D3 x-vof=on: libvirt cannot ask for VOF".into())
+            }
+            _ => diff.push(format!("machine property {p}: ours only ({their_props:?})")),
+        }
+    }
+
+    let our_cpu = ours.cpu();
+    let their_cpu = theirs.cpu();
+    let host_model = plan
+        .cpu
+        .as_ref()
+        .is_some_and(|c| c.mode == CpuMode::HostModel);
+    match (&our_cpu, &their_cpu) {
+        _ if host_model => div.push(format!(
+            "D5 host-model: ours -cpu {}, libvirt -cpu {}",
+            ours.get("-cpu").unwrap_or_default(),
+            theirs.get("-cpu").unwrap_or_default()
+        )),
+        (Some((m, _)), None) => {
+            let default = default_cpu(&plan.binary.to_string_lossy(), &our_kind);
+            if !default
+                .as_deref()
+                .is_some_and(|d| d.starts_with(&format!("{m}-")))
+            {
+                diff.push(format!(
+                    "cpu: ours {m}, libvirt none and QEMU's default is {default:?}"
+                ));
+            }
+            div.push(format!(
+                "D4 -cpu {m}: libvirt has no CPU driver for {arch} and passes none (QEMU's \
+                 default, the same model)"
+            ));
+        }
+        (None, Some((m, props))) => {
+            let default = default_cpu(&plan.binary.to_string_lossy(), &our_kind);
+            if !props.is_empty()
+                || !default
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with(&format!("{m}-")))
+            {
+                diff.push(format!(
+                    "cpu: ours none (QEMU's default {default:?}), libvirt -cpu {}",
+                    theirs.get("-cpu").unwrap_or_default()
+                ));
+            }
+        }
+        (Some((om, oprops)), Some((tm, tprops))) => {
+            if model_name(caps, om) != model_name(caps, tm) {
+                diff.push(format!("cpu model: ours {om} theirs {tm}"));
+            }
+            let mut ours_p = oprops.clone();
+            let mut theirs_p = tprops.clone();
+            theirs_p.remove("migratable=on");
+            let cpu = plan.cpu.as_ref().unwrap();
+            for o in &cpu.options {
+                if ours_p.remove(o) && !theirs_p.contains(o) {
+                    div.push(format!("D2 {o}: libvirt cannot set it"));
+                }
+            }
+            if matches!(cpu.maxphysaddr, Some(MaxPhysAddr::Emulate { .. }))
+                && ours_p.remove("host-phys-bits=off")
+            {
+                div.push("D6 host-phys-bits=off: ours only, next to phys-bits".into());
+            }
+            if ours_p != theirs_p {
+                diff.push(format!(
+                    "cpu properties: ours {:?} theirs {:?}",
+                    ours_p.difference(&theirs_p).collect::<Vec<_>>(),
+                    theirs_p.difference(&ours_p).collect::<Vec<_>>()
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+
+    if ours.memory_mib() != theirs.memory_mib() {
+        diff.push(format!(
+            "memory: ours {:?} theirs {:?}",
+            ours.memory_mib(),
+            theirs.memory_mib()
+        ));
+    }
+    let (n, _, _) = ours.smp();
+    match theirs.smp() {
+        (tn, Some(1), Some(cores)) if tn == n && cores == n => {}
+        (tn, Some(s), Some(1)) if tn == n && s == n && our_cpu.is_some() && their_cpu.is_none() => {
+            div.push(format!(
+                "D4 topology: libvirt {s} sockets, ours 1 socket of {n} cores"
+            ))
+        }
+        other => diff.push(format!("smp: ours {n} (1 socket), theirs {other:?}")),
+    }
+    for opt in ["-kernel", "-initrd", "-append", "-bios"] {
+        if ours.get(opt) != theirs.get(opt) {
+            diff.push(format!(
+                "{opt}: ours {:?} theirs {:?}",
+                ours.get(opt),
+                theirs.get(opt)
+            ));
+        }
+    }
+    let their_devices = theirs.all("-device").join(" ") + &theirs.all("-blockdev").join(" ");
+    for d in &plan.disks {
+        let path = d.disk.path.to_string_lossy();
+        let (file, device) = (
+            format!("\"{path}\""),
+            format!("\"driver\":\"{}\"", d.device),
+        );
+        if !their_devices.contains(&file) || !their_devices.contains(&device) {
+            diff.push(format!(
+                "disk {path} on {}: not in {their_devices}",
+                d.device
+            ));
+        }
+    }
+    if plan.panic_device.as_deref() == Some("pvpanic")
+        && !their_devices.contains("\"driver\":\"pvpanic\"")
+    {
+        diff.push("pvpanic: missing from libvirt's devices".into());
+    }
+    let console = theirs.has("-serial")
+        || ["isa-serial", "spapr-vty", "sclpconsole"]
+            .iter()
+            .any(|d| their_devices.contains(&format!("\"driver\":\"{d}\"")));
+    if !console {
+        diff.push("console: libvirt gives the guest none".into());
+    }
+    (diff, div)
+}
+
+fn split(line: &[u8]) -> Vec<String> {
+    shlex::bytes::split(line)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| String::from_utf8_lossy(&w).into_owned())
+        .collect()
+}
+
+#[test]
+fn libvirt_makes_the_same_command_line_from_every_export() {
+    if let Err(why) = libvirtd() {
+        return skip(&format!("libvirt parity: {why}"));
+    }
+    let dir = scratch();
+    let mut failures = Vec::new();
+    let mut divergences = BTreeSet::new();
+    let mut compared = 0;
+    for c in matrix() {
+        let (plan, _, path) = c.export(dir.path());
+        let file = path.to_str().unwrap();
+        let out = virsh(&["domxml-to-native", "qemu-argv", file]);
+        let (o, e) = text(&out);
+        if !out.status.success() {
+            if c.kvm && e.contains("does not support virt type 'kvm'") {
+                say(&format!(
+                    "SKIPPED: libvirt parity {}: libvirt has no KVM for it on this host",
+                    c.name
+                ));
+                continue;
+            }
+            failures.push(format!("{}: domxml-to-native failed: {e}", c.name));
+            continue;
+        }
+        // libvirt defines it too (and forgets it again).
+        let def = virsh(&["define", file]);
+        if def.status.success() {
+            let _ = virsh(&["undefine", &c.name]);
+        } else {
+            failures.push(format!("{}: virsh define failed: {}", c.name, text(&def).1));
+        }
+        let theirs = Line::parse(&split(o.trim().as_bytes()));
+        let ours = Line::parse(&split(&argv::shell_line(&argv::build(&plan))));
+        let (diff, div) = compare(&plan, &ours, &theirs);
+        compared += 1;
+        for d in div {
+            eprintln!("DIVERGENCE (deliberate, see README) {}: {d}", c.name);
+            divergences.insert(d.split(' ').next().unwrap_or_default().to_owned());
+        }
+        if !diff.is_empty() {
+            failures.push(format!(
+                "{}:\n  {}\n  ours:   {}\n  theirs: {}",
+                c.name,
+                diff.join("\n  "),
+                String::from_utf8_lossy(&argv::shell_line(&argv::build(&plan))),
+                o.trim()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    say(&format!(
+        "libvirt parity: {compared} domains compared, the same apart from the deliberate \
+         divergences {divergences:?} (README)"
+    ));
+    assert!(compared >= 20, "only {compared} domains compared");
+}
