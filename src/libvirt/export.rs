@@ -286,6 +286,25 @@ fn devices(
         };
         d.push(node);
     }
+    for nic in &plan.nics {
+        if !nic.device.starts_with("virtio-net") {
+            un.push(format!(
+                "NIC device {}: only virtio NICs are written",
+                nic.device
+            ));
+            continue;
+        }
+        d.push(
+            Node::new("interface")
+                .attr("type", "user")
+                .child(Node::new("model").attr("type", "virtio")),
+        );
+        for fwd in &nic.user.hostfwd {
+            un.push(format!(
+                "hostfwd {fwd}: libvirt 9.0's user-mode network (slirp) has no port forwards                  (only the passt backend does)"
+            ));
+        }
+    }
     match &plan.console {
         ConsolePlan::Serial { .. } if profile.libvirt.console_target == "serial" => {
             d.push(

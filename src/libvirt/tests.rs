@@ -224,6 +224,16 @@ fn matrix(f: &BTreeMap<&str, PathBuf>) -> Vec<Case> {
             i.disk_writable = writable.then_some(true);
         }));
     }
+    v.push(with("two-disks-and-net", "aarch64", &|i| {
+        i.disks = Some(vec![
+            crate::disk::DiskInput::plain(f["disk.qcow2"].clone()),
+            crate::disk::DiskInput {
+                persist: true,
+                ..crate::disk::DiskInput::plain(f["raw.img"].clone())
+            },
+        ]);
+        i.net = Some("user".into());
+    }));
     v.push(with("disk-s390x", "s390x", &|i| {
         i.kernel = None;
         i.initrd = None;
@@ -448,7 +458,7 @@ fn everything_unsupported_is_listed_at_once() {
     let xml = MINIMAL.replace(
         "</os>",
         "</os><memoryBacking/><cpu mode='host-model' match='minimum'><vendor>Intel</vendor></cpu>\
-         <devices><interface type='user'/><graphics type='vnc'/><disk type='block'>\
+         <devices><interface type='bridge'/><graphics type='vnc'/><disk type='block'>\
          <source dev='/dev/sda'/></disk><serial type='tcp'/><panic model='hyperv'/></devices>\
          <on_reboot>restart</on_reboot>",
     );
@@ -458,7 +468,7 @@ fn everything_unsupported_is_listed_at_once() {
         "/domain/memoryBacking",
         "/domain/cpu/@match",
         "/domain/cpu/vendor",
-        "/domain/devices/interface",
+        "/domain/devices/interface/@type",
         "/domain/devices/graphics",
         "/domain/devices/disk/@type",
         "/domain/devices/serial/@type",
@@ -470,7 +480,7 @@ fn everything_unsupported_is_listed_at_once() {
     let text = LibvirtError::Refused(items).to_string();
     assert!(text.starts_with("9 part(s) of the domain"), "{text}");
     assert!(
-        text.contains("\n  line 1: /domain/devices/interface: a network interface"),
+        text.contains("\n  line 1: /domain/devices/interface/@type: interface type 'bridge'"),
         "{text}"
     );
 }
@@ -572,8 +582,13 @@ fn a_disk_format_that_contradicts_the_header_is_refused() {
     assert!(items[0].what.contains("header says qcow2"), "{items:?}");
     let ok = xml.replace("type='raw'", "type='qcow2'");
     let i = import(&ok, &profiles()).unwrap();
-    assert_eq!(i.spec.disk.as_deref(), Some(f["disk.qcow2"].as_path()));
-    assert_eq!(i.spec.disk_writable, Some(true));
+    let disks = i.spec.disks.unwrap();
+    assert_eq!(disks.len(), 1);
+    assert_eq!(disks[0].path, f["disk.qcow2"]);
+    assert!(
+        disks[0].persist,
+        "no <transient/>: the guest writes the image"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! `<devices>`: the emulator, one disk, the console, and what the machine has anyway.
+//! `<devices>`: the emulator, disks, the console, a user-mode network card, and what the machine
+//! has anyway.
 
 use super::{Cx, Element, is_qcow2};
+use crate::disk::DiskInput;
 use crate::profile::MachineProfile;
 
 /// Serial port targets that are the machine's own first serial port.
@@ -13,19 +15,23 @@ const SERIAL_TARGETS: &[&str] = &[
 
 pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
     d.take();
-    let (mut disks, mut serials, mut consoles) = (0, 0, 0);
+    let (mut nics, mut serials, mut consoles) = (0, 0, 0);
     for e in d.children() {
         match e.name.as_str() {
             "emulator" if cx.spec.emulator.is_none() => {
                 e.take();
                 cx.spec.emulator = Some(cx.path(e.text()));
             }
-            "disk" => {
-                disks += 1;
-                if disks == 1 {
-                    disk(e, cx);
+            "disk" => disk(e, cx),
+            "interface" => {
+                nics += 1;
+                if nics == 1 {
+                    interface(e, cx);
                 } else {
-                    cx.bad(e, "a second disk: qemu-direct attaches one disk");
+                    cx.bad(
+                        e,
+                        "a second network interface: qemu-direct gives the guest one",
+                    );
                 }
             }
             "serial" => {
@@ -77,7 +83,6 @@ pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
             "input" if e.attr("bus") == Some("ps2") => {
                 cx.accept(e, "the PS/2 mouse and keyboard are built into the machine");
             }
-            "interface" => cx.bad(e, "a network interface: qemu-direct attaches none yet"),
             "graphics" | "video" => cx.bad(e, "a display: qemu-direct runs with -display none"),
             "channel" => cx.bad(
                 e,
@@ -198,10 +203,40 @@ fn disk(e: &Element, cx: &mut Cx) {
             cx.accept(a, "QEMU places the devices itself");
         }
     }
-    cx.spec.disk = Some(path);
-    if kind == "file" {
-        cx.spec.disk_writable = Some(!transient);
+    cx.spec.disks.get_or_insert_with(Vec::new).push(DiskInput {
+        path,
+        format: None,
+        // A directory is always a read-only view; an image without <transient/> is written.
+        persist: kind == "file" && !transient,
+    });
+}
+
+/// `<interface type='user'>` with a virtio model: QEMU's user-mode network, as `--net user`.
+fn interface(e: &Element, cx: &mut Cx) {
+    e.take();
+    if e.attr("type") != Some("user") {
+        cx.bad_attr(
+            e,
+            "type",
+            &format!(
+                "interface type '{}': qemu-direct has QEMU's user-mode network only                  (type='user')",
+                e.attr("type").unwrap_or_default()
+            ),
+        );
+        e.take_all();
+        return;
     }
+    match e.child("model") {
+        Some(m) if m.attr("type") == Some("virtio") => m.take_all(),
+        Some(m) => cx.bad_attr(m, "type", "a NIC model other than virtio"),
+        None => {}
+    }
+    for extra in ["mac", "address", "alias"] {
+        if let Some(a) = e.child(extra) {
+            cx.accept(a, "QEMU picks the NIC's address and MAC itself");
+        }
+    }
+    cx.spec.net = Some("user".into());
 }
 
 fn serial(e: &Element, cx: &mut Cx) {
