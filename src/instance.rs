@@ -10,6 +10,7 @@
 //!     qmp-supervisor.sock  QMP held by the supervisor for events and run state
 //!     console.log          the whole serial console so far
 //!     events.jsonl         every QMP event, one JSON object a line
+//!     <name>_VARS.fd       with UEFI firmware: the VM's own variable store (firmware::copy_vars)
 //! ```
 //!
 //! The lock is what makes an instance live: a directory whose lock nobody holds belonged to a

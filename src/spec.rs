@@ -110,9 +110,14 @@ pub struct SpecInput {
     pub disk: Option<PathBuf>,
     /// Let the guest write to the disk image (default: writes go to a throw-away overlay).
     pub disk_writable: Option<bool>,
-    /// Firmware image passed as `-bios`.
+    /// `uefi` or `bios` (chosen from QEMU's firmware descriptors), or a firmware image passed as
+    /// `-bios`.
     #[serde(default, with = "pathser::option")]
     pub firmware: Option<PathBuf>,
+    /// With `firmware = "uefi"`: only firmware with Secure Boot.
+    pub secure_boot: Option<bool>,
+    /// TCG translation cache size in MiB, instead of the profile's.
+    pub tb_size: Option<u32>,
     /// A QEMU binary to use instead of the profile's from `PATH`.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
@@ -211,6 +216,37 @@ pub enum ArchChoice {
     Host,
 }
 
+/// The firmware a guest asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FirmwareChoice {
+    /// UEFI, chosen from QEMU's firmware descriptors (`--firmware uefi`).
+    Uefi {
+        /// Only firmware with Secure Boot (`--secure-boot`); without it, none with it.
+        secure_boot: bool,
+    },
+    /// BIOS (`--firmware bios`): a descriptor that offers it, else the machine's own (SeaBIOS).
+    Bios,
+    /// An image passed as `-bios` (`--firmware FILE`).
+    File {
+        /// The image.
+        #[serde(with = "pathser")]
+        path: PathBuf,
+    },
+}
+
+impl FirmwareChoice {
+    /// `uefi` or `bios` when the `--firmware` value is one of those words (a file of that name
+    /// is written `./uefi`).
+    pub fn keyword(value: &Path) -> Option<&'static str> {
+        match value.to_str() {
+            Some("uefi") => Some("uefi"),
+            Some("bios") => Some("bios"),
+            _ => None,
+        }
+    }
+}
+
 /// A disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -267,9 +303,12 @@ pub struct VmSpec {
     pub kernel: Option<KernelBoot>,
     /// Disks.
     pub disks: Vec<Disk>,
-    /// `-bios` image.
-    #[serde(default, with = "pathser::option")]
-    pub firmware: Option<PathBuf>,
+    /// Firmware asked for; `None`: the machine's default.
+    #[serde(default)]
+    pub firmware: Option<FirmwareChoice>,
+    /// TCG translation cache size in MiB, instead of the profile's.
+    #[serde(default)]
+    pub tb_size: Option<u32>,
     /// QEMU binary override.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
@@ -290,15 +329,20 @@ impl SpecInput {
             message: one_line(&e.to_string()),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // `firmware = "uefi"` names a kind of firmware, not a file.
+        let firmware_file = input
+            .firmware
+            .as_mut()
+            .filter(|f| FirmwareChoice::keyword(f).is_none());
         for p in [
             &mut input.kernel,
             &mut input.initrd,
             &mut input.disk,
-            &mut input.firmware,
             &mut input.emulator,
         ]
         .into_iter()
         .flatten()
+        .chain(firmware_file)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -325,6 +369,8 @@ impl SpecInput {
             disk,
             disk_writable,
             firmware,
+            secure_boot,
+            tb_size,
             emulator,
             cpu_check,
             maxphysaddr
@@ -476,8 +522,36 @@ impl SpecInput {
         let firmware = self
             .firmware
             .as_deref()
-            .map(|f| readable_file("firmware", f))
+            .map(|f| {
+                Ok::<_, SpecError>(match FirmwareChoice::keyword(f) {
+                    Some("uefi") => FirmwareChoice::Uefi {
+                        secure_boot: self.secure_boot.unwrap_or(false),
+                    },
+                    Some(_) => FirmwareChoice::Bios,
+                    None => FirmwareChoice::File {
+                        path: readable_file("firmware", f)?,
+                    },
+                })
+            })
             .transpose()?;
+        if self.secure_boot == Some(true) && !matches!(firmware, Some(FirmwareChoice::Uefi { .. }))
+        {
+            return Err(SpecError::Conflict {
+                first: "secure_boot".into(),
+                second: match &self.firmware {
+                    Some(f) => format!("firmware {}", f.display()),
+                    None => "no firmware".into(),
+                },
+                why: "Secure Boot is a UEFI feature; add --firmware uefi".into(),
+            });
+        }
+        if self.tb_size == Some(0) {
+            return Err(SpecError::Invalid {
+                field: "tb_size".into(),
+                value: "0".into(),
+                expected: "the TCG translation cache in MiB, at least 1 (e.g. 128)".into(),
+            });
+        }
         let emulator = self.emulator.as_deref().map(executable).transpose()?;
         let cpu = self.cpu_request()?;
 
@@ -491,6 +565,7 @@ impl SpecInput {
             kernel,
             disks,
             firmware,
+            tb_size: self.tb_size,
             emulator,
             cpu,
         })
@@ -959,6 +1034,64 @@ mod tests {
         std::fs::write(&p, "accel = \"kvmm\"\n").unwrap();
         let e = SpecInput::from_file(&p).unwrap_err().to_string();
         assert!(e.contains("kvmm") && e.contains("tcg"), "{e}");
+    }
+
+    #[test]
+    fn firmware_is_a_kind_or_a_file() {
+        let set = profiles();
+        let fw = |f: &str, secure: Option<bool>| SpecInput {
+            firmware: Some(f.into()),
+            secure_boot: secure,
+            ..Default::default()
+        };
+        assert_eq!(
+            fw("uefi", None).validate(&set).unwrap().firmware,
+            Some(FirmwareChoice::Uefi { secure_boot: false })
+        );
+        assert_eq!(
+            fw("uefi", Some(true)).validate(&set).unwrap().firmware,
+            Some(FirmwareChoice::Uefi { secure_boot: true })
+        );
+        assert_eq!(
+            fw("bios", None).validate(&set).unwrap().firmware,
+            Some(FirmwareChoice::Bios)
+        );
+        // Anything else is a file, checked like one; ./uefi is the file named uefi.
+        assert_eq!(
+            fw("./uefi", None).validate(&set).unwrap_err().to_string(),
+            "firmware ./uefi: no such file"
+        );
+        let e = fw("bios", Some(true))
+            .validate(&set)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "secure_boot conflicts with firmware bios: Secure Boot is a UEFI feature; add --firmware uefi"
+        );
+        let e = SpecInput {
+            tb_size: Some(0),
+            ..Default::default()
+        }
+        .validate(&set)
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("invalid tb_size '0'"), "{e}");
+
+        // In a spec file, `firmware = "uefi"` is the kind, a relative file is the file's.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.toml");
+        std::fs::write(
+            &p,
+            "firmware = \"uefi\"\nsecure_boot = true\ntb_size = 128\n",
+        )
+        .unwrap();
+        let file = SpecInput::from_file(&p).unwrap();
+        assert_eq!(file.firmware.as_deref(), Some(Path::new("uefi")));
+        assert_eq!((file.secure_boot, file.tb_size), (Some(true), Some(128)));
+        std::fs::write(&p, "firmware = \"fw.bin\"\n").unwrap();
+        let file = SpecInput::from_file(&p).unwrap();
+        assert_eq!(file.firmware, Some(dir.path().join("fw.bin")));
     }
 
     #[test]

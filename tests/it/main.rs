@@ -4,6 +4,7 @@
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
+//! - `firmware`: UEFI boots through firmware from QEMU's descriptors, `firmware`, version gates.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
@@ -14,6 +15,7 @@ mod cli;
 mod common;
 mod cpu;
 mod cpu_rules;
+mod firmware;
 mod golden;
 mod kvm;
 mod lifecycle;
