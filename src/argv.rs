@@ -11,6 +11,7 @@ use std::{
 };
 
 use crate::{
+    firmware,
     plan::{ConsolePlan, LaunchPlan},
     spec::DiskFormat,
 };
@@ -89,7 +90,7 @@ fn machine(plan: &LaunchPlan) -> Vec<OsString> {
         os("-machine"),
         list(&plan.machine.kind, &plan.machine.options),
         os("-accel"),
-        os(plan.accel.as_str()),
+        list(plan.accel.as_str(), &plan.accel_options),
     ]
 }
 
@@ -133,6 +134,14 @@ fn boot(plan: &LaunchPlan) -> Vec<OsString> {
     let mut v = Vec::new();
     if let Some(fw) = &plan.firmware {
         v.extend([os("-bios"), fw.clone().into_os_string()]);
+    }
+    // pflash drives (paths escaped) or -bios. A plan from `resolve` always has a variable store
+    // exactly when the firmware needs one; a launch checks that before QEMU starts
+    // (`VmError::Firmware`), so an inconsistent plan read from elsewhere adds nothing here.
+    if let Some(fw) = &plan.descriptor_firmware
+        && let Ok(args) = firmware::qemu_args(&fw.selected, fw.vars.as_deref())
+    {
+        v.extend(args);
     }
     if let Some(k) = &plan.kernel {
         v.extend([os("-kernel"), k.kernel.clone().into_os_string()]);

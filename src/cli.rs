@@ -70,6 +70,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The firmware QEMU's descriptor files describe here: for which arch and machines, with
+    /// what features, and which one `--firmware uefi` picks.
+    Firmware {
+        /// Only firmware for this guest arch.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List running instances: name, arch, accelerator, QEMU pid, run state, uptime.
     Ps {
         /// Print them as JSON.
@@ -244,9 +254,17 @@ pub struct SpecArgs {
     /// RULE being [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22.
     #[arg(long, value_name = "none|user[,hostfwd=RULE]...")]
     pub net: Option<String>,
-    /// Firmware image (QEMU -bios).
-    #[arg(long, value_name = "FILE")]
+    /// Firmware: uefi or bios (chosen from QEMU's firmware descriptors; bios falls back to the
+    /// machine's own SeaBIOS), or an image file for QEMU -bios (write ./uefi for a file of
+    /// that name).
+    #[arg(long, value_name = "uefi|bios|FILE")]
     pub firmware: Option<PathBuf>,
+    /// With --firmware uefi: firmware with Secure Boot only (default: without).
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// TCG translation cache size in MiB [default: the profile's, 256].
+    #[arg(long, value_name = "MIB")]
+    pub tb_size: Option<u32>,
     /// QEMU binary to use instead of the profile's from PATH.
     #[arg(long, value_name = "FILE")]
     pub emulator: Option<PathBuf>,

@@ -128,7 +128,7 @@ pub struct FirmwareRequest {
 }
 
 /// How the chosen firmware is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// Parallel flash: a read-only code image and, usually, a writable variable store.
@@ -147,7 +147,7 @@ impl fmt::Display for Device {
 }
 
 /// The firmware chosen for a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selected {
     /// The descriptor file that described it.
     #[serde(with = "pathser")]
@@ -297,18 +297,18 @@ fn not_found(
 }
 
 /// Every descriptor file in the search directories, after overrides, in priority order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptors {
     entries: Vec<Entry>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     path: PathBuf,
     body: Body,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Body {
     /// A zero-length file: it hides the same name in less specific directories.
     Disabled,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     arch::{self, Arch},
     caps::{self, Caps, CapsCache, CapsError},
+    firmware::Descriptors,
     profile::{Accel, MachineProfile, ProfileSet},
 };
 
@@ -155,6 +156,11 @@ pub struct HostFacts {
     /// The host CPU's physical-address bits (`/proc/cpuinfo` "address sizes"), where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phys_bits: Option<u8>,
+    /// QEMU's firmware descriptors on this machine, which `--firmware uefi|bios` chooses from;
+    /// `None` when not read. Never recorded: files written by `probe --json` leave it out, and
+    /// the command line reads this machine's descriptors for them too.
+    #[serde(skip)]
+    pub firmware: Option<Descriptors>,
 }
 
 /// What to probe.
@@ -318,6 +324,9 @@ impl HostFacts {
             kvm: KvmState::probe(&opts.kvm_device),
             emulators: find_emulators(profiles, opts.versions),
             phys_bits: host_phys_bits(),
+            // A descriptor directory that cannot be listed leaves this unset; `qemu-direct
+            // firmware` shows why.
+            firmware: Descriptors::system().ok(),
         }
     }
 
@@ -483,6 +492,7 @@ mod tests {
             kvm,
             emulators: BTreeMap::new(),
             phys_bits: None,
+            firmware: None,
         }
     }
 

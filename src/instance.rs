@@ -11,6 +11,7 @@
 //!     console.log          the whole serial console so far
 //!     events.jsonl         every QMP event, one JSON object a line
 //!     diskN.qcow2          the overlay taking the guest's writes to disk N, unless it persists
+//!     <name>_VARS.fd       with UEFI firmware: the VM's own variable store (firmware::copy_vars)
 //! ```
 //!
 //! The lock is what makes an instance live: a directory whose lock nobody holds belonged to a

@@ -15,6 +15,7 @@
 //! - [`cpu`]: the guest CPU: modes, models, features, physical-address bits, baselines.
 //! - [`caps`]: what each emulator can do (machines, CPU models, features), probed over QMP and cached.
 //! - [`firmware`]: UEFI/BIOS firmware chosen from QEMU's firmware descriptor files.
+//! - [`gate`]: profile options that need a QEMU version range or a kind of host.
 //! - [`traits`]: os-traits names for this host, and whether a guest runs here.
 //! - [`config`]: host-wide CPU defaults from config files.
 //! - [`vm`]: running a plan ([`vm::Vm`]): console, QMP, failure detection, the stop ladder, and
@@ -49,6 +50,7 @@ pub mod config;
 pub mod cpu;
 pub mod disk;
 pub mod firmware;
+pub mod gate;
 pub mod host;
 pub mod instance;
 pub mod libvirt;

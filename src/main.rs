@@ -16,6 +16,7 @@ use qemu_direct::{
     caps::CapsCache,
     config::Config,
     disk::DiskInput,
+    firmware::Descriptors,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
     profile::Accel,
@@ -229,6 +230,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::Success
             })
         }
+        Command::Firmware { arch, json } => {
+            firmware_command(&profiles, arch.as_deref(), *json, &mut out)
+        }
         Command::Ps { json } => {
             drop(out);
             control::ps(*json)
@@ -435,8 +439,11 @@ fn host_facts(cli: &Cli, profiles: &ProfileSet, versions: bool) -> anyhow::Resul
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Usage(format!("cannot read --host-facts {}: {e}", path.display())))?;
-            serde_json::from_str(&text)
-                .map_err(|e| Usage(format!("invalid --host-facts {}: {e}", path.display())).into())
+            let mut facts: HostFacts = serde_json::from_str(&text)
+                .map_err(|e| Usage(format!("invalid --host-facts {}: {e}", path.display())))?;
+            // Recorded facts carry no firmware: plan with this machine's descriptors.
+            facts.firmware = Descriptors::system().ok();
+            Ok(facts)
         }
         None => Ok(HostFacts::probe(
             profiles,
@@ -479,6 +486,8 @@ fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, Error
         disk_writable: args.disk_writable.then_some(true),
         net: args.net.clone(),
         firmware: args.firmware.clone(),
+        secure_boot: args.secure_boot.then_some(true),
+        tb_size: args.tb_size,
         emulator: args.emulator.clone(),
         cpu_mode: args.cpu_mode.clone(),
         cpu_models: (!args.cpu_model.is_empty()).then(|| args.cpu_model.clone()),
@@ -609,8 +618,19 @@ fn print_probe(
 fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
     writeln!(out, "name:    {}", plan.name)?;
     writeln!(out, "arch:    {}", plan.arch)?;
-    writeln!(out, "binary:  {}", plan.binary.display())?;
+    match &plan.qemu_version {
+        Some(v) => writeln!(out, "binary:  {} (QEMU {v})", plan.binary.display())?,
+        None => writeln!(out, "binary:  {}", plan.binary.display())?,
+    }
     writeln!(out, "accel:   {}", plan.accel_reason)?;
+    if !plan.accel_options.is_empty() {
+        writeln!(
+            out,
+            "         -accel {},{}",
+            plan.accel,
+            plan.accel_options.join(",")
+        )?;
+    }
     writeln!(out, "machine: {}", plan.machine.kind)?;
     if let Some(cpu) = &plan.cpu {
         writeln!(out, "cpu:     {} ({})", cpu.qemu_value(), cpu.mode)?;
@@ -623,4 +643,113 @@ fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
     out.write_all(&argv::shell_line(&argv::build(plan)))?;
     out.write_all(b"\n")?;
     Ok(())
+}
+
+/// `qemu-direct firmware`: the descriptors, and for each guest arch (or the one asked for)
+/// what `--firmware uefi` and `--firmware bios` would use on the profile's TCG machine.
+fn firmware_command(
+    profiles: &ProfileSet,
+    arch: Option<&str>,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let descriptors = Descriptors::system().map_err(|e| Usage(error_chain(&e)))?;
+    let chosen: Vec<&qemu_direct::profile::MachineProfile> = match arch {
+        Some(a) => vec![profiles.resolve("arch", a).map_err(Error::from)?],
+        None => profiles.iter().collect(),
+    };
+    let qemu_arch = arch.map(|_| chosen[0].qemu_arch());
+    let listing = descriptors.list(qemu_arch);
+    let mut picks = Vec::new();
+    for p in &chosen {
+        let Some(tcg) = p.accel.get(&Accel::Tcg) else {
+            continue;
+        };
+        for interface in ["uefi", "bios"] {
+            let req = qemu_direct::firmware::FirmwareRequest {
+                arch: p.qemu_arch().into(),
+                machine: tcg.machine.clone(),
+                interface: interface.into(),
+                secure_boot: false,
+            };
+            let answer = match descriptors.select(&req) {
+                Ok(sel) => {
+                    serde_json::json!({ "descriptor": sel.descriptor, "executable": sel.executable, "nvram_template": sel.nvram_template })
+                }
+                Err(_) if interface == "bios" && p.firmware.builtin.as_deref() == Some("bios") => {
+                    serde_json::json!({ "builtin": true })
+                }
+                Err(_) => serde_json::json!({
+                    "missing": true,
+                    "package": p.firmware.interface_packages.get(interface),
+                }),
+            };
+            picks.push((p.name.clone(), tcg.machine.clone(), interface, answer));
+        }
+    }
+    if json {
+        let picks: Vec<_> = picks
+            .iter()
+            .map(|(a, m, i, v)| serde_json::json!({"arch": a, "machine": m, "interface": i, "choice": v}))
+            .collect();
+        let all = serde_json::json!({ "descriptors": listing, "choices": picks });
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+        return Ok(ExitCode::Success);
+    }
+    if listing.is_empty() {
+        writeln!(
+            out,
+            "no firmware descriptors in {}",
+            qemu_direct::firmware::search_dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
+    for l in &listing {
+        writeln!(out, "{}", l.file.display())?;
+        if let Some(problem) = &l.problem {
+            writeln!(out, "  unusable: {problem}")?;
+            continue;
+        }
+        writeln!(out, "  {}", l.description)?;
+        let targets: Vec<String> = l
+            .targets
+            .iter()
+            .map(|t| format!("{} ({})", t.architecture, t.machines.join(", ")))
+            .collect();
+        writeln!(
+            out,
+            "  {} for {}; {}",
+            l.interfaces.join(", "),
+            targets.join(", "),
+            l.device
+        )?;
+        if !l.features.is_empty() {
+            writeln!(out, "  features: {}", l.features.join(", "))?;
+        }
+        for f in &l.files {
+            let missing = if f.exists { "" } else { " (missing)" };
+            writeln!(out, "  {}: {}{missing}", f.role, f.path.display())?;
+        }
+    }
+    writeln!(out)?;
+    for (arch, machine, interface, v) in &picks {
+        let what = if let Some(d) = v.get("descriptor").and_then(|d| d.as_str()) {
+            format!("{} ({})", d, v["executable"].as_str().unwrap_or(""))
+        } else if v.get("builtin").is_some() {
+            "the machine's built-in BIOS".into()
+        } else {
+            match v["package"].as_str() {
+                Some(p) => format!("none installed (Debian package {p})"),
+                None => "none".into(),
+            }
+        };
+        writeln!(
+            out,
+            "{arch:<8} {machine:<16} --firmware {interface:<4}  {what}"
+        )?;
+    }
+    Ok(ExitCode::Success)
 }

@@ -1,6 +1,9 @@
 //! From a validated spec, the machine profiles and the host's facts to a [`LaunchPlan`]: the
 //! plain value that says exactly what will run, and why. [`resolve`] is a pure function; it
-//! touches nothing, so every decision can be tested with made-up hosts.
+//! touches nothing (but for checking that chosen firmware files exist), so every decision can
+//! be tested with made-up hosts. Its inputs include the emulator's QEMU version, against which
+//! the profile's options are gated ([`crate::gate`]), and the firmware descriptors of
+//! [`HostFacts::firmware`].
 
 use std::path::PathBuf;
 
@@ -11,12 +14,14 @@ use crate::{
     caps::{CapsCache, CapsError},
     config::Config,
     cpu::{CpuContext, CpuError},
+    firmware::{FirmwareError, FirmwareRequest, Selected},
+    gate::{self, Gate, ProfileOption, QemuVersion, Unfit},
     host::{Emulator, HostFacts, KvmBlocker},
     net::{Net, UserNet},
     pathser,
     profile::{Accel, MachineProfile, ProfileSet},
     size::MemSize,
-    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, VmSpec},
+    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, FirmwareChoice, VmSpec},
 };
 
 /// Below this no Linux guest boots, and it catches unit slips such as `--memory 512K`.
@@ -38,6 +43,12 @@ pub struct LaunchPlan {
     pub accel: Accel,
     /// Why that accelerator, in one line.
     pub accel_reason: String,
+    /// `key=value` properties of the accelerator (`thread=multi`, `tb-size=256`).
+    #[serde(default)]
+    pub accel_options: Vec<String>,
+    /// The emulator's QEMU version, when known; the profile's options were checked against it.
+    #[serde(default)]
+    pub qemu_version: Option<QemuVersion>,
     /// Machine type and properties.
     pub machine: Machine,
     /// `-cpu` model and properties; `None` leaves the machine's default.
@@ -53,9 +64,12 @@ pub struct LaunchPlan {
     /// Network cards, in order.
     #[serde(default)]
     pub nics: Vec<NicPlan>,
-    /// `-bios` image.
+    /// `-bios` image named by the user (`--firmware FILE`).
     #[serde(default, with = "pathser::option")]
     pub firmware: Option<PathBuf>,
+    /// Firmware chosen from QEMU's firmware descriptors (`--firmware uefi|bios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor_firmware: Option<DescriptorFirmware>,
     /// Where the console goes.
     pub console: ConsolePlan,
     /// Other decisions worth showing, one line each.
@@ -76,6 +90,28 @@ pub struct Machine {
 }
 
 pub use crate::cpu::Cpu;
+
+/// Firmware chosen from QEMU's firmware descriptors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescriptorFirmware {
+    /// The interface asked for (`uefi`, `bios`).
+    pub interface: String,
+    /// Whether Secure Boot was asked for.
+    pub secure_boot: bool,
+    /// The descriptor's firmware.
+    pub selected: Selected,
+    /// The VM's own UEFI variable store, a copy of [`Selected::nvram_template`]: in a plan, the
+    /// file name it gets in the instance directory ([`vars_file_name`]); once launched, its
+    /// path there. `None` for firmware without variables.
+    #[serde(default, with = "pathser::option")]
+    pub vars: Option<PathBuf>,
+}
+
+/// The name of an instance's UEFI variable store in its directory
+/// ([`crate::firmware::copy_vars`] names it so).
+pub fn vars_file_name(instance: &str) -> String {
+    format!("{instance}_VARS.fd")
+}
 
 /// A direct kernel boot, with the full command line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +240,22 @@ pub enum PlanError {
     /// The CPU asked for cannot be had here.
     #[error(transparent)]
     Cpu(#[from] CpuError),
+    /// No firmware of the kind asked for is installed.
+    #[error("{}", no_firmware(error, package.as_deref()))]
+    NoFirmware {
+        /// What selection found.
+        error: Box<FirmwareError>,
+        /// The Debian package that provides it, where the profile says.
+        package: Option<String>,
+    },
+    /// The user asked for something the installed QEMU cannot do.
+    #[error("{what} {why}")]
+    QemuCannot {
+        /// What was asked for, as asked.
+        what: String,
+        /// Why not.
+        why: Unfit,
+    },
     /// The emulator's capabilities could not be probed.
     #[error("cannot probe the CPU models of {binary} under {accel}")]
     Caps {
@@ -223,9 +275,29 @@ impl PlanError {
         match self {
             PlanError::KvmUnusable(b) => b.hint(),
             PlanError::Cpu(c) => c.hint(),
+            PlanError::QemuCannot { .. } => Some(
+                "install a newer QEMU (or name one with --emulator), or drop the option".into(),
+            ),
+            PlanError::NoFirmware { .. } => {
+                Some("qemu-direct firmware lists the firmware descriptors found".into())
+            }
             _ => None,
         }
     }
+}
+
+fn no_firmware(error: &FirmwareError, package: Option<&str>) -> String {
+    let text = error.to_string();
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let mut s = first.to_owned();
+    if let Some(p) = package {
+        s.push_str(&format!("; the Debian package {p} provides it"));
+    }
+    if !rest.is_empty() {
+        s.push('\n');
+        s.push_str(rest);
+    }
+    s
 }
 
 /// The key under which a plan's emulator is recorded in [`HostFacts::emulators`]: the profile's
@@ -237,9 +309,11 @@ fn emulator_key(spec: &VmSpec, profile: &MachineProfile) -> String {
     }
 }
 
-/// [`resolve_with`], probing the emulator's CPU capabilities (through `cache`) when the CPU
-/// request needs them and `host` lacks them. With `probe` false (host facts from a file) the
-/// missing capabilities are an error instead.
+/// [`resolve_with`], probing the emulator's capabilities (through `cache`) when `host` lacks
+/// them and the CPU request needs them, or the emulator's QEMU version is unknown (the version
+/// gates the profile's options; a probe that fails then only leaves a note). With `probe` false
+/// (host facts from a file) missing CPU capabilities are an error and an unknown version stays
+/// unknown.
 pub async fn resolve_probing(
     spec: &VmSpec,
     profiles: &ProfileSet,
@@ -248,33 +322,43 @@ pub async fn resolve_probing(
     cache: &CapsCache,
     probe: bool,
 ) -> Result<LaunchPlan, PlanError> {
-    match resolve_with(spec, profiles, host, config) {
-        Err(PlanError::Cpu(CpuError::NoCaps { accel, .. })) if probe => {
-            let profile = guest_profile(spec, profiles, host)?;
-            let key = emulator_key(spec, profile);
-            if let Some(path) = &spec.emulator {
-                host.emulators.entry(key.clone()).or_insert(Emulator {
-                    path: path.clone(),
-                    version: None,
-                    caps: Default::default(),
-                });
-            }
-            if let Some((binary, accel, source)) = host
-                .add_caps(cache, &[(key, accel)])
-                .await
-                .into_iter()
-                .next()
-            {
-                return Err(PlanError::Caps {
-                    binary,
-                    accel,
-                    source: Box::new(source),
-                });
-            }
-            resolve_with(spec, profiles, host, config)
-        }
-        other => other,
+    let (accel, unversioned) = match resolve_with(spec, profiles, host, config) {
+        Err(PlanError::Cpu(CpuError::NoCaps { accel, .. })) if probe => (accel, None),
+        // The QEMU version gates the profile's options; the capabilities (cached) carry it.
+        Ok(plan) if probe && plan.qemu_version.is_none() => (plan.accel, Some(plan)),
+        other => return other,
+    };
+    let profile = guest_profile(spec, profiles, host)?;
+    let key = emulator_key(spec, profile);
+    if let Some(path) = &spec.emulator {
+        host.emulators.entry(key.clone()).or_insert(Emulator {
+            path: path.clone(),
+            version: None,
+            caps: Default::default(),
+        });
     }
+    if let Some((binary, accel, source)) = host
+        .add_caps(cache, &[(key, accel)])
+        .await
+        .into_iter()
+        .next()
+    {
+        return match unversioned {
+            // Only the version was wanted: plan without it, saying why.
+            Some(mut plan) => {
+                plan.notes.push(format!(
+                    "QEMU version unknown: {binary} under {accel} did not answer the capability probe ({source})"
+                ));
+                Ok(plan)
+            }
+            None => Err(PlanError::Caps {
+                binary,
+                accel,
+                source: Box::new(source),
+            }),
+        };
+    }
+    resolve_with(spec, profiles, host, config)
 }
 
 /// Resolves a spec into a plan for this host, with no config files.
@@ -316,8 +400,17 @@ pub fn resolve_with(
     let Some(ap) = profile.accel.get(&accel) else {
         return Err(PlanError::NoProfile(arch));
     };
+    let binary_key = emulator_key(spec, profile);
+    let qemu_version = qemu_version(host, &binary_key);
+    let gate = Gate {
+        qemu: qemu_version,
+        host: host.arch.as_ref().map(Arch::as_str),
+    };
+    if qemu_version.is_none() {
+        notes.push("QEMU version unknown: the profile's options are not checked against it".into());
+    }
 
-    let machine = match &spec.machine {
+    let mut machine = match &spec.machine {
         Some(m) if *m != ap.machine => {
             notes.push(format!(
                 "machine {m} chosen by the spec; the profile's {} properties are not applied",
@@ -329,9 +422,13 @@ pub fn resolve_with(
             }
         }
         _ => {
-            let mut options = ap.machine_options.clone();
+            let (mut options, left_out) = gate.filter("machine option", &ap.machine_options);
+            notes.extend(left_out);
             if spec.kernel.is_some() {
-                options.extend(ap.kernel_machine_options.iter().cloned());
+                let (kernel_options, left_out) =
+                    gate.filter("machine option", &ap.kernel_machine_options);
+                options.extend(kernel_options);
+                notes.extend(left_out);
             }
             Machine {
                 kind: ap.machine.clone(),
@@ -339,6 +436,8 @@ pub fn resolve_with(
             }
         }
     };
+
+    let accel_options = accel_options(spec, ap, accel, &gate, &mut notes)?;
 
     let memory = spec.memory.unwrap_or(profile.default_memory);
     let max_memory = profile.max_memory.unwrap_or(MAX_MEMORY);
@@ -364,11 +463,16 @@ pub fn resolve_with(
     let request = config
         .cpu_for(profile)?
         .overlay(spec.cpu.clone().canonical(&profile.cpu.feature_aliases)?);
-    let binary_key = emulator_key(spec, profile);
+    // The CPU code sees the profile's default CPU options after their gates.
+    let (cpu_options, cpu_left_out) = gate.filter("cpu option", &ap.cpu_options);
+    let mut gated = profile.clone();
+    if let Some(a) = gated.accel.get_mut(&accel) {
+        a.cpu_options = cpu_options.into_iter().map(ProfileOption::plain).collect();
+    }
     let cpu = crate::cpu::resolve(
         &request,
         &CpuContext {
-            profile,
+            profile: &gated,
             accel,
             binary: &profile.binary,
             caps: host.caps(&binary_key, accel),
@@ -377,6 +481,9 @@ pub fn resolve_with(
             machine: &machine.kind,
         },
     )?;
+    if cpu.as_ref().is_some_and(|c| c.model == ap.cpu) {
+        notes.extend(cpu_left_out);
+    }
     notes.push(match (&cpu, &request.source) {
         (None, Some(src)) => format!("cpu: none, the machine's default (from {src})"),
         (None, None) => "cpu: none, the machine's default".into(),
@@ -418,7 +525,22 @@ pub fn resolve_with(
         }],
     };
 
-    let firmware_only = kernel.is_none() && disks.is_empty() && spec.firmware.is_none();
+    let name = spec.name.clone().unwrap_or_else(|| arch.to_string());
+    let descriptor_firmware =
+        descriptor_firmware(spec, profile, host, &machine, &name, &mut notes)?;
+    if let Some(f) = &descriptor_firmware {
+        for o in f.selected.machine_options() {
+            if !machine.options.contains(&o) {
+                machine.options.push(o);
+            }
+        }
+    }
+
+    // A boot with no kernel, disk or firmware of its own shows the built-in firmware's messages.
+    let firmware_only = kernel.is_none()
+        && disks.is_empty()
+        && matches!(spec.firmware, None | Some(FirmwareChoice::Bios))
+        && descriptor_firmware.is_none();
     let console = match (&profile.firmware_console, firmware_only) {
         (Some(device), true) => {
             notes.push(format!(
@@ -434,11 +556,13 @@ pub fn resolve_with(
     };
 
     Ok(LaunchPlan {
-        name: spec.name.clone().unwrap_or_else(|| arch.to_string()),
+        name,
         arch,
         binary,
         accel,
         accel_reason,
+        accel_options,
+        qemu_version,
         machine,
         cpu,
         memory,
@@ -446,11 +570,131 @@ pub fn resolve_with(
         kernel,
         disks,
         nics,
-        firmware: spec.firmware.clone(),
+        firmware: match &spec.firmware {
+            Some(FirmwareChoice::File { path }) => Some(path.clone()),
+            _ => None,
+        },
+        descriptor_firmware,
         console,
         notes,
         panic_device: profile.panic_device.clone(),
     })
+}
+
+/// The emulator's version: as recorded, else from any of its recorded capabilities.
+fn qemu_version(host: &HostFacts, binary_key: &str) -> Option<QemuVersion> {
+    let e = host.emulators.get(binary_key)?;
+    e.version
+        .iter()
+        .chain(e.caps.values().map(|c| &c.version))
+        .find_map(|v| v.parse().ok())
+}
+
+/// The accelerator's options: the profile's that pass their gates, and `--tb-size`, which
+/// replaces the profile's and is refused where the installed QEMU cannot take it.
+fn accel_options(
+    spec: &VmSpec,
+    ap: &crate::profile::AccelProfile,
+    accel: Accel,
+    gate: &Gate,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>, PlanError> {
+    let explicit = match (spec.tb_size, accel) {
+        (Some(mib), Accel::Tcg) => Some(format!("tb-size={mib}")),
+        (Some(_), Accel::Kvm) => {
+            notes.push(
+                "--tb-size ignored: it sizes TCG's translation cache, and this guest runs under KVM"
+                    .into(),
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let from_profile: Vec<ProfileOption> = ap
+        .accel_options
+        .iter()
+        .filter(|o| explicit.as_deref().is_none_or(|e| gate::key(e) != o.key()))
+        .cloned()
+        .collect();
+    let (mut options, left_out) = gate.filter(&format!("-accel {accel} option"), &from_profile);
+    notes.extend(left_out);
+    if let Some(opt) = explicit {
+        gate.check_explicit(&opt, &ap.accel_options)
+            .map_err(|why| PlanError::QemuCannot {
+                what: format!("--tb-size (-accel {accel},{opt})"),
+                why,
+            })?;
+        options.push(opt);
+    }
+    Ok(options)
+}
+
+/// `--firmware uefi|bios`: the firmware the descriptors offer for this arch and machine, with
+/// where its variable store will be. `bios` without a descriptor falls back to the machine's
+/// built-in BIOS (no option at all) where the profile says it has one.
+fn descriptor_firmware(
+    spec: &VmSpec,
+    profile: &MachineProfile,
+    host: &HostFacts,
+    machine: &Machine,
+    name: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<DescriptorFirmware>, PlanError> {
+    let (interface, secure_boot) = match &spec.firmware {
+        Some(FirmwareChoice::Uefi { secure_boot }) => ("uefi", *secure_boot),
+        Some(FirmwareChoice::Bios) => ("bios", false),
+        Some(FirmwareChoice::File { .. }) | None => return Ok(None),
+    };
+    let request = FirmwareRequest {
+        arch: profile.qemu_arch().to_owned(),
+        machine: machine.kind.clone(),
+        interface: interface.into(),
+        secure_boot,
+    };
+    let found = match &host.firmware {
+        Some(d) => d.select(&request),
+        // Nothing read: the same answer as an empty descriptor directory.
+        None => crate::firmware::Descriptors::load(&[]).and_then(|d| d.select(&request)),
+    };
+    let selected = match found {
+        Ok(s) => s,
+        Err(_) if interface == "bios" && profile.firmware.builtin.as_deref() == Some("bios") => {
+            notes.push(format!(
+                "firmware: bios: the machine's built-in BIOS (no firmware descriptor offers bios for {} machine {})",
+                request.arch, request.machine
+            ));
+            return Ok(None);
+        }
+        Err(error) => {
+            return Err(PlanError::NoFirmware {
+                error: Box::new(error),
+                package: profile.firmware.interface_packages.get(interface).cloned(),
+            });
+        }
+    };
+    let vars = selected
+        .nvram_template
+        .as_ref()
+        .map(|_| PathBuf::from(vars_file_name(name)));
+    notes.push(format!(
+        "firmware: {interface}{} from {} ({})",
+        if secure_boot { " with Secure Boot" } else { "" },
+        selected.descriptor.display(),
+        selected.executable.display()
+    ));
+    if let (Some(t), Some(v)) = (&selected.nvram_template, &vars) {
+        notes.push(format!(
+            "firmware: variables in a copy of {} made at launch in the instance directory ({})",
+            t.display(),
+            v.display()
+        ));
+    }
+    Ok(Some(DescriptorFirmware {
+        interface: interface.into(),
+        secure_boot,
+        selected,
+        vars,
+    }))
 }
 
 fn guest_profile<'p>(
@@ -572,6 +816,7 @@ mod tests {
                 })
                 .collect::<BTreeMap<_, _>>(),
             phys_bits: Some(48),
+            firmware: None,
         }
     }
 
@@ -748,6 +993,213 @@ mod tests {
         );
         let p = plan(arch("aarch64"), &host("x86_64", KvmState::Usable)).unwrap();
         assert!(matches!(p.console, ConsolePlan::Serial { .. }));
+    }
+
+    fn with_qemu(mut h: HostFacts, version: &str) -> HostFacts {
+        for e in h.emulators.values_mut() {
+            e.version = Some(version.into());
+        }
+        h
+    }
+
+    fn tcg(a: &str) -> SpecInput {
+        SpecInput {
+            accel: Some(AccelRequest::Tcg),
+            ..arch(a)
+        }
+    }
+
+    #[test]
+    fn profile_options_are_gated_by_the_qemu_version() {
+        // 7.2: everything the aarch64 profile has applies.
+        let h = with_qemu(host("x86_64", KvmState::Missing), "7.2.22");
+        let p = plan(arch("aarch64"), &h).unwrap();
+        assert_eq!(p.qemu_version, Some("7.2.22".parse().unwrap()));
+        assert_eq!(p.accel_options, ["thread=multi", "tb-size=256"]);
+        assert_eq!(p.cpu.as_ref().unwrap().qemu_value(), "max,pauth-impdef=on");
+        assert!(
+            !p.notes.iter().any(|n| n.starts_with("left out")),
+            "{:?}",
+            p.notes
+        );
+
+        // 10.0 made pauth-impdef the default: left out, saying so.
+        let h = with_qemu(host("x86_64", KvmState::Missing), "10.0.2");
+        let p = plan(arch("aarch64"), &h).unwrap();
+        assert_eq!(p.cpu.as_ref().unwrap().qemu_value(), "max");
+        assert!(
+            p.notes.contains(
+                &"left out: cpu option pauth-impdef=on: is only for QEMU < 10.0, this is 10.0.2 \
+                  (the default from QEMU 10.0)"
+                    .to_string()
+            ),
+            "{:?}",
+            p.notes
+        );
+
+        // 4.2: no tb-size property yet, no VOF, no pauth-impdef.
+        let h = with_qemu(host("x86_64", KvmState::Missing), "4.2.1");
+        let p = plan(arch("aarch64"), &h).unwrap();
+        assert_eq!(p.accel_options, ["thread=multi"]);
+        assert_eq!(p.cpu.as_ref().unwrap().qemu_value(), "max");
+        assert!(
+            p.notes.contains(
+                &"left out: -accel tcg option tb-size=256: needs QEMU >= 5.0, this is 4.2.1"
+                    .to_string()
+            )
+        );
+        let kernel = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(kernel.path(), b"k").unwrap();
+        let p = plan(
+            SpecInput {
+                kernel: Some(kernel.path().into()),
+                ..arch("ppc64le")
+            },
+            &h,
+        )
+        .unwrap();
+        assert!(!p.machine.options.iter().any(|o| o == "x-vof=on"));
+        assert!(p.machine.options.iter().any(|o| o == "cap-ccf-assist=off"));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n == "left out: machine option x-vof=on: needs QEMU >= 6.1, this is 4.2.1")
+        );
+
+        // Unknown version: nothing left out, and the plan says it could not check.
+        let p = plan(arch("aarch64"), &host("x86_64", KvmState::Missing)).unwrap();
+        assert_eq!(p.qemu_version, None);
+        assert_eq!(p.accel_options, ["thread=multi", "tb-size=256"]);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("QEMU version unknown"))
+        );
+    }
+
+    #[test]
+    fn mttcg_only_where_the_host_orders_memory_as_strongly_as_the_guest() {
+        let on_arm = with_qemu(host("aarch64", KvmState::Missing), "7.2.22");
+        let on_x86 = with_qemu(host("x86_64", KvmState::Missing), "7.2.22");
+        for guest in ["x86_64", "i686", "s390x"] {
+            let p = plan(tcg(guest), &on_x86).unwrap();
+            assert_eq!(p.accel_options, ["thread=multi", "tb-size=256"], "{guest}");
+            let p = plan(tcg(guest), &on_arm).unwrap();
+            assert_eq!(p.accel_options, ["tb-size=256"], "{guest}");
+            assert!(
+                p.notes.iter().any(|n| n.starts_with(
+                    "left out: -accel tcg option thread=multi: applies on x86_64, i686, s390x hosts only, this host is aarch64"
+                )),
+                "{guest}: {:?}",
+                p.notes
+            );
+        }
+        for guest in ["aarch64", "ppc64le", "riscv64", "mipsel"] {
+            let p = plan(tcg(guest), &on_arm).unwrap();
+            assert_eq!(p.accel_options, ["thread=multi", "tb-size=256"], "{guest}");
+        }
+    }
+
+    #[test]
+    fn tb_size_overrides_the_profile_and_is_refused_where_qemu_lacks_it() {
+        let h = with_qemu(host("x86_64", KvmState::Missing), "7.2.22");
+        let p = plan(
+            SpecInput {
+                tb_size: Some(64),
+                ..arch("aarch64")
+            },
+            &h,
+        )
+        .unwrap();
+        assert_eq!(p.accel_options, ["thread=multi", "tb-size=64"]);
+        let old = with_qemu(host("x86_64", KvmState::Missing), "4.2.1");
+        let e = plan(
+            SpecInput {
+                tb_size: Some(64),
+                ..arch("aarch64")
+            },
+            &old,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--tb-size (-accel tcg,tb-size=64) needs QEMU >= 5.0, this is 4.2.1"
+        );
+        assert!(e.hint().unwrap().contains("newer QEMU"));
+        // Under KVM there is no translation cache: ignored, with a note.
+        let kvm = with_qemu(host("x86_64", KvmState::Usable), "7.2.22");
+        let p = plan(
+            SpecInput {
+                tb_size: Some(64),
+                ..arch("x86_64")
+            },
+            &kvm,
+        )
+        .unwrap();
+        assert_eq!(p.accel, Accel::Kvm);
+        assert!(p.accel_options.is_empty());
+        assert!(p.notes.iter().any(|n| n.starts_with("--tb-size ignored")));
+    }
+
+    #[test]
+    fn firmware_from_descriptors_or_the_package_to_install() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["CODE.fd", "VARS.fd"] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let desc = serde_json::json!({
+            "interface-types": ["uefi"],
+            "mapping": {
+                "device": "flash",
+                "executable": { "filename": dir.path().join("CODE.fd") },
+                "nvram-template": { "filename": dir.path().join("VARS.fd") },
+            },
+            "targets": [{ "architecture": "aarch64", "machines": ["virt-*"] }],
+        });
+        std::fs::write(dir.path().join("60-a.json"), desc.to_string()).unwrap();
+        let mut h = host("x86_64", KvmState::Missing);
+        h.firmware = Some(crate::firmware::Descriptors::load(&[dir.path().into()]).unwrap());
+        let uefi = |a: &str| SpecInput {
+            firmware: Some("uefi".into()),
+            name: Some("vm1".into()),
+            ..arch(a)
+        };
+        let p = plan(uefi("aarch64"), &h).unwrap();
+        let fw = p.descriptor_firmware.unwrap();
+        assert_eq!(fw.selected.executable, dir.path().join("CODE.fd"));
+        assert_eq!(fw.vars, Some(PathBuf::from("vm1_VARS.fd")));
+        assert_eq!(p.firmware, None);
+
+        // None for x86_64 here: the error names the Debian package.
+        let e = plan(uefi("x86_64"), &h).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "no uefi firmware for x86_64 machine q35; the Debian package ovmf provides it\n"
+            ),
+            "{e}"
+        );
+        let mut none = h.clone();
+        none.firmware = None;
+        let e = plan(uefi("aarch64"), &none).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "no uefi firmware for aarch64 machine virt (no firmware descriptor files found); \
+             the Debian package qemu-efi-aarch64 provides it"
+        );
+
+        // bios: no descriptor offers it, so x86 keeps its built-in SeaBIOS; aarch64 has none.
+        let bios = |a: &str| SpecInput {
+            firmware: Some("bios".into()),
+            ..arch(a)
+        };
+        let p = plan(bios("x86_64"), &h).unwrap();
+        assert!(p.descriptor_firmware.is_none() && p.firmware.is_none());
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.starts_with("firmware: bios: the machine's built-in BIOS"))
+        );
+        assert!(plan(bios("aarch64"), &h).is_err());
     }
 
     #[test]

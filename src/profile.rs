@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     arch::{self, Arch, Endian},
+    gate::{self, ProfileOption},
     size::MemSize,
 };
 
@@ -206,6 +207,15 @@ pub struct ConsoleProfile {
 pub struct FirmwareProfile {
     /// Debian packages that provide firmware for this architecture.
     pub packages: Vec<String>,
+    /// The interface (descriptor spelling: `bios`, `openfirmware`, ...) of the firmware QEMU
+    /// loads by itself when none is named (SeaBIOS on x86); absent where there is none to boot
+    /// a disk with. `--firmware bios` falls back to it when no descriptor offers `bios`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// The Debian package whose descriptors provide each interface (`uefi = "ovmf"`), named
+    /// when `--firmware uefi|bios` finds none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub interface_packages: BTreeMap<String, String>,
 }
 
 /// libvirt's names for this guest, and what its domain XML can say about it (read by
@@ -263,16 +273,35 @@ pub struct AccelProfile {
     /// QEMU machine type.
     pub machine: String,
     /// `key=value` machine properties always set under this accelerator.
-    #[serde(default)]
-    pub machine_options: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "gate::deserialize_options",
+        serialize_with = "gate::serialize_options"
+    )]
+    pub machine_options: Vec<ProfileOption>,
     /// Machine properties added only when booting a kernel directly (`-kernel`).
-    #[serde(default)]
-    pub kernel_machine_options: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "gate::deserialize_options",
+        serialize_with = "gate::serialize_options"
+    )]
+    pub kernel_machine_options: Vec<ProfileOption>,
     /// Default `-cpu` model.
     pub cpu: String,
     /// `key=value` properties appended to the default CPU model.
-    #[serde(default)]
-    pub cpu_options: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "gate::deserialize_options",
+        serialize_with = "gate::serialize_options"
+    )]
+    pub cpu_options: Vec<ProfileOption>,
+    /// `key=value` properties of the accelerator (`-accel tcg,thread=multi,tb-size=256`).
+    #[serde(
+        default,
+        deserialize_with = "gate::deserialize_options",
+        serialize_with = "gate::serialize_options"
+    )]
+    pub accel_options: Vec<ProfileOption>,
 }
 
 /// Errors reading or using machine profiles.
@@ -443,6 +472,16 @@ impl MachineProfile {
     pub fn arch(&self) -> Arch {
         Arch::new_canonical(&self.name)
     }
+
+    /// QEMU's name for the guest architecture, as firmware descriptors spell it: the binary's
+    /// name after `qemu-system-` (`x86_64`, `i386`, `aarch64`, `ppc64`).
+    pub fn qemu_arch(&self) -> &str {
+        self.binary
+            .rsplit('/')
+            .next()
+            .and_then(|b| b.strip_prefix("qemu-system-"))
+            .unwrap_or(&self.binary)
+    }
 }
 
 fn check_profile(file: &str, p: &MachineProfile) -> Result<(), ProfileError> {
@@ -480,13 +519,22 @@ fn check_profile(file: &str, p: &MachineProfile) -> Result<(), ProfileError> {
             .iter()
             .chain(&a.kernel_machine_options)
             .chain(&a.cpu_options)
+            .chain(&a.accel_options)
         {
-            let well_formed = opt
+            let o = &opt.option;
+            let well_formed = o
                 .split_once('=')
                 .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty());
-            if !well_formed || opt.contains(',') {
+            if !well_formed || o.contains(',') {
                 return Err(invalid(format!(
-                    "[accel.{accel}] option '{opt}' is not key=value"
+                    "[accel.{accel}] option '{o}' is not key=value"
+                )));
+            }
+            if let (Some(min), Some(below)) = (opt.min_qemu, opt.below_qemu)
+                && min >= below
+            {
+                return Err(invalid(format!(
+                    "[accel.{accel}] option '{o}': min_qemu {min} is not below below_qemu {below}"
                 )));
             }
         }

@@ -117,9 +117,14 @@ pub struct SpecInput {
     pub disk_writable: Option<bool>,
     /// The network: `none` (default) or `user[,hostfwd=RULE]...`; see [`crate::net`].
     pub net: Option<String>,
-    /// Firmware image passed as `-bios`.
+    /// `uefi` or `bios` (chosen from QEMU's firmware descriptors), or a firmware image passed as
+    /// `-bios`.
     #[serde(default, with = "pathser::option")]
     pub firmware: Option<PathBuf>,
+    /// With `firmware = "uefi"`: only firmware with Secure Boot.
+    pub secure_boot: Option<bool>,
+    /// TCG translation cache size in MiB, instead of the profile's.
+    pub tb_size: Option<u32>,
     /// A QEMU binary to use instead of the profile's from `PATH`.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
@@ -218,6 +223,37 @@ pub enum ArchChoice {
     Host,
 }
 
+/// The firmware a guest asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FirmwareChoice {
+    /// UEFI, chosen from QEMU's firmware descriptors (`--firmware uefi`).
+    Uefi {
+        /// Only firmware with Secure Boot (`--secure-boot`); without it, none with it.
+        secure_boot: bool,
+    },
+    /// BIOS (`--firmware bios`): a descriptor that offers it, else the machine's own (SeaBIOS).
+    Bios,
+    /// An image passed as `-bios` (`--firmware FILE`).
+    File {
+        /// The image.
+        #[serde(with = "pathser")]
+        path: PathBuf,
+    },
+}
+
+impl FirmwareChoice {
+    /// `uefi` or `bios` when the `--firmware` value is one of those words (a file of that name
+    /// is written `./uefi`).
+    pub fn keyword(value: &Path) -> Option<&'static str> {
+        match value.to_str() {
+            Some("uefi") => Some("uefi"),
+            Some("bios") => Some("bios"),
+            _ => None,
+        }
+    }
+}
+
 /// A disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -278,9 +314,12 @@ pub struct VmSpec {
     /// The network.
     #[serde(default)]
     pub net: Net,
-    /// `-bios` image.
-    #[serde(default, with = "pathser::option")]
-    pub firmware: Option<PathBuf>,
+    /// Firmware asked for; `None`: the machine's default.
+    #[serde(default)]
+    pub firmware: Option<FirmwareChoice>,
+    /// TCG translation cache size in MiB, instead of the profile's.
+    #[serde(default)]
+    pub tb_size: Option<u32>,
     /// QEMU binary override.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
@@ -301,16 +340,21 @@ impl SpecInput {
             message: one_line(&e.to_string()),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // `firmware = "uefi"` names a kind of firmware, not a file.
+        let firmware_file = input
+            .firmware
+            .as_mut()
+            .filter(|f| FirmwareChoice::keyword(f).is_none());
         for p in [
             &mut input.kernel,
             &mut input.initrd,
             &mut input.disk,
-            &mut input.firmware,
             &mut input.emulator,
         ]
         .into_iter()
         .flatten()
         .chain(input.disks.iter_mut().flatten().map(|d| &mut d.path))
+        .chain(firmware_file)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -337,6 +381,8 @@ impl SpecInput {
             disk_writable,
             net,
             firmware,
+            secure_boot,
+            tb_size,
             emulator,
             cpu_check,
             maxphysaddr
@@ -505,8 +551,36 @@ impl SpecInput {
         let firmware = self
             .firmware
             .as_deref()
-            .map(|f| readable_file("firmware", f))
+            .map(|f| {
+                Ok::<_, SpecError>(match FirmwareChoice::keyword(f) {
+                    Some("uefi") => FirmwareChoice::Uefi {
+                        secure_boot: self.secure_boot.unwrap_or(false),
+                    },
+                    Some(_) => FirmwareChoice::Bios,
+                    None => FirmwareChoice::File {
+                        path: readable_file("firmware", f)?,
+                    },
+                })
+            })
             .transpose()?;
+        if self.secure_boot == Some(true) && !matches!(firmware, Some(FirmwareChoice::Uefi { .. }))
+        {
+            return Err(SpecError::Conflict {
+                first: "secure_boot".into(),
+                second: match &self.firmware {
+                    Some(f) => format!("firmware {}", f.display()),
+                    None => "no firmware".into(),
+                },
+                why: "Secure Boot is a UEFI feature; add --firmware uefi".into(),
+            });
+        }
+        if self.tb_size == Some(0) {
+            return Err(SpecError::Invalid {
+                field: "tb_size".into(),
+                value: "0".into(),
+                expected: "the TCG translation cache in MiB, at least 1 (e.g. 128)".into(),
+            });
+        }
         let emulator = self.emulator.as_deref().map(executable).transpose()?;
         let cpu = self.cpu_request()?;
 
@@ -521,6 +595,7 @@ impl SpecInput {
             disks,
             net,
             firmware,
+            tb_size: self.tb_size,
             emulator,
             cpu,
         })

@@ -108,9 +108,11 @@ pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuErr
             arch: ctx.profile.name.clone(),
             hint: None,
         })?;
+    // The plan hands over a profile whose options already passed their version and host gates.
+    let default_options: Vec<String> = ap.cpu_options.iter().map(|o| o.option.clone()).collect();
     let options_for = |model: &str| {
         if model == ap.cpu {
-            ap.cpu_options.clone()
+            default_options.clone()
         } else {
             Vec::new()
         }
@@ -120,7 +122,7 @@ pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuErr
             mode: mode_of(&ap.cpu),
             model: ap.cpu.clone(),
             features: Vec::new(),
-            options: ap.cpu_options.clone(),
+            options: default_options.clone(),
             maxphysaddr: None,
             check: req.check,
         }));

@@ -105,6 +105,22 @@ fn os(plan: &LaunchPlan, profile: &MachineProfile) -> Result<Node, LibvirtError>
                 .text(xml_path("firmware", fw)?),
         );
     }
+    if let Some(d) = &plan.descriptor_firmware {
+        // The descriptor's exact files: libvirt then uses them as given (its own descriptor
+        // search would pick by the same rules, but this names them).
+        let flash = d.selected.device == crate::firmware::Device::Flash;
+        let mut loader = Node::new("loader")
+            .attr("readonly", "yes")
+            .attr("type", if flash { "pflash" } else { "rom" });
+        if d.secure_boot {
+            loader = loader.attr("secure", "yes");
+        }
+        os.push(loader.text(xml_path("firmware", &d.selected.executable)?));
+        if let Some(t) = &d.selected.nvram_template {
+            // libvirt copies the template to its own per-domain store, as we do per instance.
+            os.push(Node::new("nvram").attr("template", xml_path("firmware", t)?));
+        }
+    }
     if let Some(k) = &plan.kernel {
         os.push(Node::new("kernel").text(xml_path("kernel", &k.kernel)?));
         if let Some(i) = &k.initrd {
@@ -123,7 +139,26 @@ fn features(plan: &LaunchPlan, profile: &MachineProfile, un: &mut Vec<String>) -
     for opt in &plan.machine.options {
         match machine_feature(opt) {
             Some((element, attr, value)) => f.push(Node::new(element).attr(attr, value)),
+            None if opt == "smm=on" => f.push(Node::new("smm").attr("state", "on")),
             None => un.push(unexpressible_machine_option(opt, &plan.machine.kind)),
+        }
+    }
+    for opt in &plan.accel_options {
+        match opt.split_once('=') {
+            Some(("tb-size", mib)) => f.push(
+                Node::new("tcg").child(
+                    Node::new("tb-cache")
+                        .attr("unit", "MiB")
+                        .text(mib.to_owned()),
+                ),
+            ),
+            // Nothing lost: QEMU turns multi-threaded TCG on by itself wherever it is safe,
+            // which is exactly where the profiles ask for it (and libvirt has no element).
+            Some(("thread", "multi")) => {}
+            _ => un.push(format!(
+                "-accel {} option {opt}: no domain XML for it",
+                plan.accel
+            )),
         }
     }
     (!f.children.is_empty()).then_some(f)

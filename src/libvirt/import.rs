@@ -323,12 +323,15 @@ fn os<'p>(d: &Element, profiles: &'p ProfileSet, cx: &mut Cx) -> Option<&'p Mach
         cx.missing(d, "<os> is required");
         return None;
     };
-    if let Some(fw) = os.attr("firmware") {
-        cx.bad_attr(
+    match os.attr("firmware") {
+        // libvirt's autoselection from QEMU's descriptors is what `--firmware uefi` does.
+        Some("efi") => cx.spec.firmware = Some(PathBuf::from("uefi")),
+        Some(fw) => cx.bad_attr(
             os,
             "firmware",
-            &format!("firmware autoselection ('{fw}'): name the image with <loader type='rom'>"),
-        );
+            &format!("firmware autoselection '{fw}': qemu-direct selects efi only"),
+        ),
+        None => {}
     }
     let Some(t) = os.child("type") else {
         cx.missing(os, "<os><type> is required");
@@ -382,16 +385,28 @@ fn os<'p>(d: &Element, profiles: &'p ProfileSet, cx: &mut Cx) -> Option<&'p Mach
     }
     if let Some(l) = os.child("loader") {
         match l.attr("type") {
-            Some("rom") => cx.spec.firmware = Some(cx.path(l.text())),
-            other => cx.bad(
-                l,
-                &format!(
-                    "loader type '{}': qemu-direct loads firmware as a ROM (-bios, \
-                     type='rom') only",
-                    other.unwrap_or("pflash")
-                ),
-            ),
+            Some("rom") if l.attr("secure").is_none() => cx.spec.firmware = Some(cx.path(l.text())),
+            Some("pflash") | None => {
+                // UEFI in flash: qemu-direct takes it from QEMU's firmware descriptors, as
+                // libvirt's own autoselection does, and gives the VM its own variable store.
+                let _ = l.attr("readonly");
+                if l.attr("secure") == Some("yes") {
+                    cx.spec.secure_boot = Some(true);
+                }
+                cx.spec.firmware = Some(PathBuf::from("uefi"));
+                cx.accept(
+                    l,
+                    "UEFI firmware comes from QEMU's firmware descriptors (--firmware uefi)",
+                );
+            }
+            Some(other) => cx.bad(l, &format!("loader type '{other}'")),
         }
+    }
+    if let Some(n) = os.child("nvram") {
+        cx.accept(
+            n,
+            "each VM gets its own copy of the descriptor's variable store",
+        );
     }
     for b in os.children_named("boot") {
         if b.attr("dev") != Some("hd") {
@@ -409,9 +424,13 @@ fn features(f: &Element, p: &MachineProfile, accel: Option<Accel>, cx: &mut Cx) 
     // profile's own.
     let expected: Vec<String> = match (accel.and_then(|a| p.accel.get(&a)), &cx.spec.machine) {
         (Some(ap), None) => {
-            let mut o = ap.machine_options.clone();
+            let mut o: Vec<String> = ap
+                .machine_options
+                .iter()
+                .map(|m| m.option.clone())
+                .collect();
             if cx.spec.kernel.is_some() {
-                o.extend(ap.kernel_machine_options.iter().cloned());
+                o.extend(ap.kernel_machine_options.iter().map(|m| m.option.clone()));
             }
             o
         }
@@ -423,6 +442,15 @@ fn features(f: &Element, p: &MachineProfile, accel: Option<Accel>, cx: &mut Cx) 
         if p.libvirt.features.iter().any(|n| n == name)
             || p.libvirt.accepted_features.iter().any(|n| n == name)
         {
+            e.take();
+            continue;
+        }
+        if name == "tcg" {
+            tcg(e, cx);
+            continue;
+        }
+        if name == "smm" && e.attr("state") == Some("on") {
+            // Secure Boot firmware needs SMM; the firmware's descriptor turns it on.
             e.take();
             continue;
         }
@@ -451,6 +479,27 @@ fn features(f: &Element, p: &MachineProfile, accel: Option<Accel>, cx: &mut Cx) 
                 ),
             );
         }
+    }
+}
+
+/// `<tcg><tb-cache unit=...>N</tb-cache></tcg>`: the TCG translation cache (`--tb-size`).
+fn tcg(e: &Element, cx: &mut Cx) {
+    e.take();
+    let Some(t) = e.child("tb-cache") else {
+        return;
+    };
+    let kib = match t.attr("unit").unwrap_or("KiB") {
+        "b" | "bytes" => Some(1.0 / 1024.0),
+        "KiB" | "k" | "K" => Some(1.0),
+        "MiB" | "M" => Some(1024.0),
+        "GiB" | "G" => Some(1024.0 * 1024.0),
+        _ => None,
+    };
+    match (kib, t.text().parse::<f64>()) {
+        (Some(k), Ok(n)) if (n * k) % 1024.0 == 0.0 && n * k >= 1024.0 => {
+            cx.spec.tb_size = Some(((n * k) / 1024.0) as u32)
+        }
+        _ => cx.bad(t, "a translation cache size in whole MiB (unit='MiB')"),
     }
 }
 

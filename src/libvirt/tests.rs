@@ -104,6 +104,7 @@ fn host(dir: &Path, arch: &str, kvm: KvmState) -> HostFacts {
         kvm,
         emulators,
         phys_bits: Some(48),
+        firmware: None,
     }
 }
 

@@ -213,3 +213,61 @@ fn spec_file_paths_are_relative_to_the_file_and_flags_win() {
     assert_eq!(merged.arch.as_deref(), Some("arm64"));
     assert_eq!(merged.properties["hw_machine_type"], "virt");
 }
+
+#[test]
+fn firmware_is_a_kind_or_a_file() {
+    let set = profiles();
+    let fw = |f: &str, secure: Option<bool>| SpecInput {
+        firmware: Some(f.into()),
+        secure_boot: secure,
+        ..Default::default()
+    };
+    assert_eq!(
+        fw("uefi", None).validate(&set).unwrap().firmware,
+        Some(FirmwareChoice::Uefi { secure_boot: false })
+    );
+    assert_eq!(
+        fw("uefi", Some(true)).validate(&set).unwrap().firmware,
+        Some(FirmwareChoice::Uefi { secure_boot: true })
+    );
+    assert_eq!(
+        fw("bios", None).validate(&set).unwrap().firmware,
+        Some(FirmwareChoice::Bios)
+    );
+    // Anything else is a file, checked like one; ./uefi is the file named uefi.
+    assert_eq!(
+        fw("./uefi", None).validate(&set).unwrap_err().to_string(),
+        "firmware ./uefi: no such file"
+    );
+    let e = fw("bios", Some(true))
+        .validate(&set)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "secure_boot conflicts with firmware bios: Secure Boot is a UEFI feature; add --firmware uefi"
+    );
+    let e = SpecInput {
+        tb_size: Some(0),
+        ..Default::default()
+    }
+    .validate(&set)
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("invalid tb_size '0'"), "{e}");
+
+    // In a spec file, `firmware = "uefi"` is the kind, a relative file is the file's.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("vm.toml");
+    std::fs::write(
+        &p,
+        "firmware = \"uefi\"\nsecure_boot = true\ntb_size = 128\n",
+    )
+    .unwrap();
+    let file = SpecInput::from_file(&p).unwrap();
+    assert_eq!(file.firmware.as_deref(), Some(Path::new("uefi")));
+    assert_eq!((file.secure_boot, file.tb_size), (Some(true), Some(128)));
+    std::fs::write(&p, "firmware = \"fw.bin\"\n").unwrap();
+    let file = SpecInput::from_file(&p).unwrap();
+    assert_eq!(file.firmware, Some(dir.path().join("fw.bin")));
+}

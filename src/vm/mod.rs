@@ -52,6 +52,7 @@ pub use run::{Outcome, Report, RunOptions, run, run_vm};
 
 use crate::{
     argv,
+    firmware::{self, FirmwareError},
     instance::{self, Instance, InstanceError, InstanceInfo},
     plan::LaunchPlan,
     profile::Accel,
@@ -117,6 +118,9 @@ pub enum VmError {
     /// The instance directory.
     #[error(transparent)]
     Instance(#[from] InstanceError),
+    /// The UEFI variable store could not be made, or the plan's firmware is inconsistent.
+    #[error(transparent)]
+    Firmware(#[from] FirmwareError),
     /// A QMP socket could not be made.
     #[error("cannot create QMP socket {path}")]
     Socket {
@@ -436,6 +440,14 @@ impl VmBuilder {
         if let Some(qemu_img) = &qemu_img {
             // On failure the instance, and so the overlays made so far, are removed.
             overlay::create_all(&mut plan, qemu_img, inst.dir()).await?;
+        }
+        // The VM's own UEFI variable store, beside everything else of the instance (and gone
+        // with it); the descriptor's template is only read.
+        if let Some(fw) = plan.descriptor_firmware.as_mut() {
+            if let Some(template) = &fw.selected.nvram_template {
+                fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
+            }
+            firmware::qemu_args(&fw.selected, fw.vars.as_deref())?;
         }
         inst.write_json(instance::PLAN, &plan)?;
 

@@ -6,11 +6,12 @@ use std::{ffi::OsString, os::unix::ffi::OsStrExt, path::PathBuf};
 
 use qemu_direct::{
     argv,
+    firmware::Descriptors,
     host::{HostFacts, KvmState},
     net::Net,
     plan::{self, LaunchPlan},
     profile::{Accel, ProfileSet},
-    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, KernelBoot, VmSpec},
+    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, FirmwareChoice, KernelBoot, VmSpec},
 };
 
 use crate::common::fake_host;
@@ -36,6 +37,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         disks: Vec::new(),
         net: Net::None,
         firmware: None,
+        tb_size: None,
         emulator: None,
         cpu: Default::default(),
     }
@@ -118,7 +120,9 @@ fn disk_boots_use_the_bus_suffix_and_never_write_by_default() {
     }
     let mut s = spec("riscv64", AccelRequest::Auto);
     s.kernel.as_mut().unwrap().initrd = None;
-    s.firmware = Some("/guests/riscv64/fw_jump.bin".into());
+    s.firmware = Some(FirmwareChoice::File {
+        path: "/guests/riscv64/fw_jump.bin".into(),
+    });
     s.disks = vec![Disk {
         path: "/guests/riscv64/boot".into(),
         format: DiskFormat::Dir,
@@ -221,4 +225,79 @@ fn instance_names_are_escaped_too() {
     let argv = argv::build(&plan_for(&s, &host));
     let i = argv.iter().position(|a| a == "-name").unwrap();
     assert_eq!(argv[i + 1], "guest=a,,process=evil");
+}
+
+/// UEFI from made-up descriptors in a directory whose name has a comma: pflash drives with the
+/// paths escaped, the per-VM variable store named after the instance, and `smm=on` plus secure
+/// flash for firmware that requires SMM. The directory is shown as `/FW` in the golden files.
+#[test]
+fn uefi_firmware_from_descriptors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fw,dir");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["CODE.fd", "VARS.fd", "CODE.secboot.fd"] {
+        std::fs::write(dir.join(f), f).unwrap();
+    }
+    let desc = |arch: &str, machines: &[&str], code: &str, features: &[&str]| {
+        serde_json::json!({
+            "description": "test",
+            "interface-types": ["uefi"],
+            "mapping": {
+                "device": "flash",
+                "executable": { "filename": dir.join(code), "format": "raw" },
+                "nvram-template": { "filename": dir.join("VARS.fd"), "format": "raw" },
+            },
+            "targets": [{ "architecture": arch, "machines": machines }],
+            "features": features,
+        })
+        .to_string()
+    };
+    std::fs::write(
+        dir.join("50-x86_64-secure.json"),
+        desc(
+            "x86_64",
+            &["pc-q35-*"],
+            "CODE.secboot.fd",
+            &["requires-smm", "secure-boot"],
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("60-x86_64.json"),
+        desc("x86_64", &["pc-q35-*"], "CODE.fd", &[]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("60-aarch64.json"),
+        desc("aarch64", &["virt-*"], "CODE.fd", &[]),
+    )
+    .unwrap();
+    let mut host = fake_host("x86_64", KvmState::Missing);
+    host.firmware = Some(Descriptors::load(std::slice::from_ref(&dir)).unwrap());
+    let shown = |argv: Vec<OsString>| -> Vec<OsString> {
+        let from = dir.to_str().unwrap().replace(',', ",,");
+        argv.into_iter()
+            .map(|a| a.to_str().unwrap().replace(&from, "/FW").into())
+            .collect()
+    };
+    for (arch, secure_boot, name) in [
+        ("aarch64", false, "aarch64-uefi"),
+        ("x86_64", true, "x86_64-uefi-secure-boot"),
+    ] {
+        let mut s = spec(arch, AccelRequest::Auto);
+        s.kernel = None;
+        s.disks = vec![Disk {
+            path: "/images/esp.img".into(),
+            format: DiskFormat::Raw,
+            writable: false,
+        }];
+        s.firmware = Some(FirmwareChoice::Uefi { secure_boot });
+        let plan = plan_for(&s, &host);
+        let fw = plan.descriptor_firmware.as_ref().unwrap();
+        assert_eq!(
+            fw.vars.as_deref(),
+            Some(std::path::Path::new(&format!("{arch}_VARS.fd")))
+        );
+        check(name, &shown(argv::build(&plan)));
+    }
 }

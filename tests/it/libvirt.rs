@@ -276,6 +276,12 @@ pub fn matrix() -> Vec<Case> {
     add("riscv64-disk", "riscv64", false, &|i| {
         disk_boot(i, "raw.img")
     });
+    for arch in ["aarch64", "x86_64"] {
+        add(&format!("{arch}-uefi-disk"), arch, false, &|i| {
+            disk_boot(i, "raw.img");
+            i.firmware = Some("uefi".into());
+        });
+    }
     add("x86_64-kvm-host", "x86_64", true, &mode("host-passthrough"));
     add("x86_64-kvm-passthrough", "x86_64", true, &|i| {
         i.cpu_mode = Some("host-passthrough".into());
@@ -484,7 +490,7 @@ fn virt_install_output_plans_with_notes() {
     ] {
         assert!(e.contains(note), "{note}:\n{e}");
     }
-    assert!(o.contains(" -accel tcg "), "{o}");
+    assert!(o.contains(" -accel 'tcg,"), "{o}");
     assert!(o.contains(" -m 512M -smp 2 "), "{o}");
     assert!(o.contains("format=qcow2,snapshot=off"), "{o}");
     // Flags win over the XML, as over --spec.

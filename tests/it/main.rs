@@ -8,6 +8,7 @@
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
 //! - `libvirt`: exported XML against libvirt's schema and a real libvirtd (argv parity), import.
+//! - `firmware`: UEFI boots through firmware from QEMU's descriptors, `firmware`, version gates.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
@@ -19,6 +20,7 @@ mod common;
 mod cpu;
 mod cpu_rules;
 mod disks;
+mod firmware;
 mod golden;
 mod kvm;
 mod libvirt;

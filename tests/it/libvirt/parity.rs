@@ -224,12 +224,16 @@ fn compare(plan: &LaunchPlan, ours: &Line, theirs: &Line) -> (Vec<String>, Vec<S
             ours.binary, theirs.binary
         ));
     }
-    if ours.get("-accel") != theirs.get("-accel") {
+    // D7: ours asks for multi-threaded TCG outright; QEMU's own default is the same there.
+    let our_accel = ours.get("-accel").map(|a| a.replace(",thread=multi", ""));
+    if our_accel.as_deref() != theirs.get("-accel") {
         diff.push(format!(
             "accel: ours {:?} theirs {:?}",
             ours.get("-accel"),
             theirs.get("-accel")
         ));
+    } else if our_accel.as_deref() != ours.get("-accel") {
+        div.push("D7 thread=multi: ours explicit, libvirt leaves it to QEMU's default".into());
     }
 
     let ((our_kind, our_props), (their_kind, their_props)) = (ours.machine(), theirs.machine());
