@@ -158,13 +158,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cpu { command } => cpu_command(&cli, command, &profiles, probe(false)?, &mut out),
         Command::Traits { json } => {
             let mut facts = probe(false)?;
-            if cli.host_facts.is_none() {
-                let wanted: Vec<(String, Accel)> = profiles
-                    .iter()
-                    .map(|p| (p.binary.clone(), Accel::Tcg))
-                    .collect();
-                block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
-            }
+            add_tcg_caps(&cli, &profiles, &mut facts)?;
             let traits = qemu_direct::traits::host_traits(&facts, &profiles);
             if *json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&traits)?)?;
@@ -179,13 +173,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut facts = probe(false)?;
             let input = spec_input(spec, &profiles)?;
             let vm = input.validate(&profiles).map_err(Error::from)?;
-            if cli.host_facts.is_none() {
-                let wanted: Vec<(String, Accel)> = profiles
-                    .iter()
-                    .map(|p| (p.binary.clone(), Accel::Tcg))
-                    .collect();
-                block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
-            }
+            add_tcg_caps(&cli, &profiles, &mut facts)?;
             let have = qemu_direct::traits::host_traits(&facts, &profiles);
             let required = qemu_direct::traits::required_traits(
                 &input.properties,
@@ -243,6 +231,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop { name, timeout } => control::stop(name, *timeout),
         Command::Supervise => control::supervise(),
     }
+}
+
+/// Probes every installed emulator under TCG (through the cache), unless the host facts come
+/// from a file: an emulator counts for a `COMPUTE_ARCH_*` trait only when it answers.
+fn add_tcg_caps(cli: &Cli, profiles: &ProfileSet, facts: &mut HostFacts) -> anyhow::Result<()> {
+    if cli.host_facts.is_none() {
+        let wanted: Vec<(String, Accel)> = profiles
+            .iter()
+            .map(|p| (p.binary.clone(), Accel::Tcg))
+            .collect();
+        block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
+    }
+    Ok(())
 }
 
 /// Runs a future on a fresh current-thread runtime (QEMU's parent-death signal is tied to the

@@ -622,16 +622,7 @@ fn missing(what: &str) -> VmError {
 /// Connects to the supervisor's QMP socket and negotiates, while watching QEMU: if it exits
 /// first, the error says so with its last words.
 async fn connect(path: &Path, shared: &Shared, errlog: &Mutex<ErrLog>) -> Result<Qmp, VmError> {
-    let handshake = async {
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|source| QmpError::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        let (r, w) = stream.into_split();
-        Qmp::handshake(r, w).await
-    };
+    let handshake = Qmp::connect_unix(path);
     tokio::select! {
         r = tokio::time::timeout(STARTUP_TIMEOUT, handshake) => match r {
             Ok(Ok(qmp)) => Ok(qmp),
