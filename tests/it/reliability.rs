@@ -278,7 +278,7 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
     // a leading '-' that an option parser would take for an option.
     let kernel = odd_dir.join("-vmlinuz,file=evil.img,format=raw");
     let initrd = odd_dir.join("initrd =x,,y.gz");
-    let disk = odd_dir.join("-disk,file=/etc/passwd,if=none.img");
+    let disk = odd_dir.join("-disk,file=passwd,if=none.img");
     let log = odd_dir.join("con sole,log=1\n.log");
     std::fs::copy(&g.kernel, &kernel).unwrap();
     std::fs::copy(&g.initrd, &initrd).unwrap();
@@ -290,6 +290,19 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
         .collect::<Vec<_>>()
         .join(&b",,"[..]);
     disk_arg.extend_from_slice(b",format=raw,persist");
+    // A second disk, not persisted: its odd name goes to qemu-img as the overlay's backing
+    // file, and from the overlay's header to QEMU.
+    let backing = odd_dir.join("-over lay,file=x.img");
+    std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
+    let mut backing_arg = OsString::from_vec(
+        backing
+            .as_os_str()
+            .as_bytes()
+            .split(|&b| b == b',')
+            .collect::<Vec<_>>()
+            .join(&b",,"[..]),
+    );
+    backing_arg.push(",format=raw");
     let state = dir.path().join("state");
     let out = bin()
         .env("XDG_STATE_HOME", &state)
@@ -309,6 +322,8 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
         .arg(concat_os("--initrd=", initrd.file_name().unwrap()))
         .arg("--disk")
         .arg(OsString::from_vec(disk_arg))
+        .arg("--disk")
+        .arg(&backing_arg)
         .arg("--append")
         .arg("qd.write=/dev/vda")
         .arg("--console-log")
@@ -332,7 +347,11 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
             .contains("GUEST-READY x86_64")
     );
     // Nothing was created from a fragment of a name (e.g. a file called `evil.img`).
-    for stray in ["evil.img", "passwd", "x,,y.gz"] {
+    assert!(
+        std::fs::read(&backing).unwrap().iter().all(|&b| b == 0),
+        "the overlaid image was written"
+    );
+    for stray in ["evil.img", "passwd", "x,,y.gz", "x.img"] {
         assert!(
             !odd_dir.join(stray).exists() && !dir.path().join(stray).exists(),
             "{stray} appeared"
@@ -523,8 +542,16 @@ fn a_full_runtime_dir_is_a_clear_error_and_leaves_nothing() {
         let (o, e) = text(&out);
         assert_eq!(out.status.code(), Some(1), "detach {detach}: {o}{e}");
         assert!(o.is_empty(), "{o}");
+        // The plan's notes, then the error naming the file and the cause.
+        let error = e
+            .lines()
+            .skip_while(|l| !l.starts_with("error: "))
+            .collect::<Vec<_>>();
         assert!(
-            e.starts_with("error: cannot write ") && e.contains("No space left on device"),
+            error.len() == 2
+                && error[0].starts_with("error: cannot write ")
+                && error[0].contains("/run/qemu-direct/")
+                && error[1] == "caused by: No space left on device (os error 28)",
             "detach {detach}: {e}"
         );
         assert!(
