@@ -253,9 +253,10 @@ class Libvirt:
             except (OSError, ValueError):
                 time.sleep(0.05)
 
-    def restart_cold(self) -> float:
+    def restart_cold(self) -> tuple[float, float]:
         """Stops our libvirtd, empties its capability cache, starts it again; returns the
-        seconds until `virsh capabilities` (every emulator probed) answers."""
+        seconds until it answers (`virsh version`) and then until `virsh capabilities` (every
+        emulator probed) answers, both from the start."""
         if not self.owned:
             raise RuntimeError("the running libvirtd is not ours to restart")
         self._stop("libvirtd")
@@ -264,8 +265,9 @@ class Libvirt:
                 f.unlink()
         t0 = time.monotonic()
         self._start()
+        answered = time.monotonic() - t0
         self.virsh("capabilities", timeout=600)
-        return time.monotonic() - t0
+        return answered, time.monotonic() - t0
 
     def daemon_pids(self) -> dict[str, int]:
         out = dict(self.pids)
