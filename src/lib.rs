@@ -167,6 +167,12 @@ impl Error {
             Error::Config(config::ConfigError::Cpu { source, .. }) => source.hint(),
             Error::Vm(v) => v.hint(),
             Error::Instance(i) => i.hint(),
+            Error::Qmp(qmp::QmpError::Connect { .. }) => Some(
+                "the instance's QMP socket is gone or dead; `qemu-direct stop NAME` still \
+                 stops it (with SIGKILL when QMP cannot ask QEMU to quit), and \
+                 `qemu-direct ps` shows whether it runs"
+                    .into(),
+            ),
             _ => None,
         }
     }

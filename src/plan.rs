@@ -237,6 +237,17 @@ pub enum PlanError {
         /// The valid range.
         expected: String,
     },
+    /// A machine type the emulator does not list (checked only where its capabilities are
+    /// known: a host description with them, or a probe the CPU request made).
+    #[error("unknown machine type '{machine}' for {binary}{nearest}")]
+    UnknownMachine {
+        /// The machine asked for.
+        machine: String,
+        /// The emulator.
+        binary: String,
+        /// "; did you mean ...?" or nothing.
+        nearest: String,
+    },
     /// The CPU asked for cannot be had here.
     #[error(transparent)]
     Cpu(#[from] CpuError),
@@ -468,6 +479,20 @@ pub fn resolve_with(
     let mut gated = profile.clone();
     if let Some(a) = gated.accel.get_mut(&accel) {
         a.cpu_options = cpu_options.into_iter().map(ProfileOption::plain).collect();
+    }
+    if let (Some(m), Some(caps)) = (&spec.machine, host.caps(&binary_key, accel))
+        && !caps.machines.is_empty()
+        && caps.machine(m).is_none()
+    {
+        let names = caps
+            .machines
+            .iter()
+            .flat_map(|i| std::iter::once(i.name.as_str()).chain(i.alias.as_deref()));
+        return Err(PlanError::UnknownMachine {
+            machine: m.clone(),
+            binary: profile.binary.clone(),
+            nearest: crate::cpu::nearest(m, names),
+        });
     }
     let cpu = crate::cpu::resolve(
         &request,

@@ -26,7 +26,7 @@ const WIRE_PLACEHOLDER: &str = "@QD-TRIPWIRE@";
 const KVM_HOST_BITS: u8 = 39;
 
 #[derive(Debug, Clone, Copy)]
-enum Host {
+pub(crate) enum Host {
     /// As probed, with KVM missing.
     Tcg,
     /// As probed, with KVM usable, an x86_64 host of [`KVM_HOST_BITS`] bits.
@@ -102,13 +102,14 @@ fn strings(v: &Value) -> Vec<&str> {
 }
 
 /// A scratch world for one command: host description with a tripwire emulator, a kernel file,
-/// and private state, cache and config directories that must stay empty.
-struct World {
+/// and private state, cache and config directories that must stay empty. The bad-input corpus
+/// (`reliability`) runs its cases in these too.
+pub(crate) struct World {
     dir: tempfile::TempDir,
 }
 
 impl World {
-    fn new(host: Host) -> World {
+    pub(crate) fn new(host: Host) -> World {
         let dir = scratch();
         let w = World { dir };
         let wire = w.path("qemu-tripwire");
@@ -138,7 +139,7 @@ impl World {
         w
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 

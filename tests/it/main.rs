@@ -13,6 +13,11 @@
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
 //!   killed launchers and QEMUs, stale directories, and the library example.
+//! - `reliability`: the bad-input corpus (`tests/corpus/bad-input/`), odd paths reaching QEMU
+//!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
+//!   racing launches, a guest that never prints what is awaited.
+//! - `fuzz`: property tests (proptest) of the parsers, planning and the QMP client's framing;
+//!   `QD_FUZZ_CASES` sets the cases per target.
 
 mod boot;
 mod cli;
@@ -21,8 +26,10 @@ mod cpu;
 mod cpu_rules;
 mod disks;
 mod firmware;
+mod fuzz;
 mod golden;
 mod kvm;
 mod libvirt;
 mod lifecycle;
+mod reliability;
 mod signals;
