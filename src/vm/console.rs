@@ -264,6 +264,24 @@ impl Want {
         }
     }
 
+    /// On a line still being written: a regex match that ends at the last byte received, on a
+    /// word character, may only be a prefix of what the pattern would take (`READY \w+` on
+    /// `READY a` while `arch64` is still in flight), so it waits for more. A match that ends
+    /// earlier, or on a space or punctuation (a prompt such as `login: `), counts at once.
+    fn is_settled_match(&self, partial: &str) -> bool {
+        match self {
+            Want::Text(t) => partial.contains(t.as_str()),
+            Want::Pattern(r) => r.find_iter(partial).any(|m| {
+                m.end() < partial.len()
+                    || !m
+                        .as_str()
+                        .chars()
+                        .last()
+                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            }),
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             Want::Pattern(r) => r.as_str(),
@@ -385,10 +403,18 @@ impl Matcher<'_> {
             self.line.push(b);
         }
         // The unfinished line counts too: prompts often end without a newline.
-        self.check()
+        self.check_partial()
     }
 
     fn check(&self) -> Option<Verdict> {
+        self.verdict(Want::is_match)
+    }
+
+    fn check_partial(&self) -> Option<Verdict> {
+        self.verdict(Want::is_settled_match)
+    }
+
+    fn verdict(&self, matches: fn(&Want, &str) -> bool) -> Option<Verdict> {
         let line = String::from_utf8_lossy(&self.line);
         let line = line.trim_end_matches('\r');
         if let Some(f) = self.expect.fail.iter().find(|f| f.is_match(line)) {
@@ -397,10 +423,7 @@ impl Matcher<'_> {
                 line: line.trim().to_owned(),
             });
         }
-        self.expect
-            .want
-            .is_match(line)
-            .then(|| Verdict::Found(line.trim().to_owned()))
+        matches(&self.expect.want, line).then(|| Verdict::Found(line.trim().to_owned()))
     }
 }
 
@@ -534,6 +557,22 @@ mod tests {
                 line: "[ 1.0] Kernel panic - not syncing".into()
             })
         );
+        // Bytes arriving one at a time: `\w+` must not settle for the first letter.
+        let mut m = e.matcher();
+        let mut found = None;
+        for b in b"GUEST-READY aarch64\r\n" {
+            if let Some(v) = m.feed(&[*b]) {
+                found = Some(v);
+                break;
+            }
+        }
+        assert_eq!(found, Some(Verdict::Found("GUEST-READY aarch64".into())));
+        // A regex prompt ending in punctuation or space matches before any newline.
+        let p = Expect::new(r"\w+ login:").unwrap();
+        assert!(matches!(
+            p.matcher().feed(b"host login: "),
+            Some(Verdict::Found(_))
+        ));
         // A prompt without a newline matches as it stands.
         let t = Expect::text("login: (x)");
         assert!(matches!(

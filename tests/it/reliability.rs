@@ -160,8 +160,13 @@ fn check_case(case: &Case, w: &World) -> Result<(), String> {
         problems.push(format!("exit {:?}, want 2", out.status.code()));
     }
     let first = stderr.lines().next().unwrap_or_default();
-    if !first.starts_with("error: ") || !first.contains(&case.expect) {
-        problems.push(format!("want {:?} in the first line", case.expect));
+    // The expected text is in the error (its first line, or a `caused by:` line for errors
+    // that list parts, such as a refused libvirt domain), after one `error:` line.
+    if !first.starts_with("error: ") || !stderr.contains(&case.expect) {
+        problems.push(format!("want one error naming {:?}", case.expect));
+    }
+    if stderr.matches("error: ").count() != 1 {
+        problems.push("want exactly one `error:` line".into());
     }
     if !stdout.is_empty() {
         problems.push(format!("stdout not empty: {stdout:?}"));
