@@ -6,6 +6,9 @@
   and stopped by pid at the end. `.why` says why it is unavailable otherwise.
 - write_section(): replaces a `## ...` section of a Markdown file, or appends it.
 - stats()/ratio(): median and min-max.
+- until_marker(), guest_files(), sample_peak(): booting the test guests, timing, memory.
+- domain_xml(), virsh_until_marker(): the test guest under libvirt.
+- python_qmp(), PY_RTT, RAW_RTT: the Python QMP clients of the QMP row.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT = 300.0
 URI = "qemu:///system"
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 CAPS_CACHE = Path("/var/cache/libvirt/qemu/capabilities")
@@ -269,6 +277,16 @@ class Libvirt:
         self.virsh("capabilities", timeout=600)
         return answered, time.monotonic() - t0
 
+    def restart_warm(self) -> float:
+        """Stops our libvirtd and starts it again with its capability cache kept; returns
+        the seconds until it answers: what libvirtd's start costs without any probing."""
+        if not self.owned:
+            raise RuntimeError("the running libvirtd is not ours to restart")
+        self._stop("libvirtd")
+        t0 = time.monotonic()
+        self._start()
+        return time.monotonic() - t0
+
     def daemon_pids(self) -> dict[str, int]:
         out = dict(self.pids)
         for name in ("libvirtd", "virtlogd"):
@@ -303,3 +321,191 @@ class Libvirt:
             self._stop("virtlogd")
             if self.state:
                 shutil.rmtree(self.state, ignore_errors=True)
+
+
+class BootFailed(Exception):
+    pass
+
+
+def until_marker(argv: list[str], marker: bytes, env: dict[str, str] | None = None,
+                 timeout: float = RUN_TIMEOUT) -> float:
+    """Runs argv; returns the seconds from the start to `marker` on its stdout. Waits for the
+    process to end (the test guests power off by themselves)."""
+    return until_marker_up(argv, marker, env, timeout)[0]
+
+
+UPTIME_RE = re.compile(rb"qd-uptime:\s*([0-9]+(?:\.[0-9]+)?)")
+
+
+def until_marker_up(argv: list[str], marker: bytes, env: dict[str, str] | None = None,
+                    timeout: float = RUN_TIMEOUT) -> tuple[float, float | None]:
+    """As until_marker, also returning the guest's own uptime at the marker (the test
+    initramfs prints `qd-uptime: SECONDS` right after it), or None."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    wall = None
+    uptime = None
+    tail: list[bytes] = []
+    err: list[bytes] = []
+    drain = threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)
+    drain.start()
+    try:
+        for line in p.stdout:
+            if wall is None and marker in line:
+                wall = time.monotonic() - t0
+            elif wall is not None and uptime is None:
+                m = UPTIME_RE.search(line)
+                uptime = float(m.group(1)) if m else None
+            tail = (tail + [line])[-10:]
+        p.wait()
+    finally:
+        timer.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    drain.join(5)
+    if wall is None:
+        raise BootFailed(f"no {marker.decode()!r} from {shlex.join(argv[:3])}... "
+                         f"(exit {p.returncode}); console tail:\n"
+                         f"{b''.join(tail).decode(errors='replace')}"
+                         f"stderr:\n{b''.join(err[-10:]).decode(errors='replace')}")
+    return wall, uptime
+
+
+def guest_files(arch: str) -> tuple[Path, Path]:
+    d = guests_dir() / arch
+    k, i = d / "kernel", d / "initrd.gz"
+    if not (k.is_file() and i.is_file()):
+        raise FileNotFoundError(f"no {arch} test guest in {d} (run scripts/fetch-test-guests.sh)")
+    return k, i
+
+
+def domain_xml(name: str, kernel: Path, initrd: Path, log: Path, append: str) -> str:
+    """The x86_64 test guest as a libvirt domain, close to what qemu-direct runs: q35, TCG,
+    `-cpu max`, 512 MiB, 1 vCPU, direct kernel boot, serial console to a file, no extra
+    devices where libvirt lets them be left out."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{append}</cmdline>
+  </os>
+  <cpu mode='maximum'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{shutil.which('qemu-system-x86_64') or '/usr/bin/qemu-system-x86_64'}</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='file'>
+      <source path='{log}'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def virsh_until_marker(lv: Libvirt, xml: Path, name: str, log: Path, marker: bytes,
+                       timeout: float = RUN_TIMEOUT) -> float:
+    if log.exists():
+        log.unlink()
+    t0 = time.monotonic()
+    lv.virsh("create", str(xml))
+    try:
+        while True:
+            try:
+                if marker in log.read_bytes():
+                    return time.monotonic() - t0
+            except FileNotFoundError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise BootFailed(f"libvirt domain {name}: no marker within {timeout:g} s")
+            time.sleep(0.005)
+    finally:
+        # The guest powers off by itself (on_poweroff destroy); wait for the domain to go.
+        end = time.monotonic() + 60
+        while lv.virsh("domstate", name, check=False).returncode == 0:
+            if time.monotonic() > end:
+                lv.virsh("destroy", name, check=False)
+                break
+            time.sleep(0.05)
+
+
+def python_qmp() -> tuple[Path | None, str]:
+    """A venv with qemu.qmp; returns (python, version) or (None, why)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    vdir = cache / "qemu-direct" / "bench-venv"
+    py = vdir / "bin" / "python"
+    check = [str(py), "-c", "import qemu.qmp, importlib.metadata as m; "
+             "print(m.version('qemu.qmp'))"]
+    if py.exists():
+        r = subprocess.run(check, capture_output=True, text=True)
+        if r.returncode == 0:
+            return py, r.stdout.strip()
+    try:
+        venv.create(vdir, with_pip=True, clear=True)
+    except Exception as e:  # noqa: BLE001 - any failure makes the row say why
+        return None, f"cannot create a venv in {vdir}: {e}"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "qemu.qmp"], capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0:
+        return None, f"pip install qemu.qmp failed: {r.stderr.strip()[-300:]}"
+    r = subprocess.run(check, capture_output=True, text=True)
+    return (py, r.stdout.strip()) if r.returncode == 0 else (None, r.stderr.strip()[-300:])
+
+
+PY_RTT = r"""
+import asyncio, json, sys, time
+from qemu.qmp import QMPClient
+async def main(sock, n):
+    c = QMPClient('bench')
+    await c.connect(sock)
+    t = time.perf_counter()
+    for _ in range(n):
+        await c.execute('query-status')
+    s = time.perf_counter() - t
+    await c.disconnect()
+    print(json.dumps({"count": n, "seconds": s, "per_second": n / s}))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+RAW_RTT = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+r = s.makefile("rb")
+r.readline()
+s.sendall(b'{"execute": "qmp_capabilities"}\n')
+r.readline()
+n = int(sys.argv[2])
+t = time.perf_counter()
+for _ in range(n):
+    s.sendall(b'{"execute": "query-status"}\n')
+    r.readline()
+sec = time.perf_counter() - t
+print(json.dumps({"count": n, "seconds": sec, "per_second": n / sec}))
+"""
+
+
+def sample_peak(pids: list[int], seconds: float) -> dict[int, tuple[int, int]]:
+    """{pid: (max VmRSS seen, VmHWM at the end)} in KiB over `seconds`."""
+    peak = {p: 0 for p in pids}
+    hwm = {p: 0 for p in pids}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for p in pids:
+            s = proc_status(p)
+            peak[p] = max(peak[p], s.get("VmRSS", 0))
+            hwm[p] = max(hwm[p], s.get("VmHWM", 0))
+        time.sleep(0.1)
+    return {p: (peak[p], hwm[p]) for p in pids}

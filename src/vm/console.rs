@@ -28,6 +28,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// How often a [`LogReader::follow`]ing reader looks for more.
 pub const POLL: Duration = Duration::from_millis(100);
 const CHUNK: usize = 16 * 1024;
+/// How long the console pump waits after a small read for more bytes to gather.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// Why waiting for console text failed.
 #[derive(Debug, thiserror::Error)]
@@ -523,6 +525,13 @@ pub(crate) async fn pump(
         };
         if let Some(line) = panic {
             shared.fail(Failure::ConsolePanic(line));
+        }
+        // QEMU writes a serial console a byte at a time, and each read here costs a handful of
+        // syscalls in this task and the readers it wakes: per byte, a booting kernel's log
+        // makes that a tenth of a CPU second, taken from the guest on a small machine. A short
+        // pause after a small read lets a burst gather, for at most this much latency.
+        if n < CHUNK / 4 {
+            tokio::time::sleep(COALESCE).await;
         }
     }
     progress.send_modify(|p| p.closed = true);
