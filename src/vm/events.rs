@@ -83,26 +83,15 @@ mod tests {
         instance::{Instance, InstanceInfo},
         profile::Accel,
     };
-    use std::sync::Mutex;
-    use tokio::{
-        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-        sync::watch,
-    };
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     fn shared(root: &std::path::Path) -> Arc<Shared> {
         let inst = Instance::create(root, "vm", false).unwrap();
-        Arc::new(Shared {
-            pid: 0,
-            pidfd: None,
-            exit: watch::Sender::new(None),
-            failure: watch::Sender::new(None),
-            state: watch::Sender::new("prelaunch".into()),
-            shutdown_reason: Mutex::new(None),
-            stop_step: Mutex::new(None),
-            stderr_done: watch::Sender::new(false),
-            log_error: Mutex::new(None),
-            instance: Mutex::new(inst),
-            info: Mutex::new(InstanceInfo {
+        Arc::new(Shared::new(
+            0,
+            None,
+            inst,
+            InstanceInfo {
                 name: "vm".into(),
                 arch: "x86_64".into(),
                 accel: Accel::Kvm,
@@ -111,8 +100,8 @@ mod tests {
                 started: 0,
                 state: "prelaunch".into(),
                 console_log: None,
-            }),
-        })
+            },
+        ))
     }
 
     /// What QEMU does when KVM gives up: STOP, after which `query-status` says

@@ -263,6 +263,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a QEMU just spawned (run state `prelaunch`, nothing ended yet).
+    fn new(pid: u32, pidfd: Option<PidFd>, instance: Instance, info: InstanceInfo) -> Shared {
+        Shared {
+            pid,
+            pidfd,
+            exit: watch::Sender::new(None),
+            failure: watch::Sender::new(None),
+            state: watch::Sender::new("prelaunch".into()),
+            shutdown_reason: Mutex::new(None),
+            stop_step: Mutex::new(None),
+            stderr_done: watch::Sender::new(false),
+            log_error: Mutex::new(None),
+            instance: Mutex::new(instance),
+            info: Mutex::new(info),
+        }
+    }
+
     /// Records a failure; the first one wins.
     pub(crate) fn fail(&self, f: Failure) {
         self.failure.send_if_modified(|cur| {
@@ -511,19 +528,7 @@ impl VmBuilder {
             state: "prelaunch".into(),
             console_log: durable.as_ref().map(|d| d.1.clone()),
         };
-        let shared = Arc::new(Shared {
-            pid,
-            pidfd,
-            exit: watch::Sender::new(None),
-            failure: watch::Sender::new(None),
-            state: watch::Sender::new("prelaunch".into()),
-            shutdown_reason: Mutex::new(None),
-            stop_step: Mutex::new(None),
-            stderr_done: watch::Sender::new(false),
-            log_error: Mutex::new(None),
-            instance: Mutex::new(inst),
-            info: Mutex::new(info),
-        });
+        let shared = Arc::new(Shared::new(pid, pidfd, inst, info));
         let dir = lock(&shared.instance).dir().to_owned();
         // Until the Vm exists, a failure, or the caller dropping this future, must not leave
         // QEMU running: the tasks that own it would keep it alive.
