@@ -31,7 +31,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{pathser, profile::Accel};
+use crate::{profile::Accel, util::pathser};
 
 /// The lock file the supervisor holds.
 pub const LOCK: &str = "lock";

@@ -43,25 +43,17 @@
 //! # Ok(()) }
 //! ```
 
-pub mod arch;
 pub mod argv;
-pub mod caps;
-pub mod config;
 pub mod cpu;
-pub mod disk;
-pub mod firmware;
-pub mod gate;
 pub mod host;
 pub mod instance;
 pub mod libvirt;
-pub mod net;
-pub mod pathser;
 pub mod plan;
 pub mod profile;
 pub mod qmp;
-pub mod size;
 pub mod spec;
 pub mod traits;
+pub mod util;
 pub mod vm;
 
 /// Process exit codes of the `qemu-direct` command.
@@ -106,7 +98,7 @@ pub enum Error {
     Vm(#[from] vm::VmError),
     /// A config file.
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(#[from] spec::config::ConfigError),
     /// A CPU question (baseline, compare) with no good answer.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
@@ -164,7 +156,7 @@ impl Error {
         match self {
             Error::Plan(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
-            Error::Config(config::ConfigError::Cpu { source, .. }) => source.hint(),
+            Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
             Error::Vm(v) => v.hint(),
             Error::Instance(i) => i.hint(),
             Error::Qmp(qmp::QmpError::Connect { .. }) => Some(

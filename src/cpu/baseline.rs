@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::CpuError;
 use crate::{
-    caps::{Caps, CpuModel},
+    host::caps::{Caps, CpuModel},
     profile::Accel,
 };
 

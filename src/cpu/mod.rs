@@ -3,7 +3,7 @@
 //! What a user asks for ([`CpuRequest`], from flags, a spec file, Nova's
 //! `cpu_mode`/`cpu_models`/`cpu_model_extra_flags` and the flavor's `hw:maxphysaddr_*`, layered
 //! over the config files) is checked for syntax alone here; [`resolve()`] then decides the
-//! `-cpu` against what the emulator reports ([`crate::caps::Caps`]) under the chosen
+//! `-cpu` against what the emulator reports ([`crate::host::caps::Caps`]) under the chosen
 //! accelerator, and refuses, naming the field and what would be valid, anything QEMU would
 //! reject or silently change. [`baseline()`] finds one CPU that runs on several hosts.
 //!
@@ -520,7 +520,7 @@ pub struct ModelRow {
 }
 
 /// The emulator's models with a usable verdict each; `None` when it cannot list them.
-pub fn model_rows(caps: &crate::caps::Caps) -> Option<Vec<ModelRow>> {
+pub fn model_rows(caps: &crate::host::caps::Caps) -> Option<Vec<ModelRow>> {
     Some(
         caps.cpu_models
             .as_ref()?

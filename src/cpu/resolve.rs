@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{CpuCheck, CpuError, CpuMode, CpuRequest, Flag, MaxPhysAddr, nearest, normalize_flags};
 use crate::{
-    caps::{Caps, CpuModel},
+    host::caps::{Caps, CpuModel},
     profile::{Accel, HostModelRule, MachineProfile, MemoryMap},
-    size::MemSize,
+    util::size::MemSize,
 };
 
 /// The guest CPU as planned.

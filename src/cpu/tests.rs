@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use super::*;
 use crate::{
-    caps::{Caps, CpuFeatures, CpuModel, KvmInfo},
+    host::caps::{Caps, CpuFeatures, CpuModel, KvmInfo},
     profile::{Accel, ProfileSet},
-    size::MemSize,
+    util::size::MemSize,
 };
 
 fn set(names: &[&str]) -> BTreeSet<String> {

@@ -108,7 +108,7 @@ fn os(plan: &LaunchPlan, profile: &MachineProfile) -> Result<Node, LibvirtError>
     if let Some(d) = &plan.descriptor_firmware {
         // The descriptor's exact files: libvirt then uses them as given (its own descriptor
         // search would pick by the same rules, but this names them).
-        let flash = d.selected.device == crate::firmware::Device::Flash;
+        let flash = d.selected.device == crate::host::firmware::Device::Flash;
         let mut loader = Node::new("loader")
             .attr("readonly", "yes")
             .attr("type", if flash { "pflash" } else { "rom" });

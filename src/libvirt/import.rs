@@ -13,7 +13,7 @@ use std::{
 
 use super::{Item, LibvirtError, MACHINE_FEATURES, feature_option, xml::Element};
 use crate::{
-    arch,
+    profile::arch,
     profile::{Accel, MachineProfile, ProfileSet},
     spec::{AccelRequest, SpecInput},
 };

@@ -9,12 +9,12 @@ use std::{
 
 use super::*;
 use crate::{
-    caps::{Caps, CpuFeatures, CpuModel, KvmInfo},
-    config::Config,
+    host::caps::{Caps, CpuFeatures, CpuModel, KvmInfo},
     host::{Emulator, HostFacts, KvmState},
     plan::{self, LaunchPlan},
     profile::{Accel, ProfileSet},
     spec::SpecInput,
+    spec::config::Config,
 };
 
 fn profiles() -> ProfileSet {
@@ -227,10 +227,10 @@ fn matrix(f: &BTreeMap<&str, PathBuf>) -> Vec<Case> {
     }
     v.push(with("two-disks-and-net", "aarch64", &|i| {
         i.disks = Some(vec![
-            crate::disk::DiskInput::plain(f["disk.qcow2"].clone()),
-            crate::disk::DiskInput {
+            crate::spec::disk::DiskInput::plain(f["disk.qcow2"].clone()),
+            crate::spec::disk::DiskInput {
                 persist: true,
-                ..crate::disk::DiskInput::plain(f["raw.img"].clone())
+                ..crate::spec::disk::DiskInput::plain(f["raw.img"].clone())
             },
         ]);
         i.net = Some("user".into());

@@ -52,7 +52,7 @@ pub use run::{Outcome, Report, RunOptions, run, run_vm};
 
 use crate::{
     argv,
-    firmware::{self, FirmwareError},
+    host::firmware::{self, FirmwareError},
     instance::{self, Instance, InstanceError, InstanceInfo},
     plan::LaunchPlan,
     profile::Accel,

@@ -5,7 +5,7 @@
 use std::{path::Path, time::SystemTime};
 
 use qemu_direct::{
-    caps::{CacheUse, Caps, CapsCache},
+    host::caps::{CacheUse, Caps, CapsCache},
     profile::Accel,
 };
 use serde_json::Value;

@@ -15,16 +15,16 @@ use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::PathBuf, sync::OnceLock, ti
 use proptest::{prelude::*, test_runner::Config};
 use qemu_direct::{
     argv,
-    config::Config as QdConfig,
     cpu::{CpuSettings, Flag, MaxPhysAddr, normalize_flags},
-    disk::DiskInput,
     host::KvmState,
-    net::Net,
     plan,
     profile::ProfileSet,
     qmp::{CloseReason, Qmp, QmpError},
-    size::MemSize,
+    spec::config::Config as QdConfig,
+    spec::disk::DiskInput,
+    spec::net::Net,
     spec::{AccelRequest, PROPERTIES, SpecInput},
+    util::size::MemSize,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -384,7 +384,7 @@ proptest! {
     ) {
         for d in [OsStr::from_bytes(&disk), OsStr::new(&disk_text)] {
             if let Ok(input) = DiskInput::parse(d) {
-                let _ = qemu_direct::disk::validate("disk", &input, false);
+                let _ = qemu_direct::spec::disk::validate("disk", &input, false);
             }
         }
         let _ = Net::parse("net", &net);

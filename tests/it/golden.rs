@@ -6,11 +6,11 @@ use std::{ffi::OsString, os::unix::ffi::OsStrExt, path::PathBuf};
 
 use qemu_direct::{
     argv,
-    firmware::Descriptors,
+    host::firmware::Descriptors,
     host::{HostFacts, KvmState},
-    net::Net,
     plan::{self, LaunchPlan},
     profile::{Accel, ProfileSet},
+    spec::net::Net,
     spec::{AccelRequest, ArchChoice, Disk, DiskFormat, FirmwareChoice, KernelBoot, VmSpec},
 };
 

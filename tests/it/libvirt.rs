@@ -26,12 +26,12 @@ use std::{
 };
 
 use qemu_direct::{
-    caps::CapsCache,
-    config::Config,
+    host::caps::CapsCache,
     host::{HostFacts, KvmState, ProbeOptions},
     libvirt::{self, Export},
     plan::{self, LaunchPlan},
     profile::{Accel, ProfileSet},
+    spec::config::Config,
     spec::{AccelRequest, SpecInput},
 };
 

@@ -2,8 +2,8 @@
 //! has anyway.
 
 use super::{Cx, Element, is_qcow2};
-use crate::disk::DiskInput;
 use crate::profile::MachineProfile;
+use crate::spec::disk::DiskInput;
 
 /// Serial port targets that are the machine's own first serial port.
 const SERIAL_TARGETS: &[&str] = &[

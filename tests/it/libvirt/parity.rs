@@ -13,8 +13,8 @@ use std::{
 
 use qemu_direct::{
     argv,
-    caps::Caps,
     cpu::{CpuMode, MaxPhysAddr},
+    host::caps::Caps,
     plan::LaunchPlan,
     profile::{Accel, ProfileSet},
 };

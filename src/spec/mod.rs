@@ -2,6 +2,10 @@
 //! Nova image properties (`--property KEY=VALUE`). [`SpecInput`] is the raw, mergeable form;
 //! [`VmSpec`] is the validated one: names resolved, sizes parsed, files checked.
 
+pub mod config;
+pub mod disk;
+pub mod net;
+
 use std::{
     collections::BTreeMap,
     fmt,
@@ -13,13 +17,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    arch::Arch,
     cpu::{CpuCheck, CpuError, CpuRequest, CpuSettings, MaxPhysAddr},
-    disk::{self, DiskInput},
-    net::Net,
-    pathser,
+    profile::arch::Arch,
     profile::{ProfileError, ProfileSet},
-    size::MemSize,
+    spec::disk::DiskInput,
+    spec::net::Net,
+    util::pathser,
+    util::size::MemSize,
 };
 
 /// Nova image properties qemu-direct understands, with what each means here.
@@ -110,12 +114,12 @@ pub struct SpecInput {
     /// plain path. Attached before [`SpecInput::disks`].
     #[serde(default, with = "pathser::option")]
     pub disk: Option<PathBuf>,
-    /// Disks with options (`[[disks]]` tables: `path`, `format`, `persist`); see [`crate::disk`].
+    /// Disks with options (`[[disks]]` tables: `path`, `format`, `persist`); see [`crate::spec::disk`].
     pub disks: Option<Vec<DiskInput>>,
     /// Every disk persists: guest writes reach the images (the old `--disk-writable`; default:
     /// writes go to a throw-away overlay).
     pub disk_writable: Option<bool>,
-    /// The network: `none` (default) or `user[,hostfwd=RULE]...`; see [`crate::net`].
+    /// The network: `none` (default) or `user[,hostfwd=RULE]...`; see [`crate::spec::net`].
     pub net: Option<String>,
     /// `uefi` or `bios` (chosen from QEMU's firmware descriptors), or a firmware image passed as
     /// `-bios`.

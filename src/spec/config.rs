@@ -22,8 +22,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    arch::Arch,
     cpu::{CpuError, CpuRequest, CpuSettings},
+    profile::arch::Arch,
     profile::{MachineProfile, ProfileSet},
 };
 

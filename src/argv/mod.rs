@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    firmware,
+    host::firmware,
     plan::{ConsolePlan, LaunchPlan},
     spec::DiskFormat,
 };

@@ -2,7 +2,7 @@
 //! plain value that says exactly what will run, and why. [`resolve`] is a pure function; it
 //! touches nothing (but for checking that chosen firmware files exist), so every decision can
 //! be tested with made-up hosts. Its inputs include the emulator's QEMU version, against which
-//! the profile's options are gated ([`crate::gate`]), and the firmware descriptors of
+//! the profile's options are gated ([`crate::profile::gate`]), and the firmware descriptors of
 //! [`HostFacts::firmware`].
 
 use std::path::PathBuf;
@@ -10,18 +10,18 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    arch::Arch,
-    caps::{CapsCache, CapsError},
-    config::Config,
     cpu::{CpuContext, CpuError},
-    firmware::{FirmwareError, FirmwareRequest, Selected},
-    gate::{self, Gate, ProfileOption, QemuVersion, Unfit},
+    host::caps::{CapsCache, CapsError},
+    host::firmware::{FirmwareError, FirmwareRequest, Selected},
     host::{Emulator, HostFacts, KvmBlocker},
-    net::{Net, UserNet},
-    pathser,
+    profile::arch::Arch,
+    profile::gate::{self, Gate, ProfileOption, QemuVersion, Unfit},
     profile::{Accel, MachineProfile, ProfileSet},
-    size::MemSize,
+    spec::config::Config,
+    spec::net::{Net, UserNet},
     spec::{AccelRequest, ArchChoice, Disk, DiskFormat, FirmwareChoice, VmSpec},
+    util::pathser,
+    util::size::MemSize,
 };
 
 /// Below this no Linux guest boots, and it catches unit slips such as `--memory 512K`.
@@ -108,7 +108,7 @@ pub struct DescriptorFirmware {
 }
 
 /// The name of an instance's UEFI variable store in its directory
-/// ([`crate::firmware::copy_vars`] names it so).
+/// ([`crate::host::firmware::copy_vars`] names it so).
 pub fn vars_file_name(instance: &str) -> String {
     format!("{instance}_VARS.fd")
 }
@@ -679,7 +679,7 @@ fn descriptor_firmware(
     let found = match &host.firmware {
         Some(d) => d.select(&request),
         // Nothing read: the same answer as an empty descriptor directory.
-        None => crate::firmware::Descriptors::load(&[]).and_then(|d| d.select(&request)),
+        None => crate::host::firmware::Descriptors::load(&[]).and_then(|d| d.select(&request)),
     };
     let selected = match found {
         Ok(s) => s,
@@ -1183,7 +1183,7 @@ mod tests {
         });
         std::fs::write(dir.path().join("60-a.json"), desc.to_string()).unwrap();
         let mut h = host("x86_64", KvmState::Missing);
-        h.firmware = Some(crate::firmware::Descriptors::load(&[dir.path().into()]).unwrap());
+        h.firmware = Some(crate::host::firmware::Descriptors::load(&[dir.path().into()]).unwrap());
         let uefi = |a: &str| SpecInput {
             firmware: Some("uefi".into()),
             name: Some("vm1".into()),

@@ -36,9 +36,9 @@ const REAP_WAIT: Duration = Duration::from_secs(15);
 #[derive(Debug, Serialize, Deserialize)]
 struct SuperviseRequest {
     plan: LaunchPlan,
-    #[serde(default, with = "qemu_direct::pathser::option")]
+    #[serde(default, with = "qemu_direct::util::pathser::option")]
     console_log: Option<PathBuf>,
-    #[serde(default, with = "qemu_direct::pathser::option")]
+    #[serde(default, with = "qemu_direct::util::pathser::option")]
     console_log_dir: Option<PathBuf>,
     unique_name: bool,
     timeout: Option<Duration>,
@@ -50,7 +50,7 @@ struct SuperviseRequest {
 #[derive(Debug, Serialize, Deserialize)]
 struct Ready {
     name: String,
-    #[serde(with = "qemu_direct::pathser")]
+    #[serde(with = "qemu_direct::util::pathser")]
     dir: PathBuf,
     pid: u32,
     accel: Accel,

@@ -1,6 +1,9 @@
 //! Machine profiles: every per-architecture fact qemu-direct uses, read from
 //! `machine-profiles/<arch>.toml` (embedded at build time, or a directory given at run time).
 
+pub mod arch;
+pub mod gate;
+
 use std::{
     collections::BTreeMap,
     fmt, fs,
@@ -10,9 +13,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    arch::{self, Arch, Endian},
-    gate::{self, ProfileOption},
-    size::MemSize,
+    profile::arch::{Arch, Endian},
+    profile::gate::ProfileOption,
+    util::size::MemSize,
 };
 
 include!(concat!(env!("OUT_DIR"), "/embedded_profiles.rs"));

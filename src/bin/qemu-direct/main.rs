@@ -14,15 +14,15 @@ use anyhow::Context;
 use clap::Parser;
 use qemu_direct::{
     Error, ExitCode, argv,
-    caps::CapsCache,
-    config::Config,
-    disk::DiskInput,
-    firmware::Descriptors,
+    host::caps::CapsCache,
+    host::firmware::Descriptors,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
     profile::Accel,
     profile::ProfileSet,
     spec::SpecInput,
+    spec::config::Config,
+    spec::disk::DiskInput,
     vm,
 };
 

@@ -26,8 +26,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    pathser,
     spec::{self, Disk, DiskFormat, SpecError},
+    util::pathser,
 };
 
 /// The first four bytes of every qcow2 image.

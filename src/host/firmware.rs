@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{argv::escape, pathser};
+use crate::{argv::escape, util::pathser};
 
 /// The descriptor directories QEMU documents, most specific (highest priority) first: the
 /// user's, the administrator's, then the distribution's. Missing ones are fine.

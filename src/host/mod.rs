@@ -4,6 +4,9 @@
 //! [`HostFacts`] is a plain value. [`HostFacts::probe`] fills it from the machine; tests and
 //! `--host-facts FILE` fill it by hand, so every verdict can be checked without touching a host.
 
+pub mod caps;
+pub mod firmware;
+
 use std::{
     collections::BTreeMap,
     fmt,
@@ -16,9 +19,9 @@ use nix::{errno::Errno, fcntl::OFlag, sys::stat::Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    arch::{self, Arch},
-    caps::{self, Caps, CapsCache, CapsError},
-    firmware::Descriptors,
+    host::caps::{Caps, CapsCache, CapsError},
+    host::firmware::Descriptors,
+    profile::arch::{self, Arch},
     profile::{Accel, MachineProfile, ProfileSet},
 };
 
@@ -134,7 +137,7 @@ pub struct Emulator {
     /// Its version (`7.2.22`), when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// What it can do under each accelerator probed (see [`crate::caps`]).
+    /// What it can do under each accelerator probed (see [`crate::host::caps`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub caps: BTreeMap<Accel, Caps>,
 }

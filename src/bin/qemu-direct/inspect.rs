@@ -5,9 +5,9 @@ use std::{io::Write, path::Path};
 
 use qemu_direct::{
     Error, ExitCode,
-    caps::CapsCache,
-    firmware::Descriptors,
     host::HostFacts,
+    host::caps::CapsCache,
+    host::firmware::Descriptors,
     plan,
     profile::{Accel, ProfileSet},
     spec::AccelRequest,
@@ -201,7 +201,7 @@ pub fn firmware_command(
             continue;
         };
         for interface in ["uefi", "bios"] {
-            let req = qemu_direct::firmware::FirmwareRequest {
+            let req = qemu_direct::host::firmware::FirmwareRequest {
                 arch: p.qemu_arch().into(),
                 machine: tcg.machine.clone(),
                 interface: interface.into(),
@@ -235,7 +235,7 @@ pub fn firmware_command(
         writeln!(
             out,
             "no firmware descriptors in {}",
-            qemu_direct::firmware::search_dirs()
+            qemu_direct::host::firmware::search_dirs()
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
