@@ -481,7 +481,7 @@ pub fn find(root: &Path, name: &str) -> Result<InstanceRef, InstanceError> {
         root: root.to_owned(),
     };
     // Names are checked on launch; anything else (`..`, `a/b`) cannot be an instance.
-    if crate::spec::check_name(name).is_err() {
+    if !crate::util::name::is_valid(name) {
         return Err(not_found());
     }
     let dir = root.join(name);

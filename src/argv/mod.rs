@@ -7,14 +7,16 @@
 
 use std::{
     ffi::{OsStr, OsString},
-    os::unix::ffi::{OsStrExt, OsStringExt},
+    os::unix::ffi::OsStrExt,
 };
 
 use crate::{
-    host::firmware,
     plan::{ConsolePlan, LaunchPlan},
     spec::DiskFormat,
+    util::qemu_opt::escape,
 };
+
+pub mod firmware;
 
 /// The chardev id of the guest console.
 pub const CONSOLE_CHARDEV: &str = "con0";
@@ -41,18 +43,6 @@ pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
 
 fn os(s: impl Into<String>) -> OsString {
     OsString::from(s.into())
-}
-
-/// Doubles every `,` so the value stays one value inside a QEMU option list.
-pub fn escape(value: &OsStr) -> OsString {
-    let mut out = Vec::with_capacity(value.len());
-    for &b in value.as_bytes() {
-        out.push(b);
-        if b == b',' {
-            out.push(b',');
-        }
-    }
-    OsString::from_vec(out)
 }
 
 /// `key=value` pairs after a head, with the head as is: `q35,gic-version=max`.
@@ -135,13 +125,8 @@ fn boot(plan: &LaunchPlan) -> Vec<OsString> {
     if let Some(fw) = &plan.firmware {
         v.extend([os("-bios"), fw.clone().into_os_string()]);
     }
-    // pflash drives (paths escaped) or -bios. A plan from `resolve` always has a variable store
-    // exactly when the firmware needs one; a launch checks that before QEMU starts
-    // (`VmError::Firmware`), so an inconsistent plan read from elsewhere adds nothing here.
-    if let Some(fw) = &plan.descriptor_firmware
-        && let Ok(args) = firmware::qemu_args(&fw.selected, fw.vars.as_deref())
-    {
-        v.extend(args);
+    if let Some(fw) = &plan.descriptor_firmware {
+        v.extend(firmware::args(fw));
     }
     if let Some(k) = &plan.kernel {
         v.extend([os("-kernel"), k.kernel.clone().into_os_string()]);

@@ -4,7 +4,7 @@
 //!
 //! [`Descriptors::load`] reads the descriptor directories, [`Descriptors::select`] picks the first
 //! descriptor (in file-name order) that fits a [`FirmwareRequest`], [`copy_vars`] gives a VM its
-//! own writable UEFI variable store, and [`qemu_args`] turns the choice into QEMU options.
+//! own writable UEFI variable store; `crate::argv` turns the choice into QEMU options.
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{argv::escape, util::pathser};
+use crate::util::pathser;
 
 /// The descriptor directories QEMU documents, most specific (highest priority) first: the
 /// user's, the administrator's, then the distribution's. Missing ones are fine.
@@ -610,7 +610,7 @@ pub fn copy_vars(
     if vm_name.is_empty() || vm_name == "." || vm_name == ".." || vm_name.contains(['/', '\0']) {
         return Err(FirmwareError::VmName(vm_name.to_owned()));
     }
-    let dest = dest_dir.join(format!("{vm_name}_VARS.fd"));
+    let dest = dest_dir.join(vars_file_name(vm_name));
     let copy_err = |source| FirmwareError::CopyVars {
         template: template.to_owned(),
         dest: dest.clone(),
@@ -634,7 +634,11 @@ pub fn copy_vars(
     }
     // Copy beside the destination and rename into place, so an interrupted copy never
     // leaves a truncated store that a later run would keep.
-    let tmp = dest_dir.join(format!(".{vm_name}_VARS.fd.{}.tmp", std::process::id()));
+    let tmp = dest_dir.join(format!(
+        ".{}.{}.tmp",
+        vars_file_name(vm_name),
+        std::process::id()
+    ));
     let result = (|| {
         let mut from = fs::File::open(template)?;
         let mut to = fs::OpenOptions::new()
@@ -655,48 +659,24 @@ pub fn copy_vars(
     Ok(dest)
 }
 
-/// The QEMU options that attach `sel`: two pflash drives (read-only code, then the VM's
-/// variable store `vars` from [`copy_vars`]) for flash firmware, `-bios` for memory firmware.
-/// Firmware that requires SMM also gets its flash marked secure, so only SMM code can write
-/// the variables; the machine needs [`Selected::machine_options`] for that.
-pub fn qemu_args(sel: &Selected, vars: Option<&Path>) -> Result<Vec<OsString>, FirmwareError> {
-    let vars_err = |needed| FirmwareError::Vars {
-        descriptor: sel.descriptor.clone(),
-        needed,
-    };
-    match sel.device {
-        Device::Memory => match vars {
-            Some(_) => Err(vars_err(false)),
-            None => Ok(vec![
-                "-bios".into(),
-                sel.executable.clone().into_os_string(),
-            ]),
-        },
-        Device::Flash => {
-            let vars = match (sel.nvram_template.is_some(), vars) {
-                (true, None) => return Err(vars_err(true)),
-                (false, Some(_)) => return Err(vars_err(false)),
-                (_, v) => v,
-            };
-            let drive = |unit: u8, file: &Path, tail: &str| {
-                let mut s =
-                    OsString::from(format!("if=pflash,format={},unit={unit},file=", sel.format));
-                s.push(escape(file.as_os_str()));
-                s.push(tail);
-                [OsString::from("-drive"), s]
-            };
-            let mut v = Vec::new();
-            if sel.has_feature("requires-smm") {
-                v.extend(
-                    ["-global", "driver=cfi.pflash01,property=secure,value=on"].map(OsString::from),
-                );
-            }
-            v.extend(drive(0, &sel.executable, ",readonly=on"));
-            if let Some(vars) = vars {
-                v.extend(drive(1, vars, ""));
-            }
-            Ok(v)
+/// The name of a VM's UEFI variable store in its instance directory: the one place it is made.
+pub fn vars_file_name(vm_name: &str) -> String {
+    format!("{vm_name}_VARS.fd")
+}
+
+impl Selected {
+    /// Checks that `vars` (a per-VM variable store, or none) fits this firmware: flash firmware
+    /// with a variable store template needs one, all other firmware takes none. A plan is made
+    /// only of firmware that passed this, so the command line built from it cannot be wrong.
+    pub fn check_vars(&self, vars: Option<&Path>) -> Result<(), FirmwareError> {
+        let needed = self.device == Device::Flash && self.nvram_template.is_some();
+        if needed == vars.is_some() {
+            return Ok(());
         }
+        Err(FirmwareError::Vars {
+            descriptor: self.descriptor.clone(),
+            needed,
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cpu::{CpuContext, CpuError},
     host::caps::{CapsCache, CapsError},
-    host::firmware::{FirmwareError, FirmwareRequest, Selected},
+    host::firmware::{self, FirmwareError, FirmwareRequest, Selected},
     host::{Emulator, HostFacts, KvmBlocker},
     profile::arch::Arch,
     profile::gate::{self, Gate, ProfileOption, QemuVersion, Unfit},
@@ -101,16 +101,10 @@ pub struct DescriptorFirmware {
     /// The descriptor's firmware.
     pub selected: Selected,
     /// The VM's own UEFI variable store, a copy of [`Selected::nvram_template`]: in a plan, the
-    /// file name it gets in the instance directory ([`vars_file_name`]); once launched, its
+    /// file name it gets in the instance directory ([`firmware::vars_file_name`]); once launched, its
     /// path there. `None` for firmware without variables.
     #[serde(default, with = "pathser::option")]
     pub vars: Option<PathBuf>,
-}
-
-/// The name of an instance's UEFI variable store in its directory
-/// ([`crate::host::firmware::copy_vars`] names it so).
-pub fn vars_file_name(instance: &str) -> String {
-    format!("{instance}_VARS.fd")
 }
 
 /// A direct kernel boot, with the full command line.
@@ -700,7 +694,14 @@ fn descriptor_firmware(
     let vars = selected
         .nvram_template
         .as_ref()
-        .map(|_| PathBuf::from(vars_file_name(name)));
+        .map(|_| PathBuf::from(firmware::vars_file_name(name)));
+    // The command line is built from what passed here, never re-checked.
+    selected
+        .check_vars(vars.as_deref())
+        .map_err(|e| PlanError::NoFirmware {
+            error: Box::new(e),
+            package: None,
+        })?;
     notes.push(format!(
         "firmware: {interface}{} from {} ({})",
         if secure_boot { " with Secure Boot" } else { "" },

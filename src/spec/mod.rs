@@ -22,6 +22,7 @@ use crate::{
     profile::{ProfileError, ProfileSet},
     spec::disk::DiskInput,
     spec::net::Net,
+    util::name,
     util::pathser,
     util::size::MemSize,
 };
@@ -756,22 +757,13 @@ fn check_machine(field: &str, m: &str) -> Result<String, SpecError> {
 
 /// Checks an instance name: it becomes part of file names and QEMU's `-name`.
 pub fn check_name(name: &str) -> Result<(), SpecError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if name::is_valid(name) {
         Ok(())
     } else {
         Err(SpecError::Invalid {
             field: "name".into(),
             value: name.into(),
-            expected: "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-                .into(),
+            expected: name::RULE.into(),
         })
     }
 }

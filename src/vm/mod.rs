@@ -464,7 +464,6 @@ impl VmBuilder {
             if let Some(template) = &fw.selected.nvram_template {
                 fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
             }
-            firmware::qemu_args(&fw.selected, fw.vars.as_deref())?;
         }
         inst.write_json(instance::PLAN, &plan)?;
 

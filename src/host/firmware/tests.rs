@@ -353,52 +353,6 @@ fn machine_patterns_and_aliases() {
     assert!(!glob("virt-*", "virtio"));
 }
 
-fn flash(features: &[&str], nvram: bool) -> Selected {
-    Selected {
-        descriptor: "/fw/60.json".into(),
-        description: String::new(),
-        device: Device::Flash,
-        executable: "/fw/CODE,x.fd".into(),
-        nvram_template: nvram.then(|| "/fw/VARS.fd".into()),
-        format: "raw".into(),
-        features: features.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-#[test]
-fn args_for_split_flash_escape_commas() {
-    let args = qemu_args(&flash(&[], true), Some(Path::new("/run/vm,1/v.fd"))).unwrap();
-    assert_eq!(
-        args,
-        [
-            "-drive",
-            "if=pflash,format=raw,unit=0,file=/fw/CODE,,x.fd,readonly=on",
-            "-drive",
-            "if=pflash,format=raw,unit=1,file=/run/vm,,1/v.fd",
-        ]
-    );
-    let smm = qemu_args(&flash(&["requires-smm"], true), Some(Path::new("/v"))).unwrap();
-    assert_eq!(
-        smm[..2],
-        ["-global", "driver=cfi.pflash01,property=secure,value=on"]
-    );
-    assert_eq!(qemu_args(&flash(&[], false), None).unwrap().len(), 2);
-    let err = qemu_args(&flash(&[], true), None).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "firmware /fw/60.json needs a per-VM variable store"
-    );
-    assert!(qemu_args(&flash(&[], false), Some(Path::new("/v"))).is_err());
-    let memory = Selected {
-        device: Device::Memory,
-        ..flash(&[], false)
-    };
-    assert_eq!(
-        qemu_args(&memory, None).unwrap(),
-        ["-bios", "/fw/CODE,x.fd"]
-    );
-}
-
 #[test]
 fn copy_vars_makes_a_private_copy_and_keeps_it() {
     let fx = Fixture::new();
@@ -467,7 +421,7 @@ fn boot_firmware(binary: &str, machine: &str, extra: &[&str], sel: &Selected, ma
             "-serial",
             "stdio",
         ])
-        .args(qemu_args(sel, Some(&vars)).unwrap())
+        .args(crate::argv::firmware::flash_or_bios(sel, Some(&vars)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
