@@ -33,8 +33,11 @@ const PVM_MODULE: &str = "/sys/module/kvm_pvm";
 
 // Both take an integer argument: the kernel refuses KVM_GET_API_VERSION (EINVAL) unless it is 0,
 // so the argument-less `ioctl_none!` form, which leaves it undefined, must not be used.
-nix::ioctl_write_int_bad!(kvm_get_api_version, nix::request_code_none!(0xAE, 0x00));
-nix::ioctl_write_int_bad!(kvm_create_vm, nix::request_code_none!(0xAE, 0x01));
+mod ioctl {
+    nix::ioctl_write_int_bad!(kvm_get_api_version, nix::request_code_none!(0xAE, 0x00));
+    nix::ioctl_write_int_bad!(kvm_create_vm, nix::request_code_none!(0xAE, 0x01));
+}
+use ioctl::{kvm_create_vm, kvm_get_api_version};
 
 /// The state of the host's KVM device, as found by opening it and creating a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

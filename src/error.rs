@@ -1,0 +1,118 @@
+//! The library's one error type, the exit codes of the `qemu-direct` command, and the map
+//! between them.
+
+use crate::{cpu, instance, libvirt, plan, profile, qmp, spec, vm};
+
+/// Process exit codes of the `qemu-direct` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// The guest powered off cleanly, the `--until` text appeared, or the guest was stopped on
+    /// request (`stop`, `qmp quit`); for the other commands, they did what was asked.
+    Success = 0,
+    /// An unexpected failure of the launcher itself (I/O, resources).
+    Failure = 1,
+    /// Bad input: an invalid spec, flag, file or host requirement, an instance name that is
+    /// taken or not running, a QMP command QEMU refused. Nothing was started.
+    BadInput = 2,
+    /// QEMU failed to start or exited with an error; for `wait`, the instance ended first.
+    QemuFailed = 3,
+    /// The guest kernel panicked; for `wait`, a failure pattern matched.
+    GuestPanicked = 4,
+    /// `--timeout` expired; the guest was stopped. For `wait`, the pattern did not appear in
+    /// time.
+    Timeout = 5,
+    /// The hypervisor stopped the guest (e.g. KVM internal error).
+    GuestCrashed = 6,
+    /// SIGINT or SIGTERM stopped the run.
+    Interrupted = 130,
+}
+
+/// Any error of the library, with its exit code and a hint where one is known.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Machine profiles.
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    /// The guest description.
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    /// Planning for this host.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Running.
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    /// A config file.
+    #[error(transparent)]
+    Config(#[from] spec::config::ConfigError),
+    /// A CPU question (baseline, compare) with no good answer.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    /// Finding or reading an instance.
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    /// Talking to an instance over QMP.
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
+    /// Waiting for console text.
+    #[error(transparent)]
+    Console(#[from] vm::ConsoleError),
+    /// Reading or writing libvirt domain XML.
+    #[error(transparent)]
+    Libvirt(#[from] libvirt::LibvirtError),
+}
+
+impl Error {
+    /// The exit code this error ends the command with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Plan(plan::PlanError::Caps { .. }) => ExitCode::QemuFailed,
+            Error::Profile(_)
+            | Error::Spec(_)
+            | Error::Plan(_)
+            | Error::Config(_)
+            | Error::Cpu(_)
+            | Error::Libvirt(_) => ExitCode::BadInput,
+            Error::Vm(vm::VmError::NoQemuImg { .. }) => ExitCode::BadInput,
+            Error::Vm(
+                vm::VmError::Spawn { .. }
+                | vm::VmError::Overlay { .. }
+                | vm::VmError::ImageLocked { .. }
+                | vm::VmError::Startup { .. }
+                | vm::VmError::StartupTimeout(_)
+                | vm::VmError::Qmp(_),
+            ) => ExitCode::QemuFailed,
+            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) if i.is_bad_input() => {
+                ExitCode::BadInput
+            }
+            // QEMU refused the command: its name or arguments were wrong.
+            Error::Qmp(qmp::QmpError::Command { .. }) => ExitCode::BadInput,
+            Error::Console(vm::ConsoleError::BadPattern { .. }) => ExitCode::BadInput,
+            Error::Console(vm::ConsoleError::Failed { .. }) => ExitCode::GuestPanicked,
+            Error::Console(vm::ConsoleError::TimedOut { .. }) => ExitCode::Timeout,
+            Error::Console(vm::ConsoleError::Ended { .. }) => ExitCode::QemuFailed,
+            Error::Vm(_) | Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => {
+                ExitCode::Failure
+            }
+        }
+    }
+
+    /// What the user could do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Plan(p) => p.hint(),
+            Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
+            Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
+            Error::Vm(v) => v.hint(),
+            Error::Instance(i) => i.hint(),
+            Error::Qmp(qmp::QmpError::Connect { .. }) => Some(
+                "the instance's QMP socket is gone or dead; `qemu-direct stop NAME` still \
+                 stops it (with SIGKILL when QMP cannot ask QEMU to quit), and \
+                 `qemu-direct ps` shows whether it runs"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
