@@ -16,6 +16,7 @@
 //! - `reliability`: the bad-input corpus (`tests/corpus/bad-input/`), odd paths reaching QEMU
 //!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
 //!   racing launches, a guest that never prints what is awaited.
+//! - `shape`: the layering of `src/` folders, and the length of files and functions.
 //! - `fuzz`: property tests (proptest) of the parsers, planning and the QMP client's framing;
 //!   `QD_FUZZ_CASES` sets the cases per target.
 
@@ -32,4 +33,5 @@ mod kvm;
 mod libvirt;
 mod lifecycle;
 mod reliability;
+mod shape;
 mod signals;
