@@ -161,7 +161,8 @@ fn expected_exit(cmd: &str) -> i32 {
 
 /// `cmd` with `--dry-run` after each `qemu-direct [global options] run` that lacks it.
 fn dry(cmd: &str) -> String {
-    const GLOBAL_WITH_VALUE: [&str; 4] = ["--profile-dir", "--host-facts", "--kvm-device", "--config"];
+    const GLOBAL_WITH_VALUE: [&str; 4] =
+        ["--profile-dir", "--host-facts", "--kvm-device", "--config"];
     if cmd.contains("--dry-run") {
         return cmd.to_owned();
     }
@@ -178,7 +179,10 @@ fn dry(cmd: &str) -> String {
         while let Some((_, w)) = words.get(j) {
             if GLOBAL_WITH_VALUE.contains(w) {
                 j += 2;
-            } else if GLOBAL_WITH_VALUE.iter().any(|g| w.starts_with(&format!("{g}="))) {
+            } else if GLOBAL_WITH_VALUE
+                .iter()
+                .any(|g| w.starts_with(&format!("{g}=")))
+            {
                 j += 1;
             } else {
                 break;
@@ -419,7 +423,10 @@ fn every_documented_command_runs() {
         eprintln!("  {s}");
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
-    assert!(ran >= 40, "only {ran} commands found: is the convention still followed?");
+    assert!(
+        ran >= 40,
+        "only {ran} commands found: is the convention still followed?"
+    );
     // Nothing escaped the private directories: no instance is left, no log outside XDG_STATE_HOME.
     let left: Vec<_> = fs::read_dir(world.xdg("run").join("qemu-direct"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -528,10 +535,16 @@ fn the_convention_reads_what_it_says() {
     assert_eq!(stray, [(12, "    qemu-direct probe".to_owned())]);
     let cmds = commands(&blocks[0]);
     assert_eq!(cmds.len(), 2);
-    assert_eq!(cmds[0], (4, "qemu-direct run --arch x86_64 \\\n  --smp 2".to_owned()));
+    assert_eq!(
+        cmds[0],
+        (4, "qemu-direct run --arch x86_64 \\\n  --smp 2".to_owned())
+    );
     assert_eq!(expected_exit(&cmds[0].1), 0);
     assert_eq!(expected_exit(&cmds[1].1), 2);
-    assert_eq!(expected_exit("qemu-direct check   # not here (exit 1: not)"), 0);
+    assert_eq!(
+        expected_exit("qemu-direct check   # not here (exit 1: not)"),
+        0
+    );
     assert_eq!(
         dry(&cmds[1].1),
         "qemu-direct --config c.toml run --dry-run -d   # refused (exit 2)"
@@ -541,7 +554,16 @@ fn the_convention_reads_what_it_says() {
         dry(&nested[0].1),
         "mkdir x && qemu-direct run --dry-run --arch a"
     );
-    assert_eq!(dry("qemu-direct plan --arch a"), "qemu-direct plan --arch a");
-    assert_eq!(slug("`[accel.tcg]` and `[accel.kvm]` (`AccelProfile`)"), "acceltcg-and-accelkvm-accelprofile");
-    assert_eq!(slug("Guest architecture, as Nova decides it"), "guest-architecture-as-nova-decides-it");
+    assert_eq!(
+        dry("qemu-direct plan --arch a"),
+        "qemu-direct plan --arch a"
+    );
+    assert_eq!(
+        slug("`[accel.tcg]` and `[accel.kvm]` (`AccelProfile`)"),
+        "acceltcg-and-accelkvm-accelprofile"
+    );
+    assert_eq!(
+        slug("Guest architecture, as Nova decides it"),
+        "guest-architecture-as-nova-decides-it"
+    );
 }
