@@ -26,6 +26,7 @@ mod common;
 mod cpu;
 mod cpu_rules;
 mod disks;
+mod docs;
 mod firmware;
 mod fuzz;
 mod golden;
