@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod arch;
 pub mod argv;
 pub mod caps;
