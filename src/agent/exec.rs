@@ -1,6 +1,6 @@
 //! Running programs in the guest: `guest-exec`, then polling `guest-exec-status`.
 //!
-//! qemu-ga (up to at least QEMU 10) collects a process's stdout and stderr in memory and hands
+//! qemu-ga (7.2, and upstream's `qga/commands.c` as of QEMU 10) collects a process's stdout and stderr in memory and hands
 //! them over only in the `guest-exec-status` reply that reports the exit, capped at 16 MiB each;
 //! before that every reply is `{"exited": false}`. So output cannot be streamed while the
 //! process runs. [`ExecStream`] has the shape of a stream anyway, so that its callers (the CLI)
