@@ -164,12 +164,14 @@ impl Conn {
                 request_id,
             ));
             let end = (Instant::now() + attempt_wait).min(deadline);
-            let outcome = match self.write(&line).await {
-                Ok(()) => tokio::time::timeout_at(end, self.await_sync(&sent))
-                    .await
-                    .unwrap_or(Err(Failure::TimedOut)),
-                Err(e) => Err(e.into()),
+            // The write is bounded too: a peer that reads nothing fills the socket buffer.
+            let attempt = async {
+                self.write(&line).await?;
+                self.await_sync(&sent).await
             };
+            let outcome = tokio::time::timeout_at(end, attempt)
+                .await
+                .unwrap_or(Err(Failure::TimedOut));
             match outcome {
                 Ok(()) => {
                     self.synced = true;
