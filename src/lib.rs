@@ -13,6 +13,7 @@
 //! - [`profile`]: per-architecture facts from `machine-profiles/*.toml`, architecture names,
 //!   and the QEMU-version and host gates of profile options.
 //! - [`qmp`]: talking to a running QEMU over its machine protocol.
+//! - [`agent`]: talking to the QEMU guest agent inside a guest: commands, files.
 //! - [`host`]: what this host offers (arch, KVM verdict, emulators and their probed
 //!   capabilities, firmware descriptors), as a plain value.
 //! - [`cpu`]: the guest CPU: modes, models, features, physical-address bits, baselines.
@@ -45,6 +46,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod argv;
 pub mod cpu;
 mod error;
