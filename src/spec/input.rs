@@ -43,7 +43,7 @@ pub struct SpecInput {
     /// Extra kernel command line.
     pub append: Option<String>,
     /// Disk image (raw or qcow2), or a directory shown to the guest as a read-only FAT disk; a
-    /// plain path. Attached before [`SpecInput::disks`].
+    /// plain path. Attached before [`SpecInput::disks`](#structfield.disks).
     #[serde(default, with = "pathser::option")]
     pub disk: Option<PathBuf>,
     /// Disks with options (`[[disks]]` tables: `path`, `format`, `persist`); see [`crate::spec::disk`].

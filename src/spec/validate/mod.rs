@@ -49,3 +49,6 @@ impl SpecInput {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
