@@ -26,12 +26,37 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    spec::{self, Disk, DiskFormat, SpecError},
+    spec::error::{self, SpecError},
     util::pathser,
 };
 
 /// The first four bytes of every qcow2 image.
 pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// A disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A raw image.
+    Raw,
+    /// A qcow2 image.
+    Qcow2,
+    /// A host directory shown as a FAT disk (QEMU vvfat), read-only.
+    Dir,
+}
+
+/// A disk to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// The image or directory.
+    #[serde(with = "pathser")]
+    pub path: PathBuf,
+    /// Its format: as given, else read from the file's header.
+    pub format: DiskFormat,
+    /// Whether guest writes reach the image (`persist`); if not, they go to a throw-away
+    /// overlay and the image is only read.
+    pub writable: bool,
+}
 
 const OPTIONS: &str = "options: format=raw|qcow2, persist (write a comma in the path as ',,')";
 
@@ -131,11 +156,11 @@ fn check_format(field: &str, f: &str) -> Result<DiskFormat, SpecError> {
 }
 
 fn file_error(path: &Path, problem: impl Into<String>) -> SpecError {
-    spec::file_error("disk", path, problem)
+    error::file_error("disk", path, problem)
 }
 
 fn open_error(path: &Path, e: std::io::Error) -> SpecError {
-    spec::open_error("disk", path, e)
+    error::open_error("disk", path, e)
 }
 
 /// Checks one disk: it exists and can be read (and written, with `persist`), its format from its

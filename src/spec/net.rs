@@ -9,7 +9,7 @@ use std::{fmt, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::SpecError;
+use crate::spec::error::SpecError;
 
 /// The guest's network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

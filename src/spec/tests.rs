@@ -1,5 +1,8 @@
 //! Spec parsing and validation, without a host.
+use std::path::Path;
+
 use super::*;
+use crate::profile::{ProfileSet, arch::Arch};
 
 fn profiles() -> ProfileSet {
     ProfileSet::embedded().unwrap()

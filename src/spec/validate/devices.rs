@@ -1,0 +1,38 @@
+//! The guest's devices: disks and the network.
+
+use crate::spec::{
+    disk::{self, Disk, DiskInput},
+    error::SpecError,
+    input::SpecInput,
+    net::Net,
+};
+
+impl SpecInput {
+    /// Every disk, `disk` first and then `disks`, each checked, and no written image twice.
+    pub(super) fn disks(&self) -> Result<Vec<Disk>, SpecError> {
+        let persist_all = self.disk_writable.unwrap_or(false);
+        let disks = self
+            .disk
+            .iter()
+            .map(|d| disk::validate("disk", &DiskInput::plain(d), persist_all))
+            .chain(
+                self.disks
+                    .iter()
+                    .flatten()
+                    .map(|d| disk::validate("disks", d, persist_all)),
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        disk::check_distinct(&disks)?;
+        Ok(disks)
+    }
+
+    /// The network; none unless asked for.
+    pub(super) fn net(&self) -> Result<Net, SpecError> {
+        Ok(self
+            .net
+            .as_deref()
+            .map(|n| Net::parse("net", n))
+            .transpose()?
+            .unwrap_or_default())
+    }
+}
