@@ -10,7 +10,6 @@ use std::{
     collections::BTreeMap,
     ffi::OsString,
     fmt, fs, io,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -47,71 +46,13 @@ pub fn machine_family(alias: &str) -> Option<&'static str> {
     }
 }
 
-/// One descriptor file's content. Read leniently, unlike qemu-direct's own files: QEMU adds keys,
-/// interface types, devices and features over time, so every name stays a string and unknown
-/// keys are ignored. `tags` is not read: the schema says management software must ignore it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Descriptor {
-    /// Human-readable description.
-    #[serde(default)]
-    pub description: String,
-    /// Interfaces offered to the guest, most native first (`uefi`, `bios`, `openfirmware`, ...).
-    #[serde(default)]
-    pub interface_types: Vec<String>,
-    /// How the firmware is loaded.
-    pub mapping: Mapping,
-    /// Emulators and machine types that can run it.
-    #[serde(default)]
-    pub targets: Vec<Target>,
-    /// What it supports and what it requires (`secure-boot`, `requires-smm`, `acpi-s3`, ...).
-    #[serde(default)]
-    pub features: Vec<String>,
-}
+mod descriptor;
+mod select;
+mod vars;
 
-/// A descriptor's `mapping`: one struct for every `device`, with the fields of the others absent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Mapping {
-    /// `flash`, `memory` or `kernel`.
-    pub device: String,
-    /// Flash only: `split` (the default), `combined` or `stateless` (QEMU 8.1 and later).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// Flash only: the read-only code image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executable: Option<ImageFile>,
-    /// Flash only: the pristine variable store each VM starts from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nvram_template: Option<ImageFile>,
-    /// Memory (and kernel) only: the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filename: Option<PathBuf>,
-}
-
-/// A flash image and its block format.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ImageFile {
-    /// Absolute path.
-    pub filename: PathBuf,
-    /// `raw` or `qcow2`.
-    #[serde(default = "raw")]
-    pub format: String,
-}
-
-fn raw() -> String {
-    "raw".into()
-}
-
-/// An emulator and the machine types (glob patterns, `pc-q35-*`) of it that run the firmware.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Target {
-    /// QEMU's architecture name (`x86_64`, `i386`, `aarch64`, `riscv64`, ...).
-    pub architecture: String,
-    /// Machine type patterns, `*` and `?` as wildcards.
-    #[serde(default)]
-    pub machines: Vec<String>,
-}
+pub use descriptor::{Descriptor, ImageFile, Mapping, Target};
+use select::check;
+pub use vars::{copy_vars, vars_file_name};
 
 /// The firmware a VM needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -304,8 +245,8 @@ pub struct Descriptors {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    path: PathBuf,
-    body: Body,
+    pub(super) path: PathBuf,
+    pub(super) body: Body,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,240 +384,6 @@ fn listing(path: &Path, d: &Descriptor) -> Listing {
         device: m.device.clone(),
         files,
         problem: None,
-    }
-}
-
-/// The selection for one entry, or why it does not fit. The checks run from the most basic
-/// mismatch (another architecture) to the most specific (a missing file), so the reason shown
-/// is the one that matters.
-fn check(entry: &Entry, req: &FirmwareRequest) -> Result<Selected, String> {
-    let d = match &entry.body {
-        Body::Disabled => return Err("disabled (empty file)".into()),
-        Body::Invalid(why) => return Err(why.clone()),
-        Body::Parsed(d) => d,
-    };
-    let for_arch: Vec<&Target> = d
-        .targets
-        .iter()
-        .filter(|t| t.architecture == req.arch)
-        .collect();
-    if for_arch.is_empty() {
-        let archs: Vec<&str> = d.targets.iter().map(|t| t.architecture.as_str()).collect();
-        return Err(format!("for {}, not {}", or_none(&archs), req.arch));
-    }
-    let patterns: Vec<&str> = for_arch
-        .iter()
-        .flat_map(|t| t.machines.iter().map(String::as_str))
-        .collect();
-    if !patterns.iter().any(|p| machine_matches(p, &req.machine)) {
-        return Err(format!(
-            "for {} machines {}, not {}",
-            req.arch,
-            or_none(&patterns),
-            req.machine
-        ));
-    }
-    if !d.interface_types.contains(&req.interface) {
-        let offered: Vec<&str> = d.interface_types.iter().map(String::as_str).collect();
-        return Err(format!(
-            "interface {}, not {}",
-            or_none(&offered),
-            req.interface
-        ));
-    }
-    let has = |f: &str| d.features.iter().any(|x| x == f);
-    if req.secure_boot {
-        if !has("secure-boot") {
-            return Err("no Secure Boot".into());
-        }
-    } else if let Some(f) = ["secure-boot", "enrolled-keys", "requires-smm"]
-        .into_iter()
-        .find(|f| has(f))
-    {
-        return Err(format!("has {f}, and Secure Boot was not asked for"));
-    }
-    let (device, executable, nvram, format) = image(&d.mapping)?;
-    for p in std::iter::once(&executable).chain(&nvram) {
-        if !p.is_file() {
-            return Err(format!("{} does not exist", p.display()));
-        }
-    }
-    Ok(Selected {
-        descriptor: entry.path.clone(),
-        description: d.description.clone(),
-        device,
-        executable,
-        nvram_template: nvram,
-        format,
-        features: d.features.clone(),
-    })
-}
-
-type Image = (Device, PathBuf, Option<PathBuf>, String);
-
-/// What qemu-direct can attach from a mapping.
-fn image(m: &Mapping) -> Result<Image, String> {
-    match m.device.as_str() {
-        "flash" => {
-            let exe = m
-                .executable
-                .as_ref()
-                .ok_or("flash mapping without an executable")?;
-            if !["raw", "qcow2"].contains(&exe.format.as_str()) {
-                return Err(format!("flash format {} is not supported", exe.format));
-            }
-            let nvram = match m.mode.as_deref().unwrap_or("split") {
-                "split" => m.nvram_template.as_ref(),
-                "stateless" => None,
-                // Code and variables in one writable image: a per-VM copy of the whole
-                // firmware, which nothing here makes yet.
-                other => return Err(format!("flash mode {other} is not supported")),
-            };
-            if let Some(n) = nvram.filter(|n| n.format != exe.format) {
-                return Err(format!(
-                    "variable store format {} differs from code format {}",
-                    n.format, exe.format
-                ));
-            }
-            Ok((
-                Device::Flash,
-                exe.filename.clone(),
-                nvram.map(|n| n.filename.clone()),
-                exe.format.clone(),
-            ))
-        }
-        "memory" => {
-            let f = m
-                .filename
-                .as_ref()
-                .ok_or("memory mapping without a filename")?;
-            Ok((Device::Memory, f.clone(), None, "raw".into()))
-        }
-        other => Err(format!("device {other} is not supported")),
-    }
-}
-
-fn or_none(items: &[&str]) -> String {
-    if items.is_empty() {
-        "(none)".into()
-    } else {
-        items.join(", ")
-    }
-}
-
-/// Whether a descriptor's machine pattern covers `machine`, or, for an alias, the whole family
-/// the alias belongs to.
-fn machine_matches(pattern: &str, machine: &str) -> bool {
-    glob(pattern, machine) || machine_family(machine).is_some_and(|fam| glob(pattern, fam))
-}
-
-/// fnmatch-style matching with `*` and `?`, which is all descriptors use.
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was and how much text it has swallowed, to backtrack to.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    star = Some((sp, st + 1));
-                    pi = sp + 1;
-                    ti = st + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Gives a VM its own writable UEFI variable store: a 0600 copy of `template` named
-/// `<vm_name>_VARS.fd` in `dest_dir`, returned. An existing store there is kept, because it
-/// holds the VM's boot entries and enrolled keys. The template is only ever read.
-pub fn copy_vars(
-    template: &Path,
-    dest_dir: &Path,
-    vm_name: &str,
-) -> Result<PathBuf, FirmwareError> {
-    if vm_name.is_empty() || vm_name == "." || vm_name == ".." || vm_name.contains(['/', '\0']) {
-        return Err(FirmwareError::VmName(vm_name.to_owned()));
-    }
-    let dest = dest_dir.join(vars_file_name(vm_name));
-    let copy_err = |source| FirmwareError::CopyVars {
-        template: template.to_owned(),
-        dest: dest.clone(),
-        source,
-    };
-    match fs::symlink_metadata(&dest) {
-        Ok(existing) => {
-            let t = fs::metadata(template).map_err(copy_err)?;
-            if !existing.is_file() {
-                return Err(copy_err(io::Error::other(
-                    "exists and is not a regular file",
-                )));
-            }
-            if (existing.dev(), existing.ino()) == (t.dev(), t.ino()) {
-                return Err(FirmwareError::VarsIsTemplate { dest });
-            }
-            return Ok(dest);
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(copy_err(e)),
-    }
-    // Copy beside the destination and rename into place, so an interrupted copy never
-    // leaves a truncated store that a later run would keep.
-    let tmp = dest_dir.join(format!(
-        ".{}.{}.tmp",
-        vars_file_name(vm_name),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut from = fs::File::open(template)?;
-        let mut to = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        io::copy(&mut from, &mut to)?;
-        // The umask may have taken bits from the mode above; the store is the VM owner's alone.
-        to.set_permissions(fs::Permissions::from_mode(0o600))?;
-        to.sync_all()?;
-        fs::rename(&tmp, &dest)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(copy_err(e));
-    }
-    Ok(dest)
-}
-
-/// The name of a VM's UEFI variable store in its instance directory: the one place it is made.
-pub fn vars_file_name(vm_name: &str) -> String {
-    format!("{vm_name}_VARS.fd")
-}
-
-impl Selected {
-    /// Checks that `vars` (a per-VM variable store, or none) fits this firmware: flash firmware
-    /// with a variable store template needs one, all other firmware takes none. A plan is made
-    /// only of firmware that passed this, so the command line built from it cannot be wrong.
-    pub fn check_vars(&self, vars: Option<&Path>) -> Result<(), FirmwareError> {
-        let needed = self.device == Device::Flash && self.nvram_template.is_some();
-        if needed == vars.is_some() {
-            return Ok(());
-        }
-        Err(FirmwareError::Vars {
-            descriptor: self.descriptor.clone(),
-            needed,
-        })
     }
 }
 

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::select::{glob, machine_matches};
 use super::*;
+use std::os::unix::fs::PermissionsExt;
 
 const SYSTEM_DIR: &str = "/usr/share/qemu/firmware";
 
