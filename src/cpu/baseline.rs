@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::CpuError;
+use super::{CpuError, is_named};
 use crate::{
     host::caps::{Caps, CpuModel},
     profile::Accel,
@@ -56,6 +56,35 @@ pub fn baseline(hosts: &[BaselineHost]) -> Result<Baseline, CpuError> {
     let first = hosts
         .first()
         .ok_or_else(|| CpuError::Baseline("no hosts given".into()))?;
+    let offered = offered_everywhere(hosts)?;
+    let vendor = kvm_vendor(hosts)?;
+    let mut best: Option<(Baseline, bool)> = None;
+    for m in first.caps.cpu_models.iter().flatten() {
+        let Some(candidate) = candidate(m, first, hosts, &offered, &vendor) else {
+            continue;
+        };
+        let alias = m.alias_of.is_some();
+        let better = match &best {
+            None => true,
+            Some((b, b_alias)) => {
+                (candidate.kept, usize::MAX - candidate.disabled.len(), alias)
+                    > (b.kept, usize::MAX - b.disabled.len(), *b_alias)
+            }
+        };
+        if better {
+            best = Some((candidate, alias));
+        }
+    }
+    best.map(|(b, _)| b).ok_or_else(|| {
+        CpuError::Baseline(
+            "no named CPU model is listed by every host's emulator (with the vendor required)"
+                .into(),
+        )
+    })
+}
+
+/// The features every host's accelerator offers; each host must list its features and models.
+fn offered_everywhere(hosts: &[BaselineHost]) -> Result<BTreeSet<String>, CpuError> {
     let mut offered: Option<BTreeSet<String>> = None;
     for h in hosts {
         let cpu = h.caps.host_cpu.as_ref().ok_or_else(|| {
@@ -75,7 +104,12 @@ pub fn baseline(hosts: &[BaselineHost]) -> Result<Baseline, CpuError> {
             Some(o) => o.intersection(&cpu.enabled).cloned().collect(),
         });
     }
-    let offered = offered.unwrap_or_default();
+    Ok(offered.unwrap_or_default())
+}
+
+/// The one CPU vendor of the hosts under KVM (a guest there sees the real CPU's vendor), if any
+/// host is under KVM.
+fn kvm_vendor(hosts: &[BaselineHost]) -> Result<Option<String>, CpuError> {
     let kvm_vendors: BTreeSet<(&str, &str)> = hosts
         .iter()
         .filter(|h| h.accel == Accel::Kvm)
@@ -95,52 +129,39 @@ pub fn baseline(hosts: &[BaselineHost]) -> Result<Baseline, CpuError> {
                 .join(", ")
         )));
     }
-    let vendor = vendors.into_iter().next().map(str::to_owned);
+    Ok(vendors.into_iter().next().map(str::to_owned))
+}
 
-    let mut best: Option<(Baseline, bool)> = None;
-    for m in first.caps.cpu_models.iter().flatten() {
-        if matches!(m.name.as_str(), "host" | "max" | "base") {
-            continue;
-        }
-        let Some(feats) = first.caps.features(m) else {
-            continue;
-        };
-        if vendor.is_some() && feats.vendor != vendor {
-            continue;
-        }
-        let everywhere: Option<Vec<&CpuModel>> =
-            hosts.iter().map(|h| h.caps.model(&m.name)).collect();
-        let Some(everywhere) = everywhere else {
-            continue;
-        };
-        let mut disabled: BTreeSet<String> = feats.enabled.difference(&offered).cloned().collect();
-        // QEMU's own verdict per host wins where it names more than the feature sets show.
-        for hm in &everywhere {
-            disabled.extend(hm.unavailable.iter().cloned());
-        }
-        let kept = feats.enabled.len() - feats.enabled.intersection(&disabled).count();
-        let candidate = Baseline {
-            model: m.name.clone(),
-            disabled: disabled.into_iter().collect(),
-            kept,
-            vendor: vendor.clone(),
-        };
-        let alias = m.alias_of.is_some();
-        let better = match &best {
-            None => true,
-            Some((b, b_alias)) => {
-                (candidate.kept, usize::MAX - candidate.disabled.len(), alias)
-                    > (b.kept, usize::MAX - b.disabled.len(), *b_alias)
-            }
-        };
-        if better {
-            best = Some((candidate, alias));
-        }
+/// `m`, a model of the first host, made to run everywhere by disabling what some host lacks;
+/// `None` where it is not a named model of the vendor required or some host does not list it.
+fn candidate(
+    m: &CpuModel,
+    first: &BaselineHost,
+    hosts: &[BaselineHost],
+    offered: &BTreeSet<String>,
+    vendor: &Option<String>,
+) -> Option<Baseline> {
+    if !is_named(m) {
+        return None;
     }
-    best.map(|(b, _)| b).ok_or_else(|| {
-        CpuError::Baseline(
-            "no named CPU model is listed by every host's emulator (with the vendor required)"
-                .into(),
-        )
+    let feats = first.caps.features(m)?;
+    if vendor.is_some() && feats.vendor != *vendor {
+        return None;
+    }
+    let everywhere: Vec<&CpuModel> = hosts
+        .iter()
+        .map(|h| h.caps.model(&m.name))
+        .collect::<Option<_>>()?;
+    let mut disabled: BTreeSet<String> = feats.enabled.difference(offered).cloned().collect();
+    // QEMU's own verdict per host wins where it names more than the feature sets show.
+    for hm in &everywhere {
+        disabled.extend(hm.unavailable.iter().cloned());
+    }
+    let kept = feats.enabled.len() - feats.enabled.intersection(&disabled).count();
+    Some(Baseline {
+        model: m.name.clone(),
+        disabled: disabled.into_iter().collect(),
+        kept,
+        vendor: vendor.clone(),
     })
 }

@@ -14,15 +14,15 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 mod baseline;
+mod phys_bits;
 mod resolve;
 mod settings;
 #[cfg(test)]
 mod tests;
 
 pub use baseline::{Baseline, BaselineHost, baseline};
-pub use resolve::{
-    Cpu, CpuContext, highest_address, host_model, min_phys_bits, phys_bits_fit, resolve,
-};
+pub use phys_bits::{highest_address, min_phys_bits, phys_bits_fit};
+pub use resolve::{Cpu, CpuContext, host_model, resolve};
 pub use settings::CpuSettings;
 
 /// How the guest CPU is chosen (libvirt's `<cpu mode=...>`, Nova's `cpu_mode`).
@@ -502,6 +502,12 @@ pub fn nearest<'a>(given: &str, valid: impl IntoIterator<Item = &'a str>) -> Str
     } else {
         format!("; did you mean {}?", names.join(", "))
     }
+}
+
+/// Whether a model is a named CPU, not one QEMU derives from the host or the accelerator (`host`,
+/// `max`) or x86's featureless `base`: the only kind that means the same CPU on every host.
+fn is_named(m: &crate::host::caps::CpuModel) -> bool {
+    !matches!(m.name.as_str(), "host" | "max" | "base")
 }
 
 /// One row of `qemu-direct cpu models`.

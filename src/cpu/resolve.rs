@@ -4,10 +4,13 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CpuCheck, CpuError, CpuMode, CpuRequest, Flag, MaxPhysAddr, nearest, normalize_flags};
+use super::{
+    CpuCheck, CpuError, CpuMode, CpuRequest, Flag, MaxPhysAddr, is_named, nearest, normalize_flags,
+    phys_bits::check_phys_bits,
+};
 use crate::{
     host::caps::{Caps, CpuModel},
-    profile::{Accel, HostModelRule, MachineProfile, MemoryMap},
+    profile::{Accel, AccelProfile, HostModelRule, MachineProfile},
     util::size::MemSize,
 };
 
@@ -128,8 +131,47 @@ pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuErr
         }));
     }
     let caps = ctx.caps()?;
-    let mode = req.effective_mode();
-    let (mode, model, mut features) = match mode {
+    let Some((mode, model, mut features)) = mode_cpu(req, ap, caps, ctx)? else {
+        return Ok(None);
+    };
+    let user = features_of(req, ctx)?;
+    for f in &user {
+        features.retain(|o| o.name != f.name);
+        features.push(f.clone());
+    }
+    if req.check == CpuCheck::Enforce && mode != CpuMode::Custom {
+        // A custom model's flags were checked while picking it; here only `+f` can be missing.
+        let missing = missing_required(&user, caps);
+        if !missing.is_empty() {
+            return Err(CpuError::Unavailable {
+                accel: ctx.accel.to_string(),
+                detail: format!("{model} cannot have {}", missing.join(", ")),
+            });
+        }
+    }
+    let maxphysaddr = match req.maxphysaddr {
+        Some(m) => Some(check_phys_bits(m, mode, &model, ctx)?),
+        None => None,
+    };
+    Ok(Some(Cpu {
+        mode,
+        options: options_for(&model),
+        model,
+        features,
+        maxphysaddr,
+        check: req.check,
+    }))
+}
+
+/// The mode the request means, its model and the features the mode itself brings (host-model's
+/// extras); `None` for mode `none`, which passes no `-cpu`.
+fn mode_cpu(
+    req: &CpuRequest,
+    ap: &AccelProfile,
+    caps: &Caps,
+    ctx: &CpuContext,
+) -> Result<Option<(CpuMode, String, Vec<Flag>)>, CpuError> {
+    Ok(Some(match req.effective_mode() {
         Some(CpuMode::None) => return Ok(None),
         Some(CpuMode::HostPassthrough) => {
             if ctx.accel != Accel::Kvm {
@@ -165,33 +207,6 @@ pub fn resolve(req: &CpuRequest, ctx: &CpuContext) -> Result<Option<Cpu>, CpuErr
             (CpuMode::Custom, model, Vec::new())
         }
         None => (mode_of(&ap.cpu), ap.cpu.clone(), Vec::new()),
-    };
-    let user = features_of(req, ctx)?;
-    for f in &user {
-        features.retain(|o| o.name != f.name);
-        features.push(f.clone());
-    }
-    if req.check == CpuCheck::Enforce && mode != CpuMode::Custom {
-        // A custom model's flags were checked while picking it; here only `+f` can be missing.
-        let missing = missing_required(&user, caps);
-        if !missing.is_empty() {
-            return Err(CpuError::Unavailable {
-                accel: ctx.accel.to_string(),
-                detail: format!("{model} cannot have {}", missing.join(", ")),
-            });
-        }
-    }
-    let maxphysaddr = match req.maxphysaddr {
-        Some(m) => Some(check_phys_bits(m, mode, &model, ctx)?),
-        None => None,
-    };
-    Ok(Some(Cpu {
-        mode,
-        options: options_for(&model),
-        model,
-        features,
-        maxphysaddr,
-        check: req.check,
     }))
 }
 
@@ -314,205 +329,68 @@ pub fn host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
             what: format!("cpu_mode host-model on {}", ctx.profile.name),
             instead: "--cpu-mode maximum or a named model".into(),
         }),
-        HostModelRule::Compute => {
-            let caps = ctx.caps()?;
-            let host = caps
-                .host_cpu
-                .as_ref()
-                .ok_or_else(|| CpuError::Unverifiable {
-                    binary: ctx.binary.to_owned(),
-                    version: caps.version.clone(),
-                    what: "features".into(),
-                    value: "host-model".into(),
-                })?;
-            let fits = |m: &&CpuModel| {
-                m.unavailable.is_empty()
-                    && !matches!(m.name.as_str(), "host" | "max" | "base")
-                    && caps
-                        .features(m)
-                        .is_some_and(|f| f.enabled.is_subset(&host.enabled))
-            };
-            let models = caps.cpu_models.as_deref().unwrap_or_default();
-            let same_vendor = |m: &&CpuModel| {
-                caps.features(m).and_then(|f| f.vendor.as_ref()) == host.vendor.as_ref()
-            };
-            // Prefer the host's vendor (guests take vendor-specific paths), else any.
-            let pool: Vec<&CpuModel> = {
-                let v: Vec<&CpuModel> = models.iter().filter(fits).filter(same_vendor).collect();
-                if v.is_empty() {
-                    models.iter().filter(fits).collect()
-                } else {
-                    v
-                }
-            };
-            let extra = |m: &CpuModel| {
-                caps.features(m)
-                    .map_or(usize::MAX, |f| host.enabled.difference(&f.enabled).count())
-            };
-            let best = pool
-                .into_iter()
-                .min_by(|a, b| {
-                    extra(a)
-                        .cmp(&extra(b))
-                        // The unversioned alias (`Nehalem`) reads better than `Nehalem-v1`.
-                        .then(a.alias_of.is_none().cmp(&b.alias_of.is_none()))
-                        .then(a.name.cmp(&b.name))
-                })
-                .ok_or_else(|| CpuError::Unavailable {
-                    accel: ctx.accel.to_string(),
-                    detail: "no named model is a subset of the host CPU".into(),
-                })?;
-            let have = caps.features(best).map(|f| &f.enabled);
-            let flags = host
-                .enabled
-                .iter()
-                .filter(|f| !have.is_some_and(|h| h.contains(*f)))
-                .map(|f| Flag {
-                    name: f.clone(),
-                    on: true,
-                })
-                .collect();
-            Ok((best.name.clone(), flags))
-        }
+        HostModelRule::Compute => computed_host_model(ctx),
     }
 }
 
-fn check_phys_bits(
-    m: MaxPhysAddr,
-    mode: CpuMode,
-    model: &str,
-    ctx: &CpuContext,
-) -> Result<MaxPhysAddr, CpuError> {
-    let value = m.to_string();
-    let err = |why: String| CpuError::PhysBits {
-        value: value.clone(),
-        why,
-    };
-    let range = ctx
-        .profile
-        .cpu
-        .phys_bits
-        .ok_or_else(|| CpuError::NotForArch {
-            what: "maxphysaddr".into(),
-            arch: ctx.profile.name.clone(),
-            hint: Some("physical-address bits can be set for x86_64 guests only".into()),
+/// The runnable named model closest to the host CPU (its features a subset of the host's, the
+/// fewest left over; the host's vendor preferred), plus the host's features it lacks.
+fn computed_host_model(ctx: &CpuContext) -> Result<(String, Vec<Flag>), CpuError> {
+    let caps = ctx.caps()?;
+    let host = caps
+        .host_cpu
+        .as_ref()
+        .ok_or_else(|| CpuError::Unverifiable {
+            binary: ctx.binary.to_owned(),
+            version: caps.version.clone(),
+            what: "features".into(),
+            value: "host-model".into(),
         })?;
-    let bits = match m {
-        MaxPhysAddr::Emulate { bits } => {
-            if !(range.min..=range.max).contains(&bits) {
-                return Err(err(format!(
-                    "bits must be {} to {} for {} guests",
-                    range.min, range.max, ctx.profile.name
-                )));
-            }
-            if ctx.accel == Accel::Kvm
-                && let Some(host) = ctx.host_phys_bits
-                && bits > host
-            {
-                return Err(err(format!(
-                    "{bits} bits exceed the host CPU's {host} (under KVM the guest cannot have more)"
-                )));
-            }
-            bits
-        }
-        MaxPhysAddr::Passthrough { limit } => {
-            if ctx.accel != Accel::Kvm {
-                return Err(CpuError::NeedsKvm {
-                    what: format!("maxphysaddr {value} (the host's address width)"),
-                    instead: "--maxphysaddr emulate:N".into(),
-                });
-            }
-            if !matches!(mode, CpuMode::HostPassthrough | CpuMode::Maximum) {
-                return Err(CpuError::Conflict {
-                    what: format!("maxphysaddr {value} with cpu_mode {mode}"),
-                    fix:
-                        "passthrough goes with cpu_mode host-passthrough or maximum (as in libvirt)"
-                            .into(),
-                });
-            }
-            let host = ctx.host_phys_bits.ok_or_else(|| {
-                err("the host CPU's address width is unknown (/proc/cpuinfo has no \"address sizes\")".into())
-            })?;
-            match limit {
-                Some(l) if l > host || l < range.min => {
-                    return Err(err(format!(
-                        "the limit must be {} to the host's {host} bits",
-                        range.min
-                    )));
-                }
-                Some(l) => l,
-                None => host,
-            }
+    let fits = |m: &&CpuModel| {
+        m.unavailable.is_empty()
+            && is_named(m)
+            && caps
+                .features(m)
+                .is_some_and(|f| f.enabled.is_subset(&host.enabled))
+    };
+    let models = caps.cpu_models.as_deref().unwrap_or_default();
+    let same_vendor =
+        |m: &&CpuModel| caps.features(m).and_then(|f| f.vendor.as_ref()) == host.vendor.as_ref();
+    // Prefer the host's vendor (guests take vendor-specific paths), else any.
+    let pool: Vec<&CpuModel> = {
+        let v: Vec<&CpuModel> = models.iter().filter(fits).filter(same_vendor).collect();
+        if v.is_empty() {
+            models.iter().filter(fits).collect()
+        } else {
+            v
         }
     };
-    if let Some(map) = ctx
-        .profile
-        .cpu
-        .memory_map
+    let extra = |m: &CpuModel| {
+        caps.features(m)
+            .map_or(usize::MAX, |f| host.enabled.difference(&f.enabled).count())
+    };
+    let best = pool
+        .into_iter()
+        .min_by(|a, b| {
+            extra(a)
+                .cmp(&extra(b))
+                // The unversioned alias (`Nehalem`) reads better than `Nehalem-v1`.
+                .then(a.alias_of.is_none().cmp(&b.alias_of.is_none()))
+                .then(a.name.cmp(&b.name))
+        })
+        .ok_or_else(|| CpuError::Unavailable {
+            accel: ctx.accel.to_string(),
+            detail: "no named model is a subset of the host CPU".into(),
+        })?;
+    let have = caps.features(best).map(|f| &f.enabled);
+    let flags = host
+        .enabled
         .iter()
-        .find(|mm| mm.matches(ctx.machine))
-    {
-        let amd = vendor_of(model, ctx).is_some_and(|v| v == "AuthenticAMD");
-        if !phys_bits_fit(map, ctx.memory, amd, bits) {
-            let need = min_phys_bits(map, ctx.memory, amd);
-            let fix = match need {
-                Some(n) if n <= range.max => format!("use at least {n} bits"),
-                _ => format!("no width up to {} fits; use less memory", range.max),
-            };
-            return Err(err(format!(
-                "{} of RAM on {} needs addresses up to {:#x}, beyond 2^{bits}; {fix}",
-                ctx.memory,
-                ctx.machine,
-                highest_address(map, ctx.memory, amd) - 1
-            )));
-        }
-    }
-    Ok(m)
-}
-
-fn vendor_of(model: &str, ctx: &CpuContext) -> Option<String> {
-    let caps = ctx.caps?;
-    if matches!(model, "host" | "max") {
-        return caps.host_cpu.as_ref()?.vendor.clone();
-    }
-    caps.features(caps.model(model)?)?.vendor.clone()
-}
-
-const GIB: u64 = 1 << 30;
-const FOUR_GIB: u64 = 4 * GIB;
-
-/// One past the highest guest-physical address QEMU uses for `ram` on this machine family:
-/// RAM above 4 GiB, then the 64-bit PCI hole (1 GiB aligned); with an AMD CPU a map reaching
-/// the HyperTransport hole moves above 1 TiB.
-pub fn highest_address(map: &MemoryMap, ram: MemSize, amd: bool) -> u64 {
-    let ram = ram.bytes();
-    let below = if ram >= map.split_at.bytes() {
-        map.below_4g.bytes()
-    } else {
-        ram
-    };
-    let above = ram - below;
-    let end_from = |start: u64| (start + above).div_ceil(GIB) * GIB + map.pci_hole64.bytes();
-    let end = end_from(FOUR_GIB);
-    match (map.amd_ht_start, map.amd_relocate_to) {
-        (Some(ht), Some(to)) if amd && end > ht.bytes() => end_from(to.bytes()),
-        _ => end,
-    }
-}
-
-/// Whether QEMU accepts `bits` physical-address bits for `ram` on this machine family. With 32
-/// or fewer QEMU skips the 64-bit hole, so all RAM must sit below 4 GiB; above 32 the whole map
-/// must fit.
-pub fn phys_bits_fit(map: &MemoryMap, ram: MemSize, amd: bool, bits: u8) -> bool {
-    if bits <= 32 {
-        ram.bytes() < map.split_at.bytes() && ram.bytes() <= FOUR_GIB
-    } else {
-        bits >= 64 || highest_address(map, ram, amd) <= 1u64 << bits
-    }
-}
-
-/// The fewest physical-address bits above 32 that fit `ram` on this machine family, or `None`
-/// past 63.
-pub fn min_phys_bits(map: &MemoryMap, ram: MemSize, amd: bool) -> Option<u8> {
-    (33..64u8).find(|&n| phys_bits_fit(map, ram, amd, n))
+        .filter(|f| !have.is_some_and(|h| h.contains(*f)))
+        .map(|f| Flag {
+            name: f.clone(),
+            on: true,
+        })
+        .collect();
+    Ok((best.name.clone(), flags))
 }

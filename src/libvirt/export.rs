@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use super::{LibvirtError, MACHINE_FEATURES, machine_feature};
 use crate::{
-    cpu::{CpuCheck, CpuMode, MaxPhysAddr},
+    cpu::{Cpu, CpuCheck, CpuMode, MaxPhysAddr},
     plan::{ConsolePlan, LaunchPlan},
     profile::{Accel, MachineProfile, ProfileSet},
-    spec::DiskFormat,
+    spec::{Disk, DiskFormat},
 };
 
 /// A plan written as domain XML.
@@ -179,6 +179,7 @@ fn unexpressible_machine_option(opt: &str, machine: &str) -> String {
     }
 }
 
+/// `<cpu>`: the mode and model, the checks, the topology, the features, the address width.
 fn cpu(plan: &LaunchPlan, profile: &MachineProfile, un: &mut Vec<String>) -> Option<Node> {
     let topology = Node::new("topology")
         .attr("sockets", "1")
@@ -186,22 +187,57 @@ fn cpu(plan: &LaunchPlan, profile: &MachineProfile, un: &mut Vec<String>) -> Opt
         .attr("cores", plan.smp.to_string())
         .attr("threads", "1");
     if !profile.libvirt.cpu_driver {
-        let cpu = plan.cpu.as_ref().map_or_else(
-            || "the machine's default CPU".to_owned(),
-            |c| format!("-cpu {}", c.qemu_value()),
-        );
-        un.push(format!(
-            "{cpu} and the topology (1 socket x {} cores): libvirt has no CPU driver for {} \
-             guests and refuses any <cpu>; it passes no -cpu (QEMU's default for the machine) \
-             and {} sockets",
-            plan.smp, profile.name, plan.smp
-        ));
+        un.push(no_cpu_driver(plan, profile));
         return None;
     }
     // No -cpu: libvirt's <cpu> without mode or model is the hypervisor's default, the same.
     let Some(c) = &plan.cpu else {
         return Some(Node::new("cpu").child(topology));
     };
+    let mut node = cpu_model(c, profile, un);
+    if c.check == CpuCheck::None {
+        node = node.attr("check", "none");
+    }
+    node.push(topology);
+    if c.mode != CpuMode::HostModel {
+        for f in &c.features {
+            let name = profile.libvirt.cpu_features.get(&f.name).unwrap_or(&f.name);
+            node.push(
+                Node::new("feature")
+                    .attr("policy", if f.on { "require" } else { "disable" })
+                    .attr("name", name.clone()),
+            );
+        }
+    }
+    for opt in &c.options {
+        un.push(format!(
+            "CPU property {opt} (-cpu {}): not a CPU feature libvirt knows; libvirt will run \
+             the CPU without it",
+            c.model
+        ));
+    }
+    if let Some(m) = maxphysaddr(c, plan.accel, un) {
+        node.push(m);
+    }
+    Some(node)
+}
+
+/// Why a guest whose arch libvirt has no CPU driver for gets no `<cpu>`.
+fn no_cpu_driver(plan: &LaunchPlan, profile: &MachineProfile) -> String {
+    let cpu = plan.cpu.as_ref().map_or_else(
+        || "the machine's default CPU".to_owned(),
+        |c| format!("-cpu {}", c.qemu_value()),
+    );
+    format!(
+        "{cpu} and the topology (1 socket x {} cores): libvirt has no CPU driver for {} \
+         guests and refuses any <cpu>; it passes no -cpu (QEMU's default for the machine) \
+         and {} sockets",
+        plan.smp, profile.name, plan.smp
+    )
+}
+
+/// `<cpu mode=...>`, with its `<model>` where the mode names one.
+fn cpu_model(c: &Cpu, profile: &MachineProfile, un: &mut Vec<String>) -> Node {
     let mut node = Node::new("cpu").attr("mode", c.mode.as_str());
     match c.mode {
         CpuMode::Custom => {
@@ -224,56 +260,40 @@ fn cpu(plan: &LaunchPlan, profile: &MachineProfile, un: &mut Vec<String>) -> Opt
         }
         CpuMode::HostPassthrough | CpuMode::Maximum | CpuMode::None => {}
     }
-    if c.check == CpuCheck::None {
-        node = node.attr("check", "none");
-    }
-    node.push(topology);
-    if c.mode != CpuMode::HostModel {
-        for f in &c.features {
-            let name = profile.libvirt.cpu_features.get(&f.name).unwrap_or(&f.name);
-            node.push(
-                Node::new("feature")
-                    .attr("policy", if f.on { "require" } else { "disable" })
-                    .attr("name", name.clone()),
-            );
-        }
-    }
-    for opt in &c.options {
-        un.push(format!(
-            "CPU property {opt} (-cpu {}): not a CPU feature libvirt knows; libvirt will run \
-             the CPU without it",
-            c.model
-        ));
-    }
-    match c.maxphysaddr {
-        Some(MaxPhysAddr::Emulate { bits }) => {
-            node.push(
-                Node::new("maxphysaddr")
-                    .attr("mode", "emulate")
-                    .attr("bits", bits.to_string()),
-            );
-            if plan.accel == Accel::Kvm && matches!(c.model.as_str(), "host" | "max") {
+    node
+}
+
+/// `<maxphysaddr>`, and where libvirt would give the guest another width.
+fn maxphysaddr(c: &Cpu, accel: Accel, un: &mut Vec<String>) -> Option<Node> {
+    match c.maxphysaddr? {
+        MaxPhysAddr::Emulate { bits } => {
+            if accel == Accel::Kvm && matches!(c.model.as_str(), "host" | "max") {
                 un.push(format!(
                     "host-phys-bits=off next to phys-bits={bits} (-cpu {}): libvirt passes \
                      phys-bits alone, and under KVM QEMU then gives the guest the host's width",
                     c.model
                 ));
             }
+            Some(
+                Node::new("maxphysaddr")
+                    .attr("mode", "emulate")
+                    .attr("bits", bits.to_string()),
+            )
         }
-        Some(MaxPhysAddr::Passthrough { limit }) => {
-            node.push(Node::new("maxphysaddr").attr("mode", "passthrough"));
+        MaxPhysAddr::Passthrough { limit } => {
             if let Some(l) = limit {
                 un.push(format!(
                     "maxphysaddr limit {l} (host-phys-bits-limit): <maxphysaddr limit> needs \
                      libvirt 9.3; libvirt 9.0 gives the guest the host's whole width"
                 ));
             }
+            Some(Node::new("maxphysaddr").attr("mode", "passthrough"))
         }
-        None => {}
     }
-    Some(node)
 }
 
+/// `<devices>`, group by group: the emulator, disks, NICs, the console, what libvirt would add
+/// unasked, the panic device.
 fn devices(
     plan: &LaunchPlan,
     profile: &MachineProfile,
@@ -281,6 +301,30 @@ fn devices(
 ) -> Result<Node, LibvirtError> {
     let mut d =
         Node::new("devices").child(Node::new("emulator").text(xml_path("emulator", &plan.binary)?));
+    disks(plan, &mut d, un)?;
+    nics(plan, &mut d, un);
+    console(plan, profile, &mut d, un);
+    // libvirt adds a USB controller and a memory balloon unless told not to; the plan has
+    // neither.
+    d.push(
+        Node::new("controller")
+            .attr("type", "usb")
+            .attr("model", "none"),
+    );
+    d.push(Node::new("memballoon").attr("model", "none"));
+    match (&plan.panic_device, &profile.libvirt.panic_model) {
+        (_, Some(model)) => d.push(Node::new("panic").attr("model", model.clone())),
+        (Some(device), None) => un.push(format!(
+            "panic device {device}: libvirt 9.0 has no <panic model> for it; the guest cannot \
+             report a panic to libvirt"
+        )),
+        (None, None) => {}
+    }
+    Ok(d)
+}
+
+/// One `<disk>` per virtio disk, `vda`, `vdb`, ... in order.
+fn disks(plan: &LaunchPlan, d: &mut Node, un: &mut Vec<String>) -> Result<(), LibvirtError> {
     for (i, disk) in plan.disks.iter().enumerate() {
         if !disk.device.starts_with("virtio-blk") {
             un.push(format!(
@@ -290,37 +334,40 @@ fn devices(
             ));
             continue;
         }
-        let dev = format!("vd{}", disk_letters(i));
-        let path = xml_path("disk", &disk.disk.path)?;
-        let node = match disk.disk.format {
-            DiskFormat::Dir => Node::new("disk")
-                .attr("type", "dir")
-                .attr("device", "disk")
-                .child(Node::new("driver").attr("name", "qemu").attr("type", "fat"))
-                .child(Node::new("source").attr("dir", path))
-                .child(Node::new("target").attr("dev", dev).attr("bus", "virtio"))
-                .child(Node::new("readonly")),
-            format => {
-                let kind = if format == DiskFormat::Qcow2 {
-                    "qcow2"
-                } else {
-                    "raw"
-                };
-                let mut n = Node::new("disk")
-                    .attr("type", "file")
-                    .attr("device", "disk")
-                    .child(Node::new("driver").attr("name", "qemu").attr("type", kind))
-                    .child(Node::new("source").attr("file", path))
-                    .child(Node::new("target").attr("dev", dev).attr("bus", "virtio"));
-                // Guest writes go to a throw-away overlay, as with qemu-direct's snapshot=on.
-                if !disk.disk.writable {
-                    n.push(Node::new("transient"));
-                }
-                n
-            }
-        };
-        d.push(node);
+        d.push(disk_node(&disk.disk, &format!("vd{}", disk_letters(i)))?);
     }
+    Ok(())
+}
+
+/// An image file (raw or qcow2) or a directory (a read-only FAT view) as `<disk>`.
+fn disk_node(disk: &Disk, dev: &str) -> Result<Node, LibvirtError> {
+    let path = xml_path("disk", &disk.path)?;
+    let (kind, format) = match disk.format {
+        DiskFormat::Dir => ("dir", "fat"),
+        DiskFormat::Qcow2 => ("file", "qcow2"),
+        _ => ("file", "raw"),
+    };
+    let mut n = Node::new("disk")
+        .attr("type", kind)
+        .attr("device", "disk")
+        .child(
+            Node::new("driver")
+                .attr("name", "qemu")
+                .attr("type", format),
+        )
+        .child(Node::new("source").attr(kind, path))
+        .child(Node::new("target").attr("dev", dev).attr("bus", "virtio"));
+    if disk.format == DiskFormat::Dir {
+        n.push(Node::new("readonly"));
+    } else if !disk.writable {
+        // Guest writes go to a throw-away overlay, as with qemu-direct's snapshot=on.
+        n.push(Node::new("transient"));
+    }
+    Ok(n)
+}
+
+/// A user-mode virtio `<interface>` per NIC.
+fn nics(plan: &LaunchPlan, d: &mut Node, un: &mut Vec<String>) {
     for nic in &plan.nics {
         if !nic.device.starts_with("virtio-net") {
             un.push(format!(
@@ -340,6 +387,11 @@ fn devices(
             ));
         }
     }
+}
+
+/// The serial console: `<serial>` and `<console>` where the console is a serial port, else the
+/// profile's console target.
+fn console(plan: &LaunchPlan, profile: &MachineProfile, d: &mut Node, un: &mut Vec<String>) {
     match &plan.console {
         ConsolePlan::Serial { .. } if profile.libvirt.console_target == "serial" => {
             d.push(
@@ -365,23 +417,6 @@ fn devices(
              the domain gets no console"
         )),
     }
-    // libvirt adds a USB controller and a memory balloon unless told not to; the plan has
-    // neither.
-    d.push(
-        Node::new("controller")
-            .attr("type", "usb")
-            .attr("model", "none"),
-    );
-    d.push(Node::new("memballoon").attr("model", "none"));
-    match (&plan.panic_device, &profile.libvirt.panic_model) {
-        (_, Some(model)) => d.push(Node::new("panic").attr("model", model.clone())),
-        (Some(device), None) => un.push(format!(
-            "panic device {device}: libvirt 9.0 has no <panic model> for it; the guest cannot \
-             report a panic to libvirt"
-        )),
-        (None, None) => {}
-    }
-    Ok(d)
 }
 
 /// `a`..`z`, `aa`..: the letters of the i-th virtio disk (`vda`, `vdb`, ...).

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use quick_xml::{
     XmlVersion,
     escape::resolve_predefined_entity,
-    events::{BytesStart, Event},
+    events::{BytesRef, BytesStart, Event},
     reader::Reader,
 };
 
@@ -83,18 +83,7 @@ impl Element {
                     push_text(&mut stack, &t).map_err(|m| malformed(pos, m))?;
                 }
                 Event::GeneralRef(r) => {
-                    let resolved = match r.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
-                        Ok(None) => {
-                            let name = r.xml10_content();
-                            resolve_predefined_entity(&name)
-                                .ok_or_else(|| {
-                                    malformed(pos, format!("unknown entity '&{name};'"))
-                                })?
-                                .to_owned()
-                        }
-                        Err(e) => return Err(malformed(pos, e.to_string())),
-                    };
+                    let resolved = reference(&r).map_err(|m| malformed(pos, m))?;
                     push_text(&mut stack, &resolved).map_err(|m| malformed(pos, m))?;
                 }
                 Event::DocType(_) => {
@@ -255,6 +244,21 @@ fn element(start: &BytesStart, line: usize) -> Result<Element, String> {
         taken: Cell::new(false),
         text_taken: Cell::new(false),
     })
+}
+
+/// A character reference (`&#38;`) or one of XML's predefined entities (`&amp;`); a DTD's own
+/// entities are refused with the DOCTYPE.
+fn reference(r: &BytesRef) -> Result<String, String> {
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => Ok(c.to_string()),
+        Ok(None) => {
+            let name = r.xml10_content();
+            resolve_predefined_entity(&name)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("unknown entity '&{name};'"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn close(e: Element, stack: &mut [Element], root: &mut Option<Element>) {

@@ -1,9 +1,15 @@
 //! `<devices>`: the emulator, disks, the console, a user-mode network card, and what the machine
 //! has anyway.
 
-use super::{Cx, Element, is_qcow2};
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use super::{Cx, Element};
 use crate::profile::MachineProfile;
-use crate::spec::disk::DiskInput;
+use crate::spec::disk::{DiskInput, QCOW2_MAGIC};
 
 /// Serial port targets that are the machine's own first serial port.
 const SERIAL_TARGETS: &[&str] = &[
@@ -13,6 +19,7 @@ const SERIAL_TARGETS: &[&str] = &[
     "sclp-serial",
 ];
 
+/// Reads `<devices>`, each device by its kind; what the guest gets one of, it gets once.
 pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
     d.take();
     let (mut nics, mut serials, mut consoles) = (0, 0, 0);
@@ -23,62 +30,31 @@ pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
                 cx.spec.emulator = Some(cx.path(e.text()));
             }
             "disk" => disk(e, cx),
-            "interface" => {
-                nics += 1;
-                if nics == 1 {
-                    interface(e, cx);
-                } else {
-                    cx.bad(
-                        e,
-                        "a second network interface: qemu-direct gives the guest one",
-                    );
-                }
-            }
-            "serial" => {
-                serials += 1;
-                if serials == 1 {
-                    serial(e, cx);
-                } else {
-                    cx.bad(
-                        e,
-                        "a second serial port: qemu-direct gives the guest one console",
-                    );
-                }
-            }
-            "console" => {
-                consoles += 1;
-                if consoles == 1 {
-                    console(e, p, cx);
-                } else {
-                    cx.bad(
-                        e,
-                        "a second console: qemu-direct gives the guest one console",
-                    );
-                }
-            }
+            "interface" => first_only(
+                &mut nics,
+                e,
+                cx,
+                interface,
+                "a second network interface: qemu-direct gives the guest one",
+            ),
+            "serial" => first_only(
+                &mut serials,
+                e,
+                cx,
+                serial,
+                "a second serial port: qemu-direct gives the guest one console",
+            ),
+            "console" => first_only(
+                &mut consoles,
+                e,
+                cx,
+                |e, cx| console(e, p, cx),
+                "a second console: qemu-direct gives the guest one console",
+            ),
             "controller" => controller(e, cx),
             "memballoon" if e.attr("model") == Some("none") => e.take_all(),
             "memballoon" => cx.bad(e, "a memory balloon: qemu-direct adds none"),
-            "panic" => {
-                let model = e.attr("model");
-                if model.is_some() && model == p.libvirt.panic_model.as_deref() {
-                    e.take_all();
-                } else {
-                    cx.bad(
-                        e,
-                        &format!(
-                            "panic model '{}': {} guests report a panic through {}",
-                            model.unwrap_or("(none)"),
-                            p.name,
-                            match (&p.libvirt.panic_model, &p.panic_device) {
-                                (Some(m), _) => format!("model '{m}'"),
-                                (None, Some(d)) => format!("{d}, which libvirt has no model for"),
-                                (None, None) => "the console alone".to_owned(),
-                            }
-                        ),
-                    );
-                }
-            }
+            "panic" => panic(e, p, cx),
             "audio" if e.attr("type") == Some("none") => e.take_all(),
             "input" if e.attr("bus") == Some("ps2") => {
                 cx.accept(e, "the PS/2 mouse and keyboard are built into the machine");
@@ -97,77 +73,54 @@ pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
     }
 }
 
-fn disk(e: &Element, cx: &mut Cx) {
-    e.take();
-    let kind = e.attr("type").unwrap_or("file");
-    if !matches!(kind, "file" | "dir") {
-        cx.bad_attr(
-            e,
-            "type",
-            &format!(
-                "disk type '{kind}': qemu-direct takes image files (type='file') and \
-                 directories (type='dir')"
-            ),
-        );
-        e.take_all();
-        return;
+/// A device the guest has one of: the first of its kind (`count` so far) is read, any other
+/// refused with `second`.
+fn first_only(
+    count: &mut u32,
+    e: &Element,
+    cx: &mut Cx,
+    read: impl FnOnce(&Element, &mut Cx),
+    second: &str,
+) {
+    *count += 1;
+    if *count == 1 {
+        read(e, cx);
+    } else {
+        cx.bad(e, second);
     }
-    if let Some(dev) = e.attr("device")
-        && dev != "disk"
-    {
+}
+
+/// `<panic model=...>`: only the model the profile's panic device is to libvirt.
+fn panic(e: &Element, p: &MachineProfile, cx: &mut Cx) {
+    let model = e.attr("model");
+    if model.is_some() && model == p.libvirt.panic_model.as_deref() {
+        e.take_all();
+    } else {
         cx.bad(
             e,
-            &format!("a {dev} device: qemu-direct attaches disks only"),
+            &format!(
+                "panic model '{}': {} guests report a panic through {}",
+                model.unwrap_or("(none)"),
+                p.name,
+                match (&p.libvirt.panic_model, &p.panic_device) {
+                    (Some(m), _) => format!("model '{m}'"),
+                    (None, Some(d)) => format!("{d}, which libvirt has no model for"),
+                    (None, None) => "the console alone".to_owned(),
+                }
+            ),
         );
-        return;
     }
-    let Some(source) = e.child("source") else {
-        cx.bad(e, "a disk without <source>");
-        return;
-    };
-    let attr = if kind == "file" { "file" } else { "dir" };
-    let Some(path) = source.attr(attr).map(|s| cx.path(s)) else {
-        cx.bad(source, &format!("<source> needs {attr}='...'"));
+}
+
+/// `<disk>`: an image file or a directory on virtio.
+fn disk(e: &Element, cx: &mut Cx) {
+    e.take();
+    let Some(kind) = disk_kind(e, cx) else { return };
+    let Some(path) = disk_source(e, kind, cx) else {
         return;
     };
     if let Some(d) = e.child("driver") {
-        {
-            if let Some(name) = d.attr("name")
-                && name != "qemu"
-            {
-                cx.bad_attr(d, "name", &format!("driver '{name}': QEMU's own only"));
-            }
-            let t = d.attr("type");
-            let ok = match kind {
-                "file" => matches!(t, None | Some("raw" | "qcow2")),
-                _ => matches!(t, None | Some("fat")),
-            };
-            if !ok {
-                cx.bad_attr(
-                    d,
-                    "type",
-                    &format!(
-                        "format '{}': qemu-direct takes raw and qcow2 images, and directories as \
-                         fat",
-                        t.unwrap_or_default()
-                    ),
-                );
-            }
-            if kind == "file"
-                && let Some(t) = t
-                && let Some(q) = is_qcow2(&path)
-                && q != (t == "qcow2")
-            {
-                cx.bad(
-                    d,
-                    &format!(
-                        "driver type '{t}', but the image's header says {}: qemu-direct takes \
-                         the format from the header",
-                        if q { "qcow2" } else { "raw" }
-                    ),
-                );
-            }
-        }
+        driver(d, kind, &path, cx);
     }
     match e.child("target") {
         Some(t) => {
@@ -198,17 +151,101 @@ fn disk(e: &Element, cx: &mut Cx) {
     if let Some(b) = e.child("boot") {
         b.take_all();
     }
-    for extra in ["address", "alias"] {
-        if let Some(a) = e.child(extra) {
-            cx.accept(a, "QEMU places the devices itself");
-        }
-    }
+    cx.accept_children(e, &["address", "alias"], "QEMU places the devices itself");
     cx.spec.disks.get_or_insert_with(Vec::new).push(DiskInput {
         path,
         format: None,
         // A directory is always a read-only view; an image without <transient/> is written.
         persist: kind == "file" && !transient,
     });
+}
+
+/// `<disk type=... device=...>`: `file` or `dir`, a disk; `None` (refused) otherwise.
+fn disk_kind<'a>(e: &'a Element, cx: &mut Cx) -> Option<&'a str> {
+    let kind = e.attr("type").unwrap_or("file");
+    if !matches!(kind, "file" | "dir") {
+        cx.bad_attr(
+            e,
+            "type",
+            &format!(
+                "disk type '{kind}': qemu-direct takes image files (type='file') and \
+                 directories (type='dir')"
+            ),
+        );
+        e.take_all();
+        return None;
+    }
+    if let Some(dev) = e.attr("device")
+        && dev != "disk"
+    {
+        cx.bad(
+            e,
+            &format!("a {dev} device: qemu-direct attaches disks only"),
+        );
+        return None;
+    }
+    Some(kind)
+}
+
+/// `<source file=...>` or `<source dir=...>`, relative to the domain's file.
+fn disk_source(e: &Element, kind: &str, cx: &mut Cx) -> Option<PathBuf> {
+    let Some(source) = e.child("source") else {
+        cx.bad(e, "a disk without <source>");
+        return None;
+    };
+    let attr = if kind == "file" { "file" } else { "dir" };
+    let Some(path) = source.attr(attr).map(|s| cx.path(s)) else {
+        cx.bad(source, &format!("<source> needs {attr}='...'"));
+        return None;
+    };
+    Some(path)
+}
+
+/// `<driver name=... type=...>`: QEMU's own, with the format the image's header has.
+fn driver(d: &Element, kind: &str, path: &Path, cx: &mut Cx) {
+    if let Some(name) = d.attr("name")
+        && name != "qemu"
+    {
+        cx.bad_attr(d, "name", &format!("driver '{name}': QEMU's own only"));
+    }
+    let t = d.attr("type");
+    let ok = match kind {
+        "file" => matches!(t, None | Some("raw" | "qcow2")),
+        _ => matches!(t, None | Some("fat")),
+    };
+    if !ok {
+        cx.bad_attr(
+            d,
+            "type",
+            &format!(
+                "format '{}': qemu-direct takes raw and qcow2 images, and directories as \
+                 fat",
+                t.unwrap_or_default()
+            ),
+        );
+    }
+    if kind == "file"
+        && let Some(t) = t
+        && let Some(q) = is_qcow2(path)
+        && q != (t == "qcow2")
+    {
+        cx.bad(
+            d,
+            &format!(
+                "driver type '{t}', but the image's header says {}: qemu-direct takes \
+                 the format from the header",
+                if q { "qcow2" } else { "raw" }
+            ),
+        );
+    }
+}
+
+/// Whether the image's header says qcow2 (qemu-direct reads the format from it).
+fn is_qcow2(path: &Path) -> Option<bool> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).ok()?;
+    Some(n == 4 && &magic == QCOW2_MAGIC)
 }
 
 /// `<interface type='user'>` with a virtio model: QEMU's user-mode network, as `--net user`.
@@ -231,11 +268,11 @@ fn interface(e: &Element, cx: &mut Cx) {
         Some(m) => cx.bad_attr(m, "type", "a NIC model other than virtio"),
         None => {}
     }
-    for extra in ["mac", "address", "alias"] {
-        if let Some(a) = e.child(extra) {
-            cx.accept(a, "QEMU picks the NIC's address and MAC itself");
-        }
-    }
+    cx.accept_children(
+        e,
+        &["mac", "address", "alias"],
+        "QEMU picks the NIC's address and MAC itself",
+    );
     cx.spec.net = Some("user".into());
 }
 
