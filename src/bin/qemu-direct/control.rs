@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     time::Duration,
 };
@@ -16,7 +16,7 @@ use qemu_direct::{
     plan::LaunchPlan,
     profile::Accel,
     qmp::Qmp,
-    vm::{self, Expect, LogReader, Report, RunOptions, StopStep, Vm},
+    vm::{self, Expect, LogReader, Report, RunOptions, Vm},
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,12 +25,8 @@ use crate::{
     cli::{QmpAction, QmpArgs, WaitArgs},
 };
 
-/// How long a client waits for the instance's QMP socket: QEMU serves one client at a time.
-const CLIENT_CONNECT: Duration = Duration::from_secs(10);
 /// `wait` without `--timeout`, before scaling for the accelerator.
 const WAIT_DEFAULT: Duration = Duration::from_secs(60);
-/// How long `stop` waits for the supervisor to reap QEMU and remove the directory.
-const REAP_WAIT: Duration = Duration::from_secs(15);
 
 /// What `run --detach` hands its supervisor on stdin.
 #[derive(Debug, Serialize, Deserialize)]
@@ -309,12 +305,12 @@ fn copy_out(mut r: LogReader) -> anyhow::Result<ExitCode> {
 /// Connects to the instance's client QMP socket, waiting while another client holds it.
 async fn client(inst: &InstanceRef) -> anyhow::Result<Qmp> {
     let path = inst.path(instance::QMP);
-    match tokio::time::timeout(CLIENT_CONNECT, Qmp::connect_unix(&path)).await {
+    match tokio::time::timeout(vm::CLIENT_CONNECT, Qmp::connect_unix(&path)).await {
         Ok(r) => Ok(r.map_err(Error::from)?),
         Err(_) => anyhow::bail!(
             "QMP socket {} did not answer within {}: another client may hold it (QEMU serves one at a time)",
             path.display(),
-            humantime::format_duration(CLIENT_CONNECT)
+            humantime::format_duration(vm::CLIENT_CONNECT)
         ),
     }
 }
@@ -393,75 +389,9 @@ pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
 /// and removes the directory, which this waits for.
 pub fn stop(name: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     let inst = find(name)?;
-    let info = inst.info().map_err(Error::from)?;
-    let step = runtime()?.block_on(async {
-        let step = match client(&inst).await {
-            Ok(qmp) => ladder(&qmp, &inst, info.as_ref(), timeout).await,
-            // No QMP (QEMU hung, or still starting): straight to SIGKILL.
-            Err(_) => kill(&inst, info.as_ref()),
-        };
-        let gone = async {
-            while inst.alive() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(REAP_WAIT, gone).await.map_err(|_| {
-            anyhow::anyhow!(
-                "instance '{name}' still holds its directory {REAP_WAIT:?} after QEMU was stopped"
-            )
-        })?;
-        anyhow::Ok(step)
-    })?;
-    // A supervisor killed meanwhile leaves its directory behind; drop it.
-    if let Ok(root) = instance::runtime_root() {
-        let _ = instance::find(&root, name);
-    }
+    let step = runtime()?
+        .block_on(vm::stop_instance(&inst, timeout))
+        .map_err(Error::from)?;
     println!("{name}: {step}");
     Ok(ExitCode::Success)
-}
-
-async fn ladder(
-    qmp: &Qmp,
-    inst: &InstanceRef,
-    info: Option<&instance::InstanceInfo>,
-    timeout: Duration,
-) -> StopStep {
-    let call = Duration::from_secs(5);
-    let _ = tokio::time::timeout(call, qmp.system_powerdown()).await;
-    // The connection ends when QEMU exits.
-    if tokio::time::timeout(timeout, qmp.closed()).await.is_ok() {
-        return StopStep::PoweredOff;
-    }
-    let _ = tokio::time::timeout(call, qmp.quit()).await;
-    if tokio::time::timeout(vm::QUIT_GRACE, qmp.closed())
-        .await
-        .is_ok()
-    {
-        return StopStep::Quit;
-    }
-    kill(inst, info)
-}
-
-/// SIGKILL to the instance's QEMU, if that pid is still the supervisor's child (and so not a
-/// recycled pid).
-fn kill(inst: &InstanceRef, info: Option<&instance::InstanceInfo>) -> StopStep {
-    let Some(info) = info else {
-        return StopStep::AlreadyExited;
-    };
-    if parent_of(info.pid) == Some(info.supervisor_pid) && inst.alive() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(info.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        return StopStep::Killed;
-    }
-    StopStep::AlreadyExited
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat =
-        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may hold anything.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split(' ').nth(1)?.parse().ok()
 }
