@@ -48,10 +48,10 @@ fn root(runtime_dir: Option<&Path>) -> Result<PathBuf, VmError> {
 /// The VM's own UEFI variable store, beside everything else of the instance (and gone with
 /// it); the descriptor's template is only read.
 fn copy_vars(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
-    if let Some(fw) = plan.descriptor_firmware.as_mut() {
-        if let Some(template) = &fw.selected.nvram_template {
-            fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
-        }
+    if let Some(fw) = plan.descriptor_firmware.as_mut()
+        && let Some(template) = &fw.selected.nvram_template
+    {
+        fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
     }
     Ok(())
 }
