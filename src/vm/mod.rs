@@ -29,6 +29,12 @@
 //! `GUEST_PANICKED` event; the run states `guest-panicked` and `internal-error`, in which QEMU
 //! stays up but the guest is finished) and QEMU's stderr ("KVM internal error"). QEMU is then
 //! stopped, and [`Vm::wait`] reports the failure.
+//!
+//! There is one stop ladder (`system_powerdown`, `quit`, SIGKILL), for a guest this process
+//! launched ([`Vm::stop`]) and for an instance another process supervises ([`stop_instance`]).
+//!
+//! A launch goes in steps, each its own file under `launch/`: prepare the instance directory,
+//! spawn QEMU, start the tasks that watch it, and the QMP handshake.
 
 mod builder;
 mod console;

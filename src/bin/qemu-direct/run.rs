@@ -44,6 +44,18 @@ pub fn run(
         out.write_all(b"\n")?;
         return Ok(ExitCode::Success);
     }
+    announce(&plan, &argv, args.verbose);
+    let opts = options(args, unique_name);
+    if args.detach {
+        detach(&plan, &opts)
+    } else {
+        foreground(&plan, &opts)
+    }
+}
+
+/// What is about to run, on stderr: the guest, the accelerator and why, the plan's notes,
+/// and with `verbose` the QEMU command line.
+fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
     eprintln!(
         "qemu-direct: {} guest '{}', {}",
         plan.arch, plan.name, plan.accel_reason
@@ -51,19 +63,23 @@ pub fn run(
     for note in &plan.notes {
         eprintln!("qemu-direct: {note}");
     }
-    if args.verbose {
+    if verbose {
         eprintln!(
             "qemu-direct: {}",
-            String::from_utf8_lossy(&argv::shell_line(&argv))
+            String::from_utf8_lossy(&argv::shell_line(argv))
         );
     }
+}
+
+/// How to run, from the flags.
+fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
     // The log is named after the instance, whose name is only final once launched.
     let (console_log, console_log_dir) = if args.no_console_log {
         (None, None)
     } else {
         (args.console_log.clone(), default_log_dir())
     };
-    let opts = vm::RunOptions {
+    RunOptions {
         timeout: args.timeout,
         until: args.until.clone(),
         console_log,
@@ -71,11 +87,6 @@ pub fn run(
         stop_timeout: args.stop_timeout,
         unique_name,
         runtime_dir: None,
-    };
-    if args.detach {
-        detach(&plan, &opts)
-    } else {
-        foreground(&plan, &opts)
     }
 }
 
@@ -100,6 +111,34 @@ struct SuperviseRequest {
     timeout: Option<Duration>,
     until: Option<String>,
     stop_timeout: Option<Duration>,
+}
+
+impl SuperviseRequest {
+    fn new(plan: &LaunchPlan, opts: &RunOptions) -> SuperviseRequest {
+        SuperviseRequest {
+            plan: plan.clone(),
+            console_log: opts.console_log.clone(),
+            console_log_dir: opts.console_log_dir.clone(),
+            unique_name: opts.unique_name,
+            timeout: opts.timeout,
+            until: opts.until.clone(),
+            stop_timeout: opts.stop_timeout,
+        }
+    }
+
+    /// The plan, and how to run it.
+    fn into_parts(self) -> (LaunchPlan, RunOptions) {
+        let opts = RunOptions {
+            timeout: self.timeout,
+            until: self.until,
+            console_log: self.console_log,
+            console_log_dir: self.console_log_dir,
+            stop_timeout: self.stop_timeout,
+            unique_name: self.unique_name,
+            runtime_dir: None,
+        };
+        (self.plan, opts)
+    }
 }
 
 /// What the supervisor says on its stdout once QEMU answers on QMP.
@@ -170,15 +209,25 @@ fn print_report(report: &Report) {
 /// `run --detach`: starts `qemu-direct __supervise` in a new session, hands it the plan, and
 /// returns once it says QEMU answers on QMP. Its errors until then reach our stderr directly.
 pub fn detach(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> {
-    let req = SuperviseRequest {
-        plan: plan.clone(),
-        console_log: opts.console_log.clone(),
-        console_log_dir: opts.console_log_dir.clone(),
-        unique_name: opts.unique_name,
-        timeout: opts.timeout,
-        until: opts.until.clone(),
-        stop_timeout: opts.stop_timeout,
-    };
+    let mut child = start_supervisor(&SuperviseRequest::new(plan, opts))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
+    if line.trim().is_empty() {
+        // It failed, and said why on the stderr we share.
+        return Ok(supervisor_failed(child.wait()?));
+    }
+    let ready: Ready =
+        serde_json::from_str(&line).context("unexpected word from the supervisor")?;
+    eprintln!(
+        "qemu-direct: instance '{}' running detached, QEMU pid {}, accelerator {} (as QEMU reports it)",
+        ready.name, ready.pid, ready.accel
+    );
+    println!("{}\t{}", ready.name, ready.dir.display());
+    Ok(ExitCode::Success)
+}
+
+/// Starts `qemu-direct __supervise` in a new session, sharing our stderr, and hands it `req`.
+fn start_supervisor(req: &SuperviseRequest) -> anyhow::Result<std::process::Child> {
     let exe = std::env::current_exe().context("cannot find the qemu-direct binary")?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("__supervise")
@@ -197,28 +246,20 @@ pub fn detach(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> 
     {
         let mut stdin = child.stdin.take().context("no stdin pipe")?;
         // A supervisor that died before reading says why itself; its exit status follows.
-        let _ = serde_json::to_writer(&mut stdin, &req);
+        let _ = serde_json::to_writer(&mut stdin, req);
     }
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
-    if line.trim().is_empty() {
-        // It failed, and said why on the stderr we share.
-        let status = child.wait()?;
-        return Ok(match status.code() {
-            Some(0) | None => ExitCode::Failure,
-            Some(2) => ExitCode::BadInput,
-            Some(3) => ExitCode::QemuFailed,
-            Some(_) => ExitCode::Failure,
-        });
+    Ok(child)
+}
+
+/// Our exit code for a supervisor that failed before QEMU was ready: its own, where it is one
+/// that says what failed.
+fn supervisor_failed(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) | None => ExitCode::Failure,
+        Some(2) => ExitCode::BadInput,
+        Some(3) => ExitCode::QemuFailed,
+        Some(_) => ExitCode::Failure,
     }
-    let ready: Ready =
-        serde_json::from_str(&line).context("unexpected word from the supervisor")?;
-    eprintln!(
-        "qemu-direct: instance '{}' running detached, QEMU pid {}, accelerator {} (as QEMU reports it)",
-        ready.name, ready.pid, ready.accel
-    );
-    println!("{}\t{}", ready.name, ready.dir.display());
-    Ok(ExitCode::Success)
 }
 
 /// `__supervise`: the detached half of `run --detach`.
@@ -226,44 +267,12 @@ pub fn supervise() -> anyhow::Result<ExitCode> {
     let mut text = Vec::new();
     std::io::stdin().read_to_end(&mut text)?;
     let req: SuperviseRequest = serde_json::from_slice(&text).context("invalid request")?;
-    let opts = RunOptions {
-        timeout: req.timeout,
-        until: req.until,
-        console_log: req.console_log,
-        console_log_dir: req.console_log_dir,
-        stop_timeout: req.stop_timeout,
-        unique_name: req.unique_name,
-        runtime_dir: None,
-    };
+    let (plan, opts) = req.into_parts();
     let report = runtime()?.block_on(async {
-        let vm = builder(&req.plan, &opts)
-            .launch()
-            .await
-            .map_err(Error::from)?;
-        let ready = Ready {
-            name: vm.name().to_owned(),
-            dir: vm.dir().to_owned(),
-            pid: vm.pid(),
-            accel: vm.accel(),
-        };
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", serde_json::to_string(&ready)?)?;
-        out.flush()?;
-        drop(out);
-        // From here on nobody reads our stdout and stderr: the launcher has returned. What we
-        // and QEMU say goes to NAME.supervisor.log beside the console log.
-        let log = vm
-            .console()
-            .log_path()
-            .map(|p| p.with_extension("supervisor.log"));
-        let sink = match &log {
-            Some(p) => File::create(p)?,
-            None => File::options().write(true).open("/dev/null")?,
-        };
-        let null = File::options().read(true).write(true).open("/dev/null")?;
-        nix::unistd::dup2_stdout(&null)?;
-        nix::unistd::dup2_stdin(&null)?;
-        nix::unistd::dup2_stderr(&sink)?;
+        let vm = builder(&plan, &opts).launch().await.map_err(Error::from)?;
+        say_ready(&vm)?;
+        // From here on nobody reads our stdout and stderr: the launcher has returned.
+        quiet(&vm)?;
         anyhow::Ok(
             vm::run_vm(&vm, &opts, &mut tokio::io::sink())
                 .await
@@ -272,4 +281,36 @@ pub fn supervise() -> anyhow::Result<ExitCode> {
     })?;
     print_report(&report);
     Ok(report.outcome.exit_code())
+}
+
+/// Tells the launcher, on stdout, that QEMU answers on QMP.
+fn say_ready(vm: &Vm) -> anyhow::Result<()> {
+    let ready = Ready {
+        name: vm.name().to_owned(),
+        dir: vm.dir().to_owned(),
+        pid: vm.pid(),
+        accel: vm.accel(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&ready)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Points our stdin and stdout at /dev/null, and stderr (what we and QEMU say from now on)
+/// at NAME.supervisor.log beside the console log, or /dev/null without one.
+fn quiet(vm: &Vm) -> anyhow::Result<()> {
+    let log = vm
+        .console()
+        .log_path()
+        .map(|p| p.with_extension("supervisor.log"));
+    let sink = match &log {
+        Some(p) => File::create(p)?,
+        None => File::options().write(true).open("/dev/null")?,
+    };
+    let null = File::options().read(true).write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stderr(&sink)?;
+    Ok(())
 }
