@@ -5,6 +5,7 @@ use std::{
     ffi::OsString,
     io::{self, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
 };
@@ -85,6 +86,15 @@ impl PidFd {
         }
         Ok(())
     }
+}
+
+/// The parent of process `pid`, from `/proc`; `None` if it is gone.
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold anything.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 /// How QEMU ended.

@@ -1,230 +1,24 @@
-//! The instance commands of the binary: `run` in the foreground or detached (with its hidden
-//! `__supervise` half), `ps`, `qmp`, `console`, `wait`, `stop`.
+//! The instance commands: `ps`, `qmp`, `console`, `wait`, `stop`.
 
-use std::{
-    fs::File,
-    io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{fs::File, io::Write, time::Duration};
 
 use anyhow::Context;
 use qemu_direct::{
     Error, ExitCode,
     instance::{self, InstanceRef},
-    plan::LaunchPlan,
     profile::Accel,
     qmp::Qmp,
-    vm::{self, Expect, LogReader, Report, RunOptions, StopStep, Vm},
+    vm::{self, Expect, LogReader},
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
     Usage,
     cli::{QmpAction, QmpArgs, WaitArgs},
+    support::runtime,
 };
 
-/// How long a client waits for the instance's QMP socket: QEMU serves one client at a time.
-const CLIENT_CONNECT: Duration = Duration::from_secs(10);
 /// `wait` without `--timeout`, before scaling for the accelerator.
 const WAIT_DEFAULT: Duration = Duration::from_secs(60);
-/// How long `stop` waits for the supervisor to reap QEMU and remove the directory.
-const REAP_WAIT: Duration = Duration::from_secs(15);
-
-/// What `run --detach` hands its supervisor on stdin.
-#[derive(Debug, Serialize, Deserialize)]
-struct SuperviseRequest {
-    plan: LaunchPlan,
-    #[serde(default, with = "qemu_direct::util::pathser::option")]
-    console_log: Option<PathBuf>,
-    #[serde(default, with = "qemu_direct::util::pathser::option")]
-    console_log_dir: Option<PathBuf>,
-    unique_name: bool,
-    timeout: Option<Duration>,
-    until: Option<String>,
-    stop_timeout: Option<Duration>,
-}
-
-/// What the supervisor says on its stdout once QEMU answers on QMP.
-#[derive(Debug, Serialize, Deserialize)]
-struct Ready {
-    name: String,
-    #[serde(with = "qemu_direct::util::pathser")]
-    dir: PathBuf,
-    pid: u32,
-    accel: Accel,
-}
-
-/// A current-thread runtime: QEMU's parent-death signal is tied to the thread that spawned it.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-/// `run` in the foreground: the console on stdout until the guest ends.
-pub fn foreground(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> {
-    let report = runtime()?.block_on(async {
-        let vm = builder(plan, opts).echo_stderr(true).launch().await?;
-        eprintln!(
-            "qemu-direct: instance '{}' in {}, QEMU pid {}, accelerator {} (as QEMU reports it)",
-            vm.name(),
-            vm.dir().display(),
-            vm.pid(),
-            vm.accel()
-        );
-        vm::run_vm(&vm, opts, &mut tokio::io::stdout()).await
-    });
-    let report = report.map_err(Error::from)?;
-    print_report(&report);
-    Ok(report.outcome.exit_code())
-}
-
-fn builder(plan: &LaunchPlan, opts: &RunOptions) -> vm::VmBuilder {
-    Vm::builder(plan.clone())
-        .console_log(opts.console_log.clone())
-        .console_log_dir(opts.console_log_dir.clone())
-        .unique_name(opts.unique_name)
-}
-
-/// How a run ended, on stderr: the outcome, QEMU's last words and the console's last lines
-/// where something failed, and where the log is.
-fn print_report(report: &Report) {
-    let outcome = &report.outcome;
-    eprintln!("qemu-direct: {outcome}");
-    if matches!(
-        outcome,
-        vm::Outcome::QemuFailed { .. } | vm::Outcome::Crashed { .. }
-    ) && !report.stderr_tail.is_empty()
-    {
-        eprintln!("qemu-direct: QEMU said:\n{}", report.stderr_tail);
-    }
-    if outcome.is_failure() && !report.console_tail.is_empty() {
-        eprintln!(
-            "qemu-direct: last {} console lines:",
-            report.console_tail.len()
-        );
-        for line in &report.console_tail {
-            eprintln!("  {line}");
-        }
-    }
-    if let Some(log) = report
-        .console_log
-        .as_ref()
-        .filter(|_| outcome.exit_code() != ExitCode::Success)
-    {
-        eprintln!("qemu-direct: console log: {}", log.display());
-    }
-}
-
-/// `run --detach`: starts `qemu-direct __supervise` in a new session, hands it the plan, and
-/// returns once it says QEMU answers on QMP. Its errors until then reach our stderr directly.
-pub fn detach(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> {
-    let req = SuperviseRequest {
-        plan: plan.clone(),
-        console_log: opts.console_log.clone(),
-        console_log_dir: opts.console_log_dir.clone(),
-        unique_name: opts.unique_name,
-        timeout: opts.timeout,
-        until: opts.until.clone(),
-        stop_timeout: opts.stop_timeout,
-    };
-    let exe = std::env::current_exe().context("cannot find the qemu-direct binary")?;
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("__supervise")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: setsid is async-signal-safe. A new session: the terminal's hangup and Ctrl-C
-    // no longer reach the supervisor.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    {
-        let mut stdin = child.stdin.take().context("no stdin pipe")?;
-        // A supervisor that died before reading says why itself; its exit status follows.
-        let _ = serde_json::to_writer(&mut stdin, &req);
-    }
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
-    if line.trim().is_empty() {
-        // It failed, and said why on the stderr we share.
-        let status = child.wait()?;
-        return Ok(match status.code() {
-            Some(0) | None => ExitCode::Failure,
-            Some(2) => ExitCode::BadInput,
-            Some(3) => ExitCode::QemuFailed,
-            Some(_) => ExitCode::Failure,
-        });
-    }
-    let ready: Ready =
-        serde_json::from_str(&line).context("unexpected word from the supervisor")?;
-    eprintln!(
-        "qemu-direct: instance '{}' running detached, QEMU pid {}, accelerator {} (as QEMU reports it)",
-        ready.name, ready.pid, ready.accel
-    );
-    println!("{}\t{}", ready.name, ready.dir.display());
-    Ok(ExitCode::Success)
-}
-
-/// `__supervise`: the detached half of `run --detach`.
-pub fn supervise() -> anyhow::Result<ExitCode> {
-    let mut text = Vec::new();
-    std::io::stdin().read_to_end(&mut text)?;
-    let req: SuperviseRequest = serde_json::from_slice(&text).context("invalid request")?;
-    let opts = RunOptions {
-        timeout: req.timeout,
-        until: req.until,
-        console_log: req.console_log,
-        console_log_dir: req.console_log_dir,
-        stop_timeout: req.stop_timeout,
-        unique_name: req.unique_name,
-        runtime_dir: None,
-    };
-    let report = runtime()?.block_on(async {
-        let vm = builder(&req.plan, &opts)
-            .launch()
-            .await
-            .map_err(Error::from)?;
-        let ready = Ready {
-            name: vm.name().to_owned(),
-            dir: vm.dir().to_owned(),
-            pid: vm.pid(),
-            accel: vm.accel(),
-        };
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", serde_json::to_string(&ready)?)?;
-        out.flush()?;
-        drop(out);
-        // From here on nobody reads our stdout and stderr: the launcher has returned. What we
-        // and QEMU say goes to NAME.supervisor.log beside the console log.
-        let log = vm
-            .console()
-            .log_path()
-            .map(|p| p.with_extension("supervisor.log"));
-        let sink = match &log {
-            Some(p) => File::create(p)?,
-            None => File::options().write(true).open("/dev/null")?,
-        };
-        let null = File::options().read(true).write(true).open("/dev/null")?;
-        nix::unistd::dup2_stdout(&null)?;
-        nix::unistd::dup2_stdin(&null)?;
-        nix::unistd::dup2_stderr(&sink)?;
-        anyhow::Ok(
-            vm::run_vm(&vm, &opts, &mut tokio::io::sink())
-                .await
-                .map_err(Error::from)?,
-        )
-    })?;
-    print_report(&report);
-    Ok(report.outcome.exit_code())
-}
 
 /// `ps`.
 pub fn ps(json: bool) -> anyhow::Result<ExitCode> {
@@ -309,12 +103,12 @@ fn copy_out(mut r: LogReader) -> anyhow::Result<ExitCode> {
 /// Connects to the instance's client QMP socket, waiting while another client holds it.
 async fn client(inst: &InstanceRef) -> anyhow::Result<Qmp> {
     let path = inst.path(instance::QMP);
-    match tokio::time::timeout(CLIENT_CONNECT, Qmp::connect_unix(&path)).await {
+    match tokio::time::timeout(vm::CLIENT_CONNECT, Qmp::connect_unix(&path)).await {
         Ok(r) => Ok(r.map_err(Error::from)?),
         Err(_) => anyhow::bail!(
             "QMP socket {} did not answer within {}: another client may hold it (QEMU serves one at a time)",
             path.display(),
-            humantime::format_duration(CLIENT_CONNECT)
+            humantime::format_duration(vm::CLIENT_CONNECT)
         ),
     }
 }
@@ -393,75 +187,9 @@ pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
 /// and removes the directory, which this waits for.
 pub fn stop(name: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     let inst = find(name)?;
-    let info = inst.info().map_err(Error::from)?;
-    let step = runtime()?.block_on(async {
-        let step = match client(&inst).await {
-            Ok(qmp) => ladder(&qmp, &inst, info.as_ref(), timeout).await,
-            // No QMP (QEMU hung, or still starting): straight to SIGKILL.
-            Err(_) => kill(&inst, info.as_ref()),
-        };
-        let gone = async {
-            while inst.alive() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(REAP_WAIT, gone).await.map_err(|_| {
-            anyhow::anyhow!(
-                "instance '{name}' still holds its directory {REAP_WAIT:?} after QEMU was stopped"
-            )
-        })?;
-        anyhow::Ok(step)
-    })?;
-    // A supervisor killed meanwhile leaves its directory behind; drop it.
-    if let Ok(root) = instance::runtime_root() {
-        let _ = instance::find(&root, name);
-    }
+    let step = runtime()?
+        .block_on(vm::stop_instance(&inst, timeout))
+        .map_err(Error::from)?;
     println!("{name}: {step}");
     Ok(ExitCode::Success)
-}
-
-async fn ladder(
-    qmp: &Qmp,
-    inst: &InstanceRef,
-    info: Option<&instance::InstanceInfo>,
-    timeout: Duration,
-) -> StopStep {
-    let call = Duration::from_secs(5);
-    let _ = tokio::time::timeout(call, qmp.system_powerdown()).await;
-    // The connection ends when QEMU exits.
-    if tokio::time::timeout(timeout, qmp.closed()).await.is_ok() {
-        return StopStep::PoweredOff;
-    }
-    let _ = tokio::time::timeout(call, qmp.quit()).await;
-    if tokio::time::timeout(vm::QUIT_GRACE, qmp.closed())
-        .await
-        .is_ok()
-    {
-        return StopStep::Quit;
-    }
-    kill(inst, info)
-}
-
-/// SIGKILL to the instance's QEMU, if that pid is still the supervisor's child (and so not a
-/// recycled pid).
-fn kill(inst: &InstanceRef, info: Option<&instance::InstanceInfo>) -> StopStep {
-    let Some(info) = info else {
-        return StopStep::AlreadyExited;
-    };
-    if parent_of(info.pid) == Some(info.supervisor_pid) && inst.alive() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(info.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        return StopStep::Killed;
-    }
-    StopStep::AlreadyExited
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat =
-        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may hold anything.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split(' ').nth(1)?.parse().ok()
 }

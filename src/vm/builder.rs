@@ -1,0 +1,138 @@
+//! How a guest is launched: [`VmBuilder`], its settings, and [`VmBuilder::launch`] as its
+//! steps (see [`super::launch`]).
+
+use std::{path::PathBuf, sync::Arc};
+
+use super::{
+    Vm, VmError,
+    console::lock,
+    launch::{handshake, prepare, spawn, watch},
+    shared::Shared,
+};
+use crate::{instance, plan::LaunchPlan};
+
+/// Settings for [`Vm::launch`]; [`Vm::builder`] makes one.
+#[derive(Debug, Clone)]
+pub struct VmBuilder {
+    plan: LaunchPlan,
+    runtime_dir: Option<PathBuf>,
+    console_log: Option<PathBuf>,
+    console_log_dir: Option<PathBuf>,
+    unique_name: bool,
+    echo_stderr: bool,
+}
+
+impl VmBuilder {
+    /// Puts the instance directory under `dir` instead of [`instance::runtime_root`]. `dir` is
+    /// created 0700 if missing, and must be private to this user.
+    pub fn runtime_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.runtime_dir = Some(dir.into());
+        self
+    }
+
+    /// Also writes the console to this file (created or truncated), which outlives the
+    /// instance; `None` (the default) writes only the instance's own `console.log`.
+    pub fn console_log(mut self, path: Option<PathBuf>) -> Self {
+        self.console_log = path;
+        self
+    }
+
+    /// Unless [`VmBuilder::console_log`] names a file, also writes the console to
+    /// `DIR/NAME.log`, named after the instance's final name.
+    pub fn console_log_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.console_log_dir = dir;
+        self
+    }
+
+    /// If a live instance has the plan's name, takes `NAME-2`, `NAME-3`, ... instead of
+    /// failing with [`InstanceError::NameTaken`](crate::instance::InstanceError::NameTaken).
+    pub fn unique_name(mut self, yes: bool) -> Self {
+        self.unique_name = yes;
+        self
+    }
+
+    /// Copies QEMU's stderr to ours as it comes (it is kept for the report either way).
+    pub fn echo_stderr(mut self, yes: bool) -> Self {
+        self.echo_stderr = yes;
+        self
+    }
+
+    /// Starts QEMU and returns once the guest runs: the instance directory made and locked,
+    /// QMP connected and negotiated, the guest's CPUs started.
+    ///
+    /// QEMU dies with the thread that spawned it (`PR_SET_PDEATHSIG`): on a multi-thread
+    /// runtime that is a worker thread, which lives as long as the runtime.
+    pub async fn launch(self) -> Result<Vm, VmError> {
+        let (plan, inst) =
+            prepare::instance(self.plan, self.runtime_dir.as_deref(), self.unique_name).await?;
+        let logs = prepare::Logs::create(
+            &inst,
+            &plan.name,
+            self.console_log,
+            self.console_log_dir.as_deref(),
+        )?;
+        let events = prepare::events(&inst)?;
+        let sup_path = inst.path(instance::SUPERVISOR_QMP);
+        let spawned = spawn::qemu(&plan, &inst)?;
+        let info = spawn::info(&plan, spawned.pid, logs.durable_path());
+        let shared = Arc::new(Shared::new(spawned.pid, spawned.pidfd, inst, info));
+        let dir = lock(&shared.instance).dir().to_owned();
+        // Until the Vm exists, a failure, or the caller dropping this future, must not leave
+        // QEMU running: the tasks that own it would keep it alive.
+        let abort = Abort(Some(&shared));
+        // `ps` and `stop` know the pid from now on, even if QMP never answers.
+        shared.set_state("prelaunch");
+        let (console, errlog) = watch::start(spawned.pipes, logs, self.echo_stderr, &shared);
+        let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel)
+            .await
+            .map_err(|e| handshake::explain(e, &plan, &errlog))?;
+        abort.disarm();
+        Ok(Vm {
+            plan,
+            dir,
+            accel,
+            qmp,
+            console,
+            shared,
+            errlog,
+        })
+    }
+}
+
+/// Kills QEMU and removes the instance directory when dropped, unless disarmed.
+struct Abort<'a>(Option<&'a Shared>);
+
+impl Abort<'_> {
+    /// The launch succeeded: the [`Vm`] owns QEMU from now on.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abort<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared.kill();
+            shared.remove_instance();
+        }
+    }
+}
+
+impl Vm {
+    /// Settings for a launch of `plan`.
+    pub fn builder(plan: LaunchPlan) -> VmBuilder {
+        VmBuilder {
+            plan,
+            runtime_dir: None,
+            console_log: None,
+            console_log_dir: None,
+            unique_name: false,
+            echo_stderr: false,
+        }
+    }
+
+    /// Launches `plan` with the default settings: see [`VmBuilder::launch`].
+    pub async fn launch(plan: LaunchPlan) -> Result<Vm, VmError> {
+        Vm::builder(plan).launch().await
+    }
+}
