@@ -1,9 +1,6 @@
 //! The JSON of one firmware descriptor file, read leniently.
 
-use std::{
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::PathBuf,
-};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 

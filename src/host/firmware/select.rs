@@ -1,9 +1,6 @@
 //! Whether one descriptor fits a request, and why not.
 
-use std::{
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::PathBuf,
-};
+use std::path::PathBuf;
 
 use super::{Body, Device, Entry, FirmwareRequest, Mapping, Selected, Target, machine_family};
 
