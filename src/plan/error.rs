@@ -118,6 +118,7 @@ impl PlanError {
     }
 }
 
+/// The package goes on the selection error's first line, ahead of the descriptors it lists.
 fn no_firmware(error: &FirmwareError, package: Option<&str>) -> String {
     let text = error.to_string();
     let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));

@@ -1,7 +1,7 @@
 //! The firmware: a `-bios` file named by the user, or one chosen from QEMU's firmware
 //! descriptors with its variable store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::{
     host::firmware::{self, Descriptors, FirmwareRequest, Selected},
@@ -91,16 +91,16 @@ fn note_selected(
     cx: &mut Context,
     request: &FirmwareRequest,
     selected: &Selected,
-    vars: Option<&std::path::Path>,
+    vars: Option<&Path>,
 ) {
+    let secure = if request.secure_boot {
+        " with Secure Boot"
+    } else {
+        ""
+    };
     cx.notes.push(format!(
-        "firmware: {}{} from {} ({})",
+        "firmware: {}{secure} from {} ({})",
         request.interface,
-        if request.secure_boot {
-            " with Secure Boot"
-        } else {
-            ""
-        },
         selected.descriptor.display(),
         selected.executable.display()
     ));

@@ -59,6 +59,8 @@ pub fn resolve_with(
     host: &HostFacts,
     config: &Config,
 ) -> Result<LaunchPlan, PlanError> {
+    // The order of the steps is the order of their checks: it decides which fault of several
+    // the user is told about, and the order of the notes.
     let profile = binary::guest_profile(spec, profiles, host)?;
     let arch = profile.arch();
     let binary = binary::binary(spec, profile, host)?;
@@ -75,6 +77,7 @@ pub fn resolve_with(
     let disks = devices::disks(&mut cx);
     let nics = devices::nics(&cx);
     let name = spec.name.clone().unwrap_or_else(|| arch.to_string());
+    let bios_file = firmware::user_file(&cx);
     let descriptor_firmware = firmware::descriptor_firmware(&mut cx, &machine, &name)?;
     firmware::add_machine_options(&mut machine, descriptor_firmware.as_ref());
     let console = console::console(
@@ -98,7 +101,7 @@ pub fn resolve_with(
         kernel,
         disks,
         nics,
-        firmware: firmware::user_file(&cx),
+        firmware: bios_file,
         descriptor_firmware,
         console,
         notes: cx.notes,
