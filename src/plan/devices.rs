@@ -1,0 +1,42 @@
+//! The disks and network cards, on the profile's bus.
+
+use crate::spec::net::Net;
+
+use super::{DiskPlan, NicPlan, context::Context};
+
+/// The spec's disks in order, noting those whose writes go to an overlay.
+pub(super) fn disks(cx: &mut Context) -> Vec<DiskPlan> {
+    let disks = cx
+        .spec
+        .disks
+        .iter()
+        .map(|d| DiskPlan {
+            disk: d.clone(),
+            device: format!("virtio-blk{}", cx.profile.device_suffix),
+            overlay: None,
+        })
+        .collect::<Vec<_>>();
+    for (i, d) in disks.iter().enumerate() {
+        if d.wants_overlay() {
+            cx.notes.push(format!(
+                "disk {}: read-only; guest writes go to an overlay in the instance directory \
+                 ({}, made with qemu-img at launch, gone with the instance); \
+                 persist keeps them",
+                d.disk.path.display(),
+                DiskPlan::overlay_name(i)
+            ));
+        }
+    }
+    disks
+}
+
+/// The spec's network card, if any.
+pub(super) fn nics(cx: &Context) -> Vec<NicPlan> {
+    match &cx.spec.net {
+        Net::None => Vec::new(),
+        Net::User(user) => vec![NicPlan {
+            user: user.clone(),
+            device: format!("virtio-net{}", cx.profile.device_suffix),
+        }],
+    }
+}
