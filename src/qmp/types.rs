@@ -98,7 +98,7 @@ pub enum Notice {
 /// A subscription to the connection's events, from the moment it was made.
 ///
 /// Ends (returns `None`) once the connection is closed and everything before that was read, or
-/// once every [`Qmp`] handle is dropped.
+/// once every [`Qmp`](super::Qmp) handle is dropped.
 #[derive(Debug)]
 pub struct Events {
     pub(super) rx: broadcast::Receiver<Notice>,
