@@ -1,5 +1,7 @@
 //! Integration tests, one binary. Modules:
-//! - `common`: the fixture: built binary, test guests, fake hosts.
+//! - `common`: the one fixture: `TestEnv` (a test's own XDG directories, the real binary run in
+//!   them, detached and foreground guests put down on drop), the test guests and what they
+//!   print (`guest_proto`), `pid_gone` and friends, tripwire emulators, made-up hosts.
 //! - `cpu`: CPU modes, features and phys-bits seen by real guests; baseline, cache, traits.
 //! - `cpu_rules`: every CPU/maxphysaddr validation rule through the real binary: exit 2, a named
 //!   error, no QEMU started.
