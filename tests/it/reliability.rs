@@ -624,11 +624,17 @@ fn a_guest_that_never_prints_the_marker_times_out_exits_5_and_is_cleaned_up() {
     let Some(vm) = held_aarch64(&env, "mute", &["--timeout", "5s"]) else {
         return;
     };
-    let qemu = vm.entry()["pid"].as_u64().unwrap() as u32;
+    let e = vm.entry();
+    let (qemu, supervisor) = (
+        e["pid"].as_u64().unwrap(),
+        e["supervisor_pid"].as_u64().unwrap(),
+    );
     wait_until("detached guest timed out", Duration::from_secs(60), || {
         !env.instances().join("mute").exists()
     });
-    wait_gone(qemu, Duration::from_secs(5));
+    wait_gone(qemu as u32, Duration::from_secs(5));
+    // The supervisor writes its report last, after removing the directory.
+    wait_gone(supervisor as u32, Duration::from_secs(5));
     let log = std::fs::read_to_string(env.logs().join("mute.supervisor.log")).unwrap();
     assert!(log.contains("timed out after 5s"), "{log}");
 }
