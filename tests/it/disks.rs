@@ -266,25 +266,24 @@ fn image_lock_conflicts_are_explained() {
     raw_image(&img);
     let mut persist = img.clone().into_os_string();
     persist.push(",persist");
-    let held = [os("--append"), os(HOLD)];
-    let writer = detach(
-        &env,
-        &g,
-        "writer",
-        &[&[os("--disk"), &persist], &held[..]].concat(),
-    );
+    // A held guest named NAME with one disk, in the foreground (it must fail) or detached.
+    let held = |name: &str, disk: &OsStr| {
+        run(
+            &env,
+            &g,
+            &[
+                os("--name"),
+                os(name),
+                os("--disk"),
+                disk,
+                os("--append"),
+                os(HOLD),
+            ],
+        )
+    };
+    let writer = env.launch_detached(held("writer", &persist));
 
-    let out = run(
-        &env,
-        &g,
-        &[
-            &[os("--name"), os("second"), os("--disk"), &persist],
-            &held[..],
-        ]
-        .concat(),
-    )
-    .output()
-    .unwrap();
+    let out = held("second", &persist).output().unwrap();
     let (_, e) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{e}");
     let error = e.lines().find(|l| l.starts_with("error: ")).unwrap_or("");
@@ -298,17 +297,7 @@ fn image_lock_conflicts_are_explained() {
     assert!(e.contains("hint: drop persist from this disk"), "{e}");
     assert!(!env.instances().join("second").exists());
 
-    let out = run(
-        &env,
-        &g,
-        &[
-            &[os("--name"), os("reader"), os("--disk"), img.as_os_str()],
-            &held[..],
-        ]
-        .concat(),
-    )
-    .output()
-    .unwrap();
+    let out = held("reader", img.as_os_str()).output().unwrap();
     let (_, e) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{e}");
     assert!(e.contains("is in use by another process"), "{e}");
@@ -318,14 +307,7 @@ fn image_lock_conflicts_are_explained() {
     );
     writer.stop();
 
-    let readers = ["ov1", "ov2"].map(|name| {
-        detach(
-            &env,
-            &g,
-            name,
-            &[&[os("--disk"), img.as_os_str()], &held[..]].concat(),
-        )
-    });
+    let readers = ["ov1", "ov2"].map(|name| env.launch_detached(held(name, img.as_os_str())));
     for r in readers {
         r.wait_for(HEARTBEAT, BOOT_TIMEOUT);
         r.stop();
