@@ -18,7 +18,8 @@
 //! - `reliability`: the bad-input corpus (`tests/corpus/bad-input/`), odd paths reaching QEMU
 //!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
 //!   racing launches, a guest that never prints what is awaited.
-//! - `fuzz`: property tests (proptest) of the parsers, planning and the QMP client's framing;
+//! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
+//!   mutated domains), planning and the QMP client's framing;
 //!   `QD_FUZZ_CASES` sets the cases per target.
 
 mod boot;
