@@ -1,18 +1,22 @@
 //! Real guests, real QEMU. Each boot goes through the `qemu-direct` binary exactly as a user
 //! runs it; under TCG on hosts where KVM is not usable (such as PVM hosts).
 
-use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path, process::Output};
+use std::{ffi::OsStr, os::unix::ffi::OsStrExt, process::Output};
 
 use qemu_direct::{
     host::{HostFacts, ProbeOptions},
     profile::ProfileSet,
 };
 
-use crate::common::{Guest, bin, files_under, guest, guest_cmd, guest_files, scratch, text};
+use crate::common::{
+    BOOT_TIMEOUT, Guest, TestEnv, files_under, guest, guest_files,
+    guest_proto::{self, HOLD, PANIC},
+    text,
+};
 
-/// Boots a guest with extra args; returns the output. Logs go into `state`.
-fn boot(g: &Guest, arch: &str, state: &Path, extra: &[&OsStr]) -> Output {
-    guest_cmd(g, state, ["run", "--arch", arch, "--timeout", "240s"])
+/// Boots a guest with extra args; returns the output. Logs go into the env's state.
+fn boot(env: &TestEnv, g: &Guest, extra: &[&OsStr]) -> Output {
+    env.run(g, ["--timeout", BOOT_TIMEOUT])
         .args(extra)
         .output()
         .expect("run qemu-direct")
@@ -32,7 +36,7 @@ fn expected_accel_line(arch: &str) -> String {
     }
 }
 
-fn assert_booted(arch: &str, out: &Output, state: &Path) {
+fn assert_booted(arch: &str, out: &Output, env: &TestEnv) {
     let (o, e) = text(out);
     assert_eq!(
         out.status.code(),
@@ -40,7 +44,7 @@ fn assert_booted(arch: &str, out: &Output, state: &Path) {
         "{arch}: stderr:\n{e}\nconsole:\n{o}"
     );
     assert!(
-        o.contains(&format!("GUEST-READY {arch}")),
+        o.contains(&guest_proto::ready(arch)),
         "{arch} console:\n{o}"
     );
     assert!(
@@ -49,7 +53,7 @@ fn assert_booted(arch: &str, out: &Output, state: &Path) {
     );
     assert!(e.contains("qemu-direct: guest powered off"), "{e}");
     // The console also went to the log file, whole.
-    let log = state.join(format!("qemu-direct/logs/{arch}.log"));
+    let log = env.log(arch);
     let logged = std::fs::read(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     assert_eq!(logged, out.stdout, "log and stdout differ");
 }
@@ -57,19 +61,18 @@ fn assert_booted(arch: &str, out: &Output, state: &Path) {
 #[test]
 fn x86_64_guest_boots_and_powers_off() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
-    let out = boot(&g, "x86_64", dir.path(), &[os("--memory"), os("512M")]);
-    assert_booted("x86_64", &out, dir.path());
+    let env = TestEnv::new();
+    let out = boot(&env, &g, &[os("--memory"), os("512M")]);
+    assert_booted("x86_64", &out, &env);
 }
 
 #[test]
 fn aarch64_guest_boots_on_any_host() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
     let out = boot(
+        &env,
         &g,
-        "aarch64",
-        dir.path(),
         &[
             os("--memory"),
             os("512M"),
@@ -79,32 +82,35 @@ fn aarch64_guest_boots_on_any_host() {
             os("console=ttyAMA0"),
         ],
     );
-    assert_booted("aarch64", &out, dir.path());
+    assert_booted("aarch64", &out, &env);
     let (o, _) = text(&out);
-    assert!(o.contains("qd-uname: aarch64"), "{o}");
+    assert!(
+        o.contains(&format!("{} aarch64", guest_proto::tag("uname"))),
+        "{o}"
+    );
 }
 
 #[test]
 fn nova_properties_pick_an_emulated_aarch64_guest() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        [
-            "run",
-            "--property",
-            "hw_emulation_architecture=aarch64",
-            "--property",
-            "hw_architecture=x86_64",
-            "--timeout",
-            "240s",
-        ],
-    )
-    .output()
-    .unwrap();
+    let env = TestEnv::new();
+    let out = env
+        .guest_cmd(
+            &g,
+            [
+                "run",
+                "--property",
+                "hw_emulation_architecture=aarch64",
+                "--property",
+                "hw_architecture=x86_64",
+                "--timeout",
+                BOOT_TIMEOUT,
+            ],
+        )
+        .output()
+        .unwrap();
     if cfg!(target_arch = "x86_64") {
-        assert_booted("aarch64", &out, dir.path());
+        assert_booted("aarch64", &out, &env);
     } else {
         // hw_architecture=x86_64 names the host; elsewhere this is refused.
         assert_eq!(out.status.code(), Some(2));
@@ -115,13 +121,8 @@ fn nova_properties_pick_an_emulated_aarch64_guest() {
 #[test]
 fn kernel_panic_is_reported_with_its_own_exit_code() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
-    let out = boot(
-        &g,
-        "x86_64",
-        dir.path(),
-        &[os("--append"), os("qd.panic=1")],
-    );
+    let env = TestEnv::new();
+    let out = boot(&env, &g, &[os("--append"), os(PANIC)]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(4), "stderr:\n{e}\nconsole:\n{o}");
     assert!(
@@ -133,22 +134,11 @@ fn kernel_panic_is_reported_with_its_own_exit_code() {
 #[test]
 fn timeout_stops_a_guest_that_never_finishes() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        [
-            "run",
-            "--arch",
-            "x86_64",
-            "--timeout",
-            "20s",
-            "--append",
-            "qd.hold=1",
-        ],
-    )
-    .output()
-    .unwrap();
+    let env = TestEnv::new();
+    let out = env
+        .run(&g, ["--timeout", "20s", "--append", HOLD])
+        .output()
+        .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(5), "stderr:\n{e}\nconsole:\n{o}");
     assert!(e.contains("timed out after 20s; guest stopped"), "{e}");
@@ -158,17 +148,17 @@ fn timeout_stops_a_guest_that_never_finishes() {
 #[test]
 fn until_stops_the_guest_once_the_console_says_so() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
-    let log = dir.path().join("console.txt");
+    let env = TestEnv::new();
+    let log = env.path("console.txt");
+    let second = guest_proto::heartbeat(2);
     let out = boot(
+        &env,
         &g,
-        "aarch64",
-        dir.path(),
         &[
             os("--append"),
-            os("qd.hold=1"),
+            os(HOLD),
             os("--until"),
-            os("qd-heartbeat 2"),
+            os(&second),
             os("--console-log"),
             log.as_os_str(),
         ],
@@ -178,45 +168,50 @@ fn until_stops_the_guest_once_the_console_says_so() {
     assert!(e.contains("console reached the expected text"), "{e}");
     // QEMU's acknowledgement of our own SIGTERM is not shown as if something failed.
     assert!(!e.contains("terminating on signal"), "{e}");
-    assert!(String::from_utf8_lossy(&std::fs::read(&log).unwrap()).contains("qd-heartbeat 2"));
+    assert!(String::from_utf8_lossy(&std::fs::read(&log).unwrap()).contains(&second));
     // Only the named log was written.
-    assert_eq!(files_under(dir.path()), [log]);
+    assert_eq!(files_under(env.root()), [log]);
 }
 
 #[test]
 fn paths_with_commas_and_spaces_reach_qemu_literally() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
-    let odd = dir.path().join("a,file=b c");
+    let env = TestEnv::new();
+    let odd = env.path("a,file=b c");
     std::fs::create_dir(&odd).unwrap();
     // A non-UTF-8 byte, too: paths stay bytes end to end.
     let kernel = odd.join(OsStr::from_bytes(b"vmlinuz,file=\xff"));
     let initrd = odd.join("initrd,format=raw");
     std::fs::copy(&g.kernel, &kernel).unwrap();
     std::fs::copy(&g.initrd, &initrd).unwrap();
-    let out = boot(&Guest { kernel, initrd }, "x86_64", dir.path(), &[]);
-    assert_booted("x86_64", &out, dir.path());
+    let odd_guest = Guest {
+        kernel,
+        initrd,
+        ..g
+    };
+    let out = boot(&env, &odd_guest, &[]);
+    assert_booted("x86_64", &out, &env);
 }
 
 #[test]
 fn ppc64le_guest_boots() {
     let Some(g) = guest("ppc64le") else { return };
-    let dir = scratch();
-    assert_booted("ppc64le", &boot(&g, "ppc64le", dir.path(), &[]), dir.path());
+    let env = TestEnv::new();
+    assert_booted("ppc64le", &boot(&env, &g, &[]), &env);
 }
 
 #[test]
 fn s390x_guest_boots() {
     let Some(g) = guest("s390x") else { return };
-    let dir = scratch();
-    assert_booted("s390x", &boot(&g, "s390x", dir.path(), &[]), dir.path());
+    let env = TestEnv::new();
+    assert_booted("s390x", &boot(&env, &g, &[]), &env);
 }
 
 #[test]
 fn mipsel_guest_boots() {
     let Some(g) = guest("mipsel") else { return };
-    let dir = scratch();
-    assert_booted("mipsel", &boot(&g, "mipsel", dir.path(), &[]), dir.path());
+    let env = TestEnv::new();
+    assert_booted("mipsel", &boot(&env, &g, &[]), &env);
 }
 
 #[test]
@@ -229,15 +224,14 @@ fn riscv64_firmware_boots_from_a_directory_disk() {
     ) else {
         return;
     };
-    let dir = scratch();
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .args([
+    let env = TestEnv::new();
+    let out = env
+        .cmd([
             "run",
             "--arch",
             "riscv64",
             "--timeout",
-            "240s",
+            BOOT_TIMEOUT,
             "--firmware",
         ])
         .arg(dir_g.join("fw_jump.bin"))
@@ -247,5 +241,5 @@ fn riscv64_firmware_boots_from_a_directory_disk() {
         .arg(dir_g.join("boot"))
         .output()
         .unwrap();
-    assert_booted("riscv64", &out, dir.path());
+    assert_booted("riscv64", &out, &env);
 }

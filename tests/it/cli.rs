@@ -4,36 +4,18 @@
 //! "No QEMU started" is observed, not assumed: each case points --emulator (or PATH) at a
 //! wrapper that records its start in a file before it would exec the real QEMU.
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::path::Path;
 
-use crate::common::{files_under, qd, scratch, text};
-
-/// Writes an emulator wrapper that leaves `started` behind when run for a guest. A capability
-/// probe (`-machine none`, which planning may run to learn the QEMU version) runs no guest.
-pub(crate) fn tripwire(dir: &Path) -> std::path::PathBuf {
-    let script = dir.join("qemu-tripwire");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncase \" $* \" in *\" -machine none \"*) ;; *) touch '{}' ;; esac\n\
-             exec qemu-system-x86_64 \"$@\"\n",
-            dir.join("started").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
+use crate::common::{TestEnv, Tripwire, files_under, qd, text};
 
 /// Runs `run` with the args plus a tripwire emulator; checks exit 2, the error line, and that
 /// nothing started or was written.
 pub(crate) fn refused(args: &[&str], expect: &str) -> String {
-    let dir = scratch();
-    let wire = tripwire(dir.path());
-    let state = dir.path().join("state");
-    let out = crate::common::bin()
-        .env("XDG_STATE_HOME", &state)
-        .arg("run")
+    let env = TestEnv::with_own_cache();
+    let wire = env.tripwire(Tripwire::PassThrough);
+    let state = env.state();
+    let out = env
+        .cmd(["run"])
         .args(args)
         .arg("--emulator")
         .arg(&wire)
@@ -52,10 +34,7 @@ pub(crate) fn refused(args: &[&str], expect: &str) -> String {
         "args {args:?}: want {expect:?} in {first:?}"
     );
     assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
-    assert!(
-        !dir.path().join("started").exists(),
-        "QEMU was started for {args:?}"
-    );
+    assert!(!env.qemu_started(), "QEMU was started for {args:?}");
     assert!(
         files_under(&state).is_empty(),
         "files left behind: {:?}",
@@ -167,11 +146,10 @@ fn bad_accel_and_flags_are_usage_errors() {
 
 #[test]
 fn emulator_not_installed() {
-    let dir = scratch();
-    let out = crate::common::bin()
-        .env("PATH", dir.path())
-        .env("XDG_STATE_HOME", dir.path().join("state"))
-        .args(["run", "--arch", "s390x"])
+    let env = TestEnv::new();
+    let out = env
+        .cmd(["run", "--arch", "s390x"])
+        .env("PATH", env.root())
         .output()
         .unwrap();
     let (_, e) = text(&out);
@@ -180,13 +158,13 @@ fn emulator_not_installed() {
         e.starts_with("error: qemu-system-s390x (for s390x guests) is not installed; install the Debian package qemu-system-misc"),
         "{e}"
     );
-    assert!(files_under(dir.path()).is_empty());
+    assert!(files_under(env.root()).is_empty());
 }
 
 #[test]
 fn spec_file_errors_name_file_and_line() {
-    let dir = scratch();
-    let spec = dir.path().join("vm.toml");
+    let env = TestEnv::new();
+    let spec = env.path("vm.toml");
     std::fs::write(&spec, "arch = \"aarch64\"\nmemroy = \"1G\"\n").unwrap();
     let e = refused(&["--spec", spec.to_str().unwrap()], "vm.toml");
     assert!(e.contains("memroy") && e.contains("line 2"), "{e}");
@@ -194,10 +172,10 @@ fn spec_file_errors_name_file_and_line() {
 
 #[test]
 fn host_facts_files_are_validated() {
-    let dir = scratch();
-    let f = dir.path().join("host.json");
+    let env = TestEnv::new();
+    let f = env.path("host.json");
     std::fs::write(&f, "{\"arch\": 1}").unwrap();
-    let out = qd([
+    let out = env.qd([
         "--host-facts",
         f.to_str().unwrap(),
         "plan",
@@ -210,23 +188,17 @@ fn host_facts_files_are_validated() {
 
 #[test]
 fn dry_run_prints_the_argv_and_starts_nothing() {
-    let dir = scratch();
-    let wire = tripwire(dir.path());
-    let kernel = dir.path().join("vm linuz,file=x");
-    std::fs::write(&kernel, b"not really a kernel").unwrap();
     // Planning learns the tripwire's QEMU version from a capability probe: cache it here.
-    let out = crate::common::bin()
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .args([
-            "run".as_ref(),
-            "--arch".as_ref(),
-            "x86_64".as_ref(),
-            "--kernel".as_ref(),
-            kernel.as_os_str(),
-            "--emulator".as_ref(),
-            wire.as_os_str(),
-            "--dry-run".as_ref(),
-        ] as [&std::ffi::OsStr; 8])
+    let env = TestEnv::with_own_cache();
+    let wire = env.tripwire(Tripwire::PassThrough);
+    let kernel = env.path("vm linuz,file=x");
+    std::fs::write(&kernel, b"not really a kernel").unwrap();
+    let out = env
+        .cmd(["run", "--arch", "x86_64", "--kernel"])
+        .arg(&kernel)
+        .arg("--emulator")
+        .arg(&wire)
+        .arg("--dry-run")
         .output()
         .unwrap();
     let (o, e) = text(&out);
@@ -236,17 +208,17 @@ fn dry_run_prints_the_argv_and_starts_nothing() {
         "{o}"
     );
     assert!(o.contains("-append 'console=ttyS0 panic=-1'"), "{o}");
-    assert!(!dir.path().join("started").exists());
+    assert!(!env.qemu_started());
 }
 
 #[test]
 fn probe_and_plan_speak_json() {
-    let out = qd(["probe", "--json"]);
+    let env = TestEnv::new();
+    let out = env.qd(["probe", "--json"]);
     assert!(out.status.success());
     let facts: qemu_direct::host::HostFacts = serde_json::from_slice(&out.stdout).unwrap();
     // The recorded facts drive a plan on this or any other machine.
-    let dir = scratch();
-    let f = dir.path().join("host.json");
+    let f = env.path("host.json");
     let mut other = facts.clone();
     other.arch = Some(
         qemu_direct::profile::ProfileSet::embedded()
@@ -265,7 +237,7 @@ fn probe_and_plan_speak_json() {
         },
     );
     std::fs::write(&f, serde_json::to_string(&other).unwrap()).unwrap();
-    let out = qd([
+    let out = env.qd([
         "--host-facts",
         f.to_str().unwrap(),
         "plan",
@@ -282,8 +254,8 @@ fn probe_and_plan_speak_json() {
 
 #[test]
 fn profile_dir_replaces_the_built_in_profiles() {
-    let dir = scratch();
-    let profiles = dir.path().join("profiles");
+    let env = TestEnv::new();
+    let profiles = env.path("profiles");
     std::fs::create_dir(&profiles).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("machine-profiles/aarch64.toml");
     let profile: String = std::fs::read_to_string(src)
@@ -296,14 +268,14 @@ fn profile_dir_replaces_the_built_in_profiles() {
         })
         .collect();
     std::fs::write(profiles.join("aarch64.toml"), profile).unwrap();
-    let out = qd([
+    let out = env.qd([
         "--profile-dir".as_ref(),
         profiles.as_os_str(),
         "profiles".as_ref(),
     ]);
     let (o, _) = text(&out);
     assert_eq!(o.lines().count(), 1, "only the directory's profiles: {o}");
-    let out = qd([
+    let out = env.qd([
         "--profile-dir".as_ref(),
         profiles.as_os_str(),
         "run".as_ref(),
@@ -317,7 +289,7 @@ fn profile_dir_replaces_the_built_in_profiles() {
         text(&out).0
     );
     // An arch the directory lacks is unknown now.
-    let out = qd([
+    let out = env.qd([
         "--profile-dir".as_ref(),
         profiles.as_os_str(),
         "plan".as_ref(),
@@ -331,7 +303,7 @@ fn profile_dir_replaces_the_built_in_profiles() {
         "name = \"bad\"\nbinnary = \"x\"\n",
     )
     .unwrap();
-    let out = qd([
+    let out = env.qd([
         "--profile-dir".as_ref(),
         profiles.as_os_str(),
         "profiles".as_ref(),

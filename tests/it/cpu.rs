@@ -10,35 +10,24 @@ use qemu_direct::{
 };
 use serde_json::Value;
 
-use crate::common::{bin, guest, guest_cmd, scratch, text};
+use crate::common::{BOOT_TIMEOUT, TestEnv, guest, guest_proto, qd, text};
 
 fn boot_x86(extra: &[&str]) -> Option<(String, String)> {
     let g = guest("x86_64")?;
-    let dir = scratch();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        ["run", "--arch", "x86_64", "--timeout", "240s"],
-    )
-    .args(extra)
-    .output()
-    .expect("run qemu-direct");
+    let env = TestEnv::new();
+    let out = env
+        .run(&g, ["--timeout", BOOT_TIMEOUT])
+        .args(extra)
+        .output()
+        .expect("run qemu-direct");
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{e}\nconsole:\n{o}");
-    assert!(o.contains("GUEST-READY x86_64"), "console:\n{o}");
+    assert!(o.contains(&guest_proto::ready("x86_64")), "console:\n{o}");
     Some((o, e))
 }
 
-/// The value of a `qd-NAME: ...` line the test guest prints.
-fn guest_line<'a>(console: &'a str, name: &str) -> &'a str {
-    console
-        .lines()
-        .find_map(|l| l.trim_end().strip_prefix(&format!("qd-{name}: ")))
-        .unwrap_or_else(|| panic!("no qd-{name} line in:\n{console}"))
-}
-
 fn guest_flags(console: &str) -> Vec<String> {
-    let line = guest_line(console, "flags");
+    let line = guest_proto::line(console, "flags");
     let list = line.split_once(':').map_or(line, |(_, v)| v);
     list.split_whitespace().map(str::to_owned).collect()
 }
@@ -58,7 +47,7 @@ fn maxphysaddr_emulate_42_is_what_the_guest_sees() {
         let Some((console, _)) = boot_x86(args) else {
             return;
         };
-        let sizes = guest_line(&console, "address-sizes");
+        let sizes = guest_proto::line(&console, "address-sizes");
         assert!(sizes.contains("42 bits physical"), "{args:?}: {sizes}");
     }
 }
@@ -93,24 +82,21 @@ fn host_model_computed_without_libvirt_boots() {
 #[test]
 fn aarch64_maximum_mode_boots() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        ["run", "--arch", "aarch64", "--timeout", "240s"],
-    )
-    .args(["--cpu-mode", "maximum", "-v"])
-    .output()
-    .unwrap();
+    let env = TestEnv::new();
+    let out = env
+        .run(&g, ["--timeout", BOOT_TIMEOUT])
+        .args(["--cpu-mode", "maximum", "-v"])
+        .output()
+        .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{e}\n{o}");
-    assert!(o.contains("GUEST-READY aarch64"), "{o}");
+    assert!(o.contains(&guest_proto::ready("aarch64")), "{o}");
     assert!(e.contains("-cpu 'max,pauth-impdef=on'"), "{e}");
 }
 
 /// The real probe of this host, as `probe --json` writes it.
 fn probed() -> Value {
-    let out = bin().args(["probe", "--json"]).output().unwrap();
+    let out = qd(["probe", "--json"]);
     assert!(out.status.success(), "{}", text(&out).1);
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -165,22 +151,17 @@ fn write_host(
 #[test]
 fn baseline_of_three_hosts_runs_on_each_and_boots_here() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
+    let dir = env.root();
     let host = probed();
     let tcg = x86_caps(&host, "tcg").expect("x86_64 TCG caps in the probe");
     // A: TCG's `max`. B: KVM's `host` where this machine's KVM answered the probe (PVM here),
     // else a runner whose CPU is Westmere. C: a runner whose CPU is Nehalem.
-    let a = write_host(dir.path(), "a.json", host.clone(), "missing", None);
+    let a = write_host(dir, "a.json", host.clone(), "missing", None);
     let b = match x86_caps(&host, "kvm") {
-        Some(k) => write_host(
-            dir.path(),
-            "b.json",
-            host.clone(),
-            "usable",
-            Some(("kvm", k)),
-        ),
+        Some(k) => write_host(dir, "b.json", host.clone(), "usable", Some(("kvm", k))),
         None => write_host(
-            dir.path(),
+            dir,
             "b.json",
             host.clone(),
             "missing",
@@ -188,17 +169,14 @@ fn baseline_of_three_hosts_runs_on_each_and_boots_here() {
         ),
     };
     let c = write_host(
-        dir.path(),
+        dir,
         "c.json",
         host.clone(),
         "missing",
         Some(("tcg", restricted(tcg, "Nehalem"))),
     );
 
-    let out = bin()
-        .args(["cpu", "baseline", "--json", &a, &b, &c])
-        .output()
-        .unwrap();
+    let out = env.qd(["cpu", "baseline", "--json", &a, &b, &c]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{e}");
     let base: Value = serde_json::from_str(&o).unwrap();
@@ -214,8 +192,8 @@ fn baseline_of_three_hosts_runs_on_each_and_boots_here() {
         cpu_args.push(format!("--cpu-flags={}", flags.join(",")));
     }
 
-    let out = bin()
-        .args(["cpu", "compare", "--arch", "x86_64"])
+    let out = env
+        .cmd(["cpu", "compare", "--arch", "x86_64"])
         .args(&cpu_args)
         .args([&a, &b, &c])
         .output()
@@ -229,18 +207,15 @@ fn baseline_of_three_hosts_runs_on_each_and_boots_here() {
     );
 
     // A model the restricted host cannot run is refused there, naming what it lacks.
-    let out = bin()
-        .args([
-            "cpu",
-            "compare",
-            "--arch",
-            "x86_64",
-            "--cpu-model",
-            "Skylake-Client",
-            &c,
-        ])
-        .output()
-        .unwrap();
+    let out = env.qd([
+        "cpu",
+        "compare",
+        "--arch",
+        "x86_64",
+        "--cpu-model",
+        "Skylake-Client",
+        &c,
+    ]);
     let (o, _) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{o}");
     assert!(
@@ -249,18 +224,14 @@ fn baseline_of_three_hosts_runs_on_each_and_boots_here() {
     );
 
     // And the baseline boots here.
-    let state = scratch();
-    let out = guest_cmd(
-        &g,
-        state.path(),
-        ["run", "--arch", "x86_64", "--timeout", "240s"],
-    )
-    .args(&cpu_args)
-    .output()
-    .unwrap();
+    let out = env
+        .run(&g, ["--timeout", BOOT_TIMEOUT])
+        .args(&cpu_args)
+        .output()
+        .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{cpu_args:?}\n{e}\n{o}");
-    assert!(o.contains("GUEST-READY x86_64"), "{o}");
+    assert!(o.contains(&guest_proto::ready("x86_64")), "{o}");
 }
 
 #[test]
@@ -269,17 +240,17 @@ fn the_capability_cache_is_reprobed_when_the_binary_changes() {
         eprintln!("SKIPPED: qemu-system-x86_64 not installed");
         return;
     };
-    let dir = scratch();
+    let env = TestEnv::new();
     // A copy of Debian's binary cannot load its accelerator modules from elsewhere, so the
     // "binary" here is a program that runs the real one: replaced and touched like any other.
-    let copy = dir.path().join("qemu-system-x86_64");
+    let copy = env.path("qemu-system-x86_64");
     std::fs::write(
         &copy,
         format!("#!/bin/sh\nexec {} \"$@\"\n", real.display()),
     )
     .unwrap();
     std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let cache = CapsCache::at(dir.path().join("cache"));
+    let cache = CapsCache::at(env.path("cache"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -312,7 +283,8 @@ fn traits_and_check_answer_like_novas_prefilter() {
     if guest("x86_64").is_none() {
         return;
     }
-    let out = bin().args(["traits", "--json"]).output().unwrap();
+    let env = TestEnv::new();
+    let out = env.qd(["traits", "--json"]);
     assert!(out.status.success(), "{}", text(&out).1);
     let traits: Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = traits
@@ -333,8 +305,8 @@ fn traits_and_check_answer_like_novas_prefilter() {
     }
 
     let check = |args: &[&str]| -> (Option<i32>, Value) {
-        let out = bin()
-            .arg("check")
+        let out = env
+            .cmd(["check"])
             .args(args)
             .arg("--json")
             .output()

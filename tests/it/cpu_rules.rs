@@ -9,7 +9,6 @@
 //! run under TCG on any machine) and `kvm` (a made-up KVM host with 39 physical-address bits).
 
 use std::{
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
     process::{Command, Output},
     sync::OnceLock,
@@ -17,7 +16,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{bin, files_under, scratch, text};
+use crate::common::{TestEnv, Tripwire, files_under, text};
 
 /// Stands for the tripwire's path in the stored host descriptions until a test writes its own.
 const WIRE_PLACEHOLDER: &str = "@QD-TRIPWIRE@";
@@ -44,12 +43,7 @@ fn probed() -> &'static Probed {
     static PROBED: OnceLock<Probed> = OnceLock::new();
     PROBED.get_or_init(|| {
         // Its own cache, so neither a stale user cache nor this run's leftovers decide the data.
-        let cache = scratch();
-        let out = bin()
-            .env("XDG_CACHE_HOME", cache.path())
-            .args(["probe", "--json"])
-            .output()
-            .expect("run qemu-direct probe");
+        let out = TestEnv::with_own_cache().qd(["probe", "--json"]);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "probe --json failed: {stderr}");
         let facts: Value = serde_json::from_str(&stdout).expect("probe --json prints JSON");
@@ -101,34 +95,26 @@ fn strings(v: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-/// A scratch world for one command: host description with a tripwire emulator, a kernel file,
-/// and private state, cache and config directories that must stay empty. The bad-input corpus
-/// (`reliability`) runs its cases in these too.
+/// A scratch world for one command: a [`TestEnv`] with its own cache, a host description whose
+/// every emulator is a failing [`Tripwire`], a kernel file; its state, cache and config
+/// directories must stay empty. The bad-input corpus (`reliability`) runs its cases in these
+/// too.
 pub(crate) struct World {
-    dir: tempfile::TempDir,
+    pub(crate) env: TestEnv,
+    /// The emulator every host description names.
+    wire: PathBuf,
 }
 
 impl World {
     pub(crate) fn new(host: Host) -> World {
-        let dir = scratch();
-        let w = World { dir };
-        let wire = w.path("qemu-tripwire");
-        // Records the start and fails at once: a regression then fails fast and loudly instead
-        // of booting something.
-        std::fs::write(
-            &wire,
-            format!(
-                "#!/bin/sh\necho \"$0 $*\" >> '{}'\nexit 97\n",
-                w.path("qemu-started").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&wire, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = TestEnv::with_own_cache();
+        let wire = env.tripwire(Tripwire::Fail);
+        let w = World { env, wire };
         let facts = match host {
             Host::Tcg => &probed().tcg,
             Host::Kvm => &probed().kvm,
         };
-        let wire_json = serde_json::to_string(wire.to_str().unwrap()).unwrap();
+        let wire_json = serde_json::to_string(w.wire.to_str().unwrap()).unwrap();
         std::fs::write(
             w.path("host.json"),
             facts.replace(&format!("\"{WIRE_PLACEHOLDER}\""), &wire_json),
@@ -140,7 +126,7 @@ impl World {
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.env.path(name)
     }
 
     /// Writes a file into the world and returns its path as an argument.
@@ -150,19 +136,17 @@ impl World {
         p.to_str().unwrap().to_owned()
     }
 
-    /// `qemu-direct --host-facts HOST VERB ARGS --kernel K`, cut off from this machine's config.
+    /// `qemu-direct --host-facts HOST` in the env, which is cut off from this machine's config.
+    pub(crate) fn host_cmd(&self) -> Command {
+        let mut c = self.env.cmd(["--host-facts"]);
+        c.arg(self.path("host.json"));
+        c
+    }
+
+    /// `qemu-direct --host-facts HOST VERB ARGS --kernel K`.
     fn command(&self, verb: &str, args: &[&str]) -> Command {
-        let mut c = bin();
-        c.env("XDG_STATE_HOME", self.path("state"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env(
-                "QEMU_DIRECT_SYSTEM_CONFIG",
-                self.path("no-system-config.toml"),
-            )
-            .arg("--host-facts")
-            .arg(self.path("host.json"))
-            .arg(verb)
+        let mut c = self.host_cmd();
+        c.arg(verb)
             .args(args)
             .arg("--kernel")
             .arg(self.path("vmlinuz"));
@@ -171,14 +155,13 @@ impl World {
 
     /// No QEMU started, no log, cache or config written.
     fn assert_untouched(&self, args: &[&str]) {
-        let started = self.path("qemu-started");
         assert!(
-            !started.exists(),
+            !self.env.qemu_started(),
             "QEMU was started for {args:?}: {}",
-            std::fs::read_to_string(&started).unwrap_or_default()
+            self.env.qemu_starts()
         );
-        for d in ["state", "cache", "config"] {
-            let left = files_under(&self.path(d));
+        for d in [self.env.state(), self.env.cache(), self.env.config()] {
+            let left = files_under(&d);
             assert!(left.is_empty(), "{args:?} left files behind: {left:?}");
         }
     }
@@ -236,7 +219,7 @@ fn accepted_in(w: &World, args: &[&str]) -> Vec<String> {
     let argv = shlex::split(stdout.trim()).expect("dry-run prints a shell line");
     assert_eq!(
         argv.first().map(PathBuf::from),
-        Some(w.path("qemu-tripwire")),
+        Some(w.wire.clone()),
         "{args:?}: {stdout}"
     );
     w.assert_untouched(args);

@@ -9,97 +9,32 @@ use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
 use serde_json::Value;
 
 use crate::{
-    cli::{refused, tripwire},
-    common::{Guest, bin, files_under, guest, guest_cmd, qd, runtime_dir, scratch, text},
+    cli::refused,
+    common::{
+        BOOT_TIMEOUT, Detached, Guest, TestEnv, Tripwire, files_under, guest,
+        guest_proto::{self, HEARTBEAT, HOLD, MARKER},
+        text,
+    },
 };
 
-/// What the test initramfs writes with `qd.write=DEV`.
-const MARKER: &[u8] = b"QD-MARKER ";
-
-/// One test's world: its own state and runtime directories, a guest, images in `dir`.
-struct World {
-    dir: tempfile::TempDir,
-    guest: Guest,
-    arch: &'static str,
-    /// Instances to stop if the test ends early.
-    started: Vec<String>,
+/// `run --arch ARCH --timeout 240s ARGS --kernel K --initrd I`.
+fn run(env: &TestEnv, g: &Guest, args: &[&OsStr]) -> Command {
+    let mut c = env.run(g, ["--timeout", BOOT_TIMEOUT]);
+    c.args(args);
+    c
 }
 
-impl World {
-    fn new(arch: &'static str) -> Option<World> {
-        Some(World {
-            dir: scratch(),
-            guest: guest(arch)?,
-            arch,
-            started: Vec::new(),
-        })
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `run --arch ARCH ARGS --kernel K --initrd I`.
-    fn run(&self, args: &[&OsStr]) -> Command {
-        let mut c = guest_cmd(
-            &self.guest,
-            self.dir.path(),
-            ["run", "--arch", self.arch, "--timeout", "240s"],
-        );
-        c.args(args);
-        c
-    }
-
-    /// Any other command in this world.
-    fn qd(&self, args: &[&str]) -> Output {
-        bin()
-            .env("XDG_STATE_HOME", self.dir.path())
-            .env("XDG_RUNTIME_DIR", runtime_dir(self.dir.path()))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// Starts a detached instance named `name`; returns its directory.
-    fn detach(&mut self, name: &str, args: &[&OsStr]) -> PathBuf {
-        let out = self
-            .run(&[os("--detach"), os("--name"), os(name)])
-            .args(args)
-            .output()
-            .unwrap();
-        let (o, e) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "stdout:\n{o}\nstderr:\n{e}");
-        self.started.push(name.to_owned());
-        PathBuf::from(o.trim_end().split_once('\t').expect("NAME\\tDIR").1)
-    }
-
-    /// Waits for console text; returns the matching line.
-    fn wait_for(&self, name: &str, pattern: &str) -> String {
-        let out = self.qd(&["wait", name, "--for", pattern, "--timeout", "240s"]);
-        let (o, e) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "wait {pattern}: {e}");
-        o
-    }
-
-    fn stop(&mut self, name: &str) {
-        let out = self.qd(&["stop", name, "--timeout", "0s"]);
-        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-        self.started.retain(|n| n != name);
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for name in std::mem::take(&mut self.started) {
-            let _ = self.qd(&["stop", &name, "--timeout", "0s"]);
-        }
-    }
+/// Starts a detached instance named `name`.
+fn detach<'e>(env: &'e TestEnv, g: &Guest, name: &str, args: &[&OsStr]) -> Detached<'e> {
+    let mut c = run(env, g, &[os("--name"), os(name)]);
+    c.args(args);
+    env.launch_detached(c)
 }
 
 fn os(s: &str) -> &OsStr {
@@ -165,32 +100,42 @@ fn free_port() -> u16 {
 /// One guest per arch writes to its disk and lists its network cards: the base image is
 /// byte-identical afterwards, the NIC is the arch's virtio-net device.
 fn writes_to_an_overlay_and_sees_its_nic(arch: &'static str) {
-    let Some(w) = World::new(arch) else { return };
-    let base = w.path("base.img");
+    let Some(g) = guest(arch) else { return };
+    let env = TestEnv::new();
+    let base = env.path("base.img");
     raw_image(&base);
     let before = sha256(&base);
-    let out = w
-        .run(&[
+    let write = guest_proto::write("/dev/vda");
+    let out = run(
+        &env,
+        &g,
+        &[
             os("--disk"),
             base.as_os_str(),
             os("--net"),
             os("user"),
             os("--append"),
-            os("qd.write=/dev/vda"),
-        ])
-        .output()
-        .unwrap();
+            os(&write),
+        ],
+    )
+    .output()
+    .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{arch}: {e}\n{o}");
-    assert!(o.contains("qd-wrote: /dev/vda"), "{arch}: {o}");
-    assert!(o.contains("qd-net: eth0(virtio_net)"), "{arch}: {o}");
+    assert!(o.contains(&guest_proto::wrote("/dev/vda")), "{arch}: {o}");
+    assert!(o.contains(&net_line("eth0(virtio_net)")), "{arch}: {o}");
     assert!(e.contains("guest writes go to an overlay"), "{e}");
     assert_eq!(sha256(&base), before, "{arch}: the base image changed");
     assert!(
-        files_under(&runtime_dir(w.dir.path())).is_empty(),
+        files_under(&env.runtime_dir()).is_empty(),
         "instance files left: {:?}",
-        files_under(&runtime_dir(w.dir.path()))
+        files_under(&env.runtime_dir())
     );
+}
+
+/// `qd-net: NICS`, the guest's list of network cards.
+fn net_line(nics: &str) -> String {
+    format!("{} {nics}", guest_proto::tag("net"))
 }
 
 #[test]
@@ -223,15 +168,17 @@ fn mipsel_writes_to_an_overlay_and_sees_virtio_net_pci() {
 /// directory, and both images hash as before.
 #[test]
 fn overlays_live_in_the_instance_directory_and_go_with_it() {
-    let Some(mut w) = World::new("x86_64") else {
-        return;
-    };
-    let base = w.path("base.qcow2");
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
+    let base = env.path("base.qcow2");
     qcow2_image(&base);
-    let second = w.path("second.img");
+    let second = env.path("second.img");
     raw_image(&second);
     let hashes = [sha256(&base), sha256(&second)];
-    let dir = w.detach(
+    let append = format!("{} {HOLD}", guest_proto::write("/dev/vda"));
+    let ov = detach(
+        &env,
+        &g,
         "ov",
         &[
             os("--disk"),
@@ -239,10 +186,11 @@ fn overlays_live_in_the_instance_directory_and_go_with_it() {
             os("--disk"),
             second.as_os_str(),
             os("--append"),
-            os("qd.write=/dev/vda qd.hold=1"),
+            os(&append),
         ],
     );
-    w.wait_for("ov", "qd-wrote: /dev/vda");
+    let dir = ov.dir.clone();
+    ov.wait_for(&guest_proto::wrote("/dev/vda"), BOOT_TIMEOUT);
     let plan: Value =
         serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
     let overlays: Vec<PathBuf> = plan["disks"]
@@ -260,7 +208,7 @@ fn overlays_live_in_the_instance_directory_and_go_with_it() {
     // The write went to the first overlay (the guest fsynced it), not to the image.
     assert!(contains(&std::fs::read(&overlays[0]).unwrap(), MARKER));
     assert!(!contains(&qcow2_contents(&base), MARKER));
-    w.stop("ov");
+    ov.stop();
     assert!(!dir.exists(), "the instance directory outlived the guest");
     assert_eq!([sha256(&base), sha256(&second)], hashes);
 }
@@ -269,39 +217,42 @@ fn overlays_live_in_the_instance_directory_and_go_with_it() {
 /// (persist for all) to a qcow2 image; with no `--net` the guest has no network card.
 #[test]
 fn persist_writes_reach_the_image() {
-    let Some(w) = World::new("x86_64") else {
-        return;
-    };
-    let raw = w.path("a,b.img");
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
+    let raw = env.path("a,b.img");
     raw_image(&raw);
-    let mut arg = w.path("a,,b.img").into_os_string();
+    let mut arg = env.path("a,,b.img").into_os_string();
     arg.push(",format=raw,persist");
-    let out = w
-        .run(&[os("--disk"), &arg, os("--append"), os("qd.write=/dev/vda")])
+    let write = guest_proto::write("/dev/vda");
+    let out = run(&env, &g, &[os("--disk"), &arg, os("--append"), os(&write)])
         .output()
         .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{e}\n{o}");
-    assert!(o.contains("qd-wrote: /dev/vda"), "{o}");
-    assert!(o.contains("qd-net: none"), "{o}");
+    assert!(o.contains(&guest_proto::wrote("/dev/vda")), "{o}");
+    assert!(o.contains(&net_line("none")), "{o}");
     assert!(!e.contains("overlay"), "{e}");
     let data = std::fs::read(&raw).unwrap();
-    assert!(data.starts_with(b"QD-MARKER x86_64\n"), "{:?}", &data[..32]);
+    let marker = [&guest_proto::marker("x86_64")[..], b"\n"].concat();
+    assert!(data.starts_with(&marker), "{:?}", &data[..32]);
 
-    let q = w.path("q.qcow2");
+    let q = env.path("q.qcow2");
     qcow2_image(&q);
-    let out = w
-        .run(&[
+    let out = run(
+        &env,
+        &g,
+        &[
             os("--disk"),
             q.as_os_str(),
             os("--disk-writable"),
             os("--append"),
-            os("qd.write=/dev/vda"),
-        ])
-        .output()
-        .unwrap();
+            os(&write),
+        ],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(qcow2_contents(&q).starts_with(b"QD-MARKER x86_64\n"));
+    assert!(qcow2_contents(&q).starts_with(&marker));
 }
 
 /// Two guests persisting one image: the second fails as a QEMU startup failure (exit 3) with a
@@ -309,26 +260,30 @@ fn persist_writes_reach_the_image() {
 /// image a guest writes to. Overlays of one image, which only read it, share it.
 #[test]
 fn image_lock_conflicts_are_explained() {
-    let Some(mut w) = World::new("x86_64") else {
-        return;
-    };
-    let img = w.path("shared.img");
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
+    let img = env.path("shared.img");
     raw_image(&img);
     let mut persist = img.clone().into_os_string();
     persist.push(",persist");
-    let held = [os("--append"), os("qd.hold=1")];
-    w.detach("writer", &[&[os("--disk"), &persist], &held[..]].concat());
-
-    let out = w
-        .run(
+    // A held guest named NAME with one disk, in the foreground (it must fail) or detached.
+    let held = |name: &str, disk: &OsStr| {
+        run(
+            &env,
+            &g,
             &[
-                &[os("--name"), os("second"), os("--disk"), &persist],
-                &held[..],
-            ]
-            .concat(),
+                os("--name"),
+                os(name),
+                os("--disk"),
+                disk,
+                os("--append"),
+                os(HOLD),
+            ],
         )
-        .output()
-        .unwrap();
+    };
+    let writer = env.launch_detached(held("writer", &persist));
+
+    let out = held("second", &persist).output().unwrap();
     let (_, e) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{e}");
     let error = e.lines().find(|l| l.starts_with("error: ")).unwrap_or("");
@@ -340,22 +295,9 @@ fn image_lock_conflicts_are_explained() {
         )
     );
     assert!(e.contains("hint: drop persist from this disk"), "{e}");
-    assert!(
-        !runtime_dir(w.dir.path())
-            .join("qemu-direct/second")
-            .exists()
-    );
+    assert!(!env.instances().join("second").exists());
 
-    let out = w
-        .run(
-            &[
-                &[os("--name"), os("reader"), os("--disk"), img.as_os_str()],
-                &held[..],
-            ]
-            .concat(),
-        )
-        .output()
-        .unwrap();
+    let out = held("reader", img.as_os_str()).output().unwrap();
     let (_, e) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{e}");
     assert!(e.contains("is in use by another process"), "{e}");
@@ -363,45 +305,41 @@ fn image_lock_conflicts_are_explained() {
         e.contains("hint: a guest writes to this image (persist)"),
         "{e}"
     );
-    w.stop("writer");
+    writer.stop();
 
-    for name in ["ov1", "ov2"] {
-        w.detach(
-            name,
-            &[&[os("--disk"), img.as_os_str()], &held[..]].concat(),
-        );
-    }
-    for name in ["ov1", "ov2"] {
-        w.wait_for(name, "qd-heartbeat");
-        w.stop(name);
+    let readers = ["ov1", "ov2"].map(|name| env.launch_detached(held(name, img.as_os_str())));
+    for r in readers {
+        r.wait_for(HEARTBEAT, BOOT_TIMEOUT);
+        r.stop();
     }
 }
 
 /// A forwarded host port listens while the guest runs.
 #[test]
 fn hostfwd_listens_on_the_host() {
-    let Some(mut w) = World::new("x86_64") else {
-        return;
-    };
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
     let port = free_port();
     let net = format!("user,hostfwd=tcp:127.0.0.1:{port}-:22");
-    w.detach(
+    let fwd = detach(
+        &env,
+        &g,
         "fwd",
-        &[os("--net"), os(&net), os("--append"), os("qd.hold=1")],
+        &[os("--net"), os(&net), os("--append"), os(HOLD)],
     );
-    let line = w.wait_for("fwd", "qd-net:");
+    let line = fwd.wait_for(&guest_proto::tag("net"), BOOT_TIMEOUT);
     assert!(line.contains("eth0(virtio_net)"), "{line}");
     // slirp accepts on the host side, whether or not the guest has a server on 22.
     TcpStream::connect((Ipv4Addr::LOCALHOST, port))
         .unwrap_or_else(|e| panic!("nothing listens on 127.0.0.1:{port}: {e}"));
-    w.stop("fwd");
+    fwd.stop();
     assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
 }
 
 #[test]
 fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
-    let dir = scratch();
-    let img = dir.path().join("a,b.img");
+    let env = TestEnv::new();
+    let img = env.path("a,b.img");
     raw_image(&img);
     let p = img.to_str().unwrap();
     fn with<'a>(more: &[&'a str]) -> Vec<&'a str> {
@@ -431,7 +369,7 @@ fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
         "they are one image, and persist writes to it",
     );
     refused(
-        &with(&["--disk", dir.path().to_str().unwrap(), "--disk-writable"]),
+        &with(&["--disk", env.root().to_str().unwrap(), "--disk-writable"]),
         "a directory disk is read-only; drop persist",
     );
     refused(
@@ -446,7 +384,7 @@ fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
         &with(&["--net", "bridge"]),
         "invalid net 'bridge': unknown network 'bridge'; valid: none, user[,hostfwd=...]",
     );
-    let spec = dir.path().join("vm.toml");
+    let spec = env.path("vm.toml");
     std::fs::write(&spec, "[[disks]]\npath = \"x.img\"\npersits = true\n").unwrap();
     let e = refused(&["--spec", spec.to_str().unwrap()], "vm.toml");
     assert!(e.contains("persits"), "{e}");
@@ -456,23 +394,21 @@ fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
 /// left. A failing qemu-img: its words, exit 3, nothing started or left.
 #[test]
 fn overlays_need_a_working_qemu_img() {
-    let dir = scratch();
-    let bin_dir = dir.path().join("bin");
+    let env = TestEnv::with_own_cache();
+    let bin_dir = env.path("bin");
     std::fs::create_dir(&bin_dir).unwrap();
     // Only what the tripwire runs on PATH: no qemu-img.
-    for tool in ["qemu-system-x86_64", "touch"] {
-        std::os::unix::fs::symlink(which(tool), bin_dir.join(tool)).unwrap();
-    }
-    let wire = tripwire(dir.path());
-    let img = dir.path().join("base.img");
+    std::os::unix::fs::symlink(
+        which("qemu-system-x86_64"),
+        bin_dir.join("qemu-system-x86_64"),
+    )
+    .unwrap();
+    let wire = env.tripwire(Tripwire::PassThrough);
+    let img = env.path("base.img");
     raw_image(&img);
-    let state = dir.path().join("state");
     let run = |extra: &[&OsStr]| {
-        bin()
+        env.cmd(["run", "--arch", "x86_64", "--emulator"])
             .env("PATH", &bin_dir)
-            .env("XDG_STATE_HOME", &state)
-            .env("XDG_RUNTIME_DIR", runtime_dir(&state))
-            .args(["run", "--arch", "x86_64", "--emulator"])
             .arg(&wire)
             .arg("--disk")
             .arg(&img)
@@ -488,10 +424,10 @@ fn overlays_need_a_working_qemu_img() {
         e.contains("hint: install the Debian package qemu-utils"),
         "{e}"
     );
-    assert!(!dir.path().join("started").exists());
-    assert!(files_under(&runtime_dir(&state)).is_empty());
+    assert!(!env.qemu_started());
+    assert!(files_under(&env.runtime_dir()).is_empty());
 
-    let fake = dir.path().join("qemu-img");
+    let fake = env.path("qemu-img");
     std::fs::write(
         &fake,
         "#!/bin/sh\necho 'qemu-img: the disk is full' >&2\nexit 1\n",
@@ -508,17 +444,17 @@ fn overlays_need_a_working_qemu_img() {
         )),
         "{e}"
     );
-    assert!(!dir.path().join("started").exists());
+    assert!(!env.qemu_started());
     assert!(
-        files_under(&runtime_dir(&state)).is_empty(),
+        files_under(&env.runtime_dir()).is_empty(),
         "{:?}",
-        files_under(&runtime_dir(&state))
+        files_under(&env.runtime_dir())
     );
     // A disk that persists needs no overlay, so no qemu-img: QEMU starts (and runs the
     // firmware until the timeout).
     let out = run(&[os("--disk-writable"), os("--timeout"), os("2s")]);
     assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
-    assert!(dir.path().join("started").exists());
+    assert!(env.qemu_started());
 }
 
 fn which(name: &str) -> PathBuf {
@@ -532,12 +468,12 @@ fn which(name: &str) -> PathBuf {
 /// the network; flags replace the file's disks.
 #[test]
 fn spec_files_and_formats_in_the_plan() {
-    let dir = scratch();
-    let q = dir.path().join("looks-raw.img");
+    let env = TestEnv::new();
+    let q = env.path("looks-raw.img");
     qcow2_image(&q);
-    let r = dir.path().join("looks-qcow2.qcow2");
+    let r = env.path("looks-qcow2.qcow2");
     raw_image(&r);
-    let spec = dir.path().join("vm.toml");
+    let spec = env.path("vm.toml");
     std::fs::write(
         &spec,
         "arch = \"x86_64\"\ndisk = \"looks-raw.img\"\nnet = \"user,hostfwd=tcp::2222-:22\"\n\
@@ -547,7 +483,7 @@ fn spec_files_and_formats_in_the_plan() {
     let plan = |extra: &[&str]| -> Value {
         let mut args = vec!["plan", "--json", "--spec", spec.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let out = qd(&args);
+        let out = env.qd(&args);
         assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };

@@ -7,23 +7,13 @@
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::Output,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use qemu_direct::{host::KvmState, profile::ProfileSet};
 use serde_json::Value;
 
-use crate::common::{bin, fake_host, guest_files, runtime_dir, scratch, text};
-
-fn qd_in(state: &Path, args: &[&str]) -> Output {
-    bin()
-        .env("XDG_STATE_HOME", state)
-        .env("XDG_RUNTIME_DIR", runtime_dir(state))
-        .args(args)
-        .output()
-        .expect("run qemu-direct")
-}
+use crate::common::{TestEnv, fake_host, guest_files, guest_proto, text, wait_until};
 
 /// Boots `ARCH/uefi.img` detached, looks at the instance while it runs, waits for the marker
 /// and for the end, and checks the variable store template before and after.
@@ -33,15 +23,14 @@ fn boots_through_uefi(arch: &str) {
     };
     let img = guests.join("uefi.img");
     let img = img.to_str().unwrap();
-    let dir = scratch();
-    let state = dir.path();
+    let env = TestEnv::new();
     let name = format!("uefi-{arch}");
     let common = ["--arch", arch, "--firmware", "uefi", "--disk", img];
 
     // The plan names the descriptor's files; nothing about them is hard-coded here.
     let mut args = vec!["plan", "--json", "--name", &name];
     args.extend(common);
-    let out = qd_in(state, &args);
+    let out = env.qd(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(plan["kernel"].is_null(), "a firmware boot, not -kernel");
@@ -59,13 +48,10 @@ fn boots_through_uefi(arch: &str) {
     let before = std::fs::read(&template).unwrap();
     let before_meta = std::fs::metadata(&template).unwrap();
 
-    let mut args = vec!["run", "--detach", "--name", &name, "--timeout", "300s"];
+    let mut args = vec!["run", "--name", &name, "--timeout", "300s"];
     args.extend(common);
-    let out = qd_in(state, &args);
-    let (o, e) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{o}\nstderr:\n{e}");
-    let (_, inst) = o.trim_end().split_once('\t').expect("NAME\\tDIR");
-    let inst = PathBuf::from(inst);
+    let vm = env.launch_detached(env.cmd(&args));
+    let inst = vm.dir.clone();
 
     // While it runs: the VM's own store, 0600, a copy of the template, named in plan.json.
     let vars = inst.join(format!("{name}_VARS.fd"));
@@ -82,26 +68,23 @@ fn boots_through_uefi(arch: &str) {
         "plan.json names the copy"
     );
 
-    let marker = format!("GUEST-READY {arch}");
-    let out = qd_in(
-        state,
-        &["wait", &name, "--for", &marker, "--timeout", "300s"],
-    );
+    let marker = guest_proto::ready(arch);
+    let out = env.qd(["wait", &name, "--for", &marker, "--timeout", "300s"]);
     let (o, e) = text(&out);
-    if out.status.code() != Some(0) {
-        let _ = qd_in(state, &["stop", &name, "--timeout", "0s"]);
-        panic!("wait: {o}{e}");
-    }
+    assert_eq!(out.status.code(), Some(0), "wait: {o}{e}");
     // The guest powers off after the marker; the instance, store and all, goes with it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while inst.exists() {
-        assert!(Instant::now() < deadline, "{} still there", inst.display());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        &format!("{} gone", inst.display()),
+        Duration::from_secs(120),
+        || !inst.exists(),
+    );
     // The console shows the boot loader's work: systemd-boot hands the kernel `initrd=`.
-    let log = std::fs::read_to_string(state.join(format!("qemu-direct/logs/{name}.log"))).unwrap();
+    let log = std::fs::read_to_string(env.log(&name)).unwrap();
     assert!(log.contains(&marker), "{log}");
-    assert!(log.contains("qd-cmdline: initrd="), "{log}");
+    assert!(
+        log.contains(&format!("{} initrd=", guest_proto::tag("cmdline"))),
+        "{log}"
+    );
 
     let after_meta = std::fs::metadata(&template).unwrap();
     assert_eq!(
@@ -125,8 +108,8 @@ fn x86_64_boots_through_uefi_with_its_own_variable_store() {
 
 #[test]
 fn firmware_lists_the_descriptors_and_what_uefi_picks() {
-    let dir = scratch();
-    let out = qd_in(dir.path(), &["firmware", "--arch", "arm64", "--json"]);
+    let env = TestEnv::new();
+    let out = env.qd(["firmware", "--arch", "arm64", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     for d in v["descriptors"].as_array().unwrap() {
@@ -154,35 +137,32 @@ fn firmware_lists_the_descriptors_and_what_uefi_picks() {
     }
     assert_eq!(choices[1]["choice"]["missing"], true, "virt has no BIOS");
 
-    let out = qd_in(dir.path(), &["firmware"]);
+    let out = env.qd(["firmware"]);
     let (o, _) = text(&out);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         o.contains("x86_64   q35              --firmware bios  the machine's built-in BIOS"),
         "{o}"
     );
-    let out = qd_in(dir.path(), &["firmware", "--arch", "vax"]);
+    let out = env.qd(["firmware", "--arch", "vax"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn missing_firmware_names_the_debian_package_and_starts_nothing() {
-    let dir = scratch();
-    let img = dir.path().join("disk.img");
+    let env = TestEnv::new();
+    let img = env.path("disk.img");
     std::fs::write(&img, [0u8; 512]).unwrap();
     // Debian's ovmf-ia32 has a Secure Boot build only, so plain UEFI for i686 never exists.
-    let out = qd_in(
-        dir.path(),
-        &[
-            "run",
-            "--arch",
-            "i686",
-            "--firmware",
-            "uefi",
-            "--disk",
-            img.to_str().unwrap(),
-        ],
-    );
+    let out = env.qd([
+        "run",
+        "--arch",
+        "i686",
+        "--firmware",
+        "uefi",
+        "--disk",
+        img.to_str().unwrap(),
+    ]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{e}");
     assert!(
@@ -192,12 +172,9 @@ fn missing_firmware_names_the_debian_package_and_starts_nothing() {
         "{e}"
     );
     assert!(o.is_empty());
-    assert!(!runtime_dir(dir.path()).join("qemu-direct/i686").exists());
+    assert!(!env.instances().join("i686").exists());
     // Secure Boot is a UEFI feature.
-    let out = qd_in(
-        dir.path(),
-        &["run", "--arch", "x86_64", "--secure-boot", "--dry-run"],
-    );
+    let out = env.qd(["run", "--arch", "x86_64", "--secure-boot", "--dry-run"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("Secure Boot is a UEFI feature"));
 }
@@ -215,9 +192,9 @@ fn host_file(dir: &Path, version: &str) -> PathBuf {
 
 #[test]
 fn options_the_installed_qemu_cannot_take_are_left_out_or_refused() {
-    let dir = scratch();
+    let env = TestEnv::new();
     let plan = |version: &str, extra: &[&str]| {
-        let f = host_file(dir.path(), version);
+        let f = host_file(env.root(), version);
         let mut args = vec![
             "--host-facts",
             f.to_str().unwrap(),
@@ -226,7 +203,7 @@ fn options_the_installed_qemu_cannot_take_are_left_out_or_refused() {
             "aarch64",
         ];
         args.extend_from_slice(extra);
-        qd_in(dir.path(), &args)
+        env.qd(&args)
     };
     let out = plan("10.0.0", &[]);
     let (o, e) = text(&out);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use qemu_direct::host::KvmState;
 
-use crate::common::{bin, guest, guest_cmd, scratch, text};
+use crate::common::{BOOT_TIMEOUT, TestEnv, guest, guest_proto, text};
 
 fn state() -> KvmState {
     KvmState::probe(Path::new("/dev/kvm"))
@@ -18,24 +18,20 @@ fn forced_kvm_reaches_the_firmware_or_is_refused_with_the_reason() {
         eprintln!("SKIPPED: the firmware smoke test is written for x86_64 hosts (SeaBIOS)");
         return;
     }
-    let dir = scratch();
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .args([
-            "run",
-            "--arch",
-            "x86_64",
-            "--accel",
-            "kvm",
-            "--memory",
-            "128M",
-            "--until",
-            "No bootable device",
-            "--timeout",
-            "60s",
-        ])
-        .output()
-        .unwrap();
+    let env = TestEnv::new();
+    let out = env.qd([
+        "run",
+        "--arch",
+        "x86_64",
+        "--accel",
+        "kvm",
+        "--memory",
+        "128M",
+        "--until",
+        "No bootable device",
+        "--timeout",
+        "60s",
+    ]);
     let (o, e) = text(&out);
     match state() {
         KvmState::Usable | KvmState::Pvm => {
@@ -59,24 +55,21 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
         return;
     }
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        [
-            "run",
-            "--arch",
-            "x86_64",
-            "--accel",
-            "kvm",
-            // PVM takes about a minute to crash the guest on an idle machine, several on a busy
-            // one; the timeout only bounds a launcher that failed to notice.
-            "--timeout",
-            "400s",
-        ],
-    )
-    .output()
-    .unwrap();
+    let env = TestEnv::new();
+    let out = env
+        .run(
+            &g,
+            [
+                "--accel",
+                "kvm",
+                // PVM takes about a minute to crash the guest on an idle machine, several on a
+                // busy one; the timeout only bounds a launcher that failed to notice.
+                "--timeout",
+                "400s",
+            ],
+        )
+        .output()
+        .unwrap();
     let (o, e) = text(&out);
     match state() {
         // PVM: the stock kernel dies with a KVM internal error; QEMU would idle in run state
@@ -87,7 +80,7 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
         }
         KvmState::Usable => {
             assert_eq!(out.status.code(), Some(0), "stderr:\n{e}\nconsole:\n{o}");
-            assert!(o.contains("GUEST-READY x86_64"));
+            assert!(o.contains(&guest_proto::ready("x86_64")));
         }
         _ => assert_eq!(out.status.code(), Some(2), "{e}"),
     }
@@ -96,29 +89,26 @@ fn a_guest_that_kvm_cannot_run_is_caught_not_left_hanging() {
 #[test]
 fn without_a_kvm_device_auto_emulates_and_says_why() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        [
-            "run",
-            "--kvm-device",
-            "/nonexistent/kvm",
-            "--arch",
-            "x86_64",
-            "--timeout",
-            "240s",
-        ],
-    )
-    .output()
-    .unwrap();
+    let env = TestEnv::new();
+    let out = env
+        .run(
+            &g,
+            [
+                "--kvm-device",
+                "/nonexistent/kvm",
+                "--timeout",
+                BOOT_TIMEOUT,
+            ],
+        )
+        .output()
+        .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{e}\nconsole:\n{o}");
     assert!(
         e.contains("TCG: KVM not used because /nonexistent/kvm does not exist"),
         "{e}"
     );
-    assert!(o.contains("GUEST-READY x86_64"));
+    assert!(o.contains(&guest_proto::ready("x86_64")));
 }
 
 #[test]
@@ -137,15 +127,15 @@ fn a_user_outside_the_kvm_group_is_told_why_and_what_to_do() {
         return;
     }
     // A copy of the binary where the unprivileged user can reach it.
-    let dir = scratch();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = dir.path().join("qemu-direct");
+    let env = TestEnv::new();
+    std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = env.path("qemu-direct");
     std::fs::copy(env!("CARGO_BIN_EXE_qemu-direct"), &exe).unwrap();
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&exe)
         .args(["run", "--arch", "x86_64", "--accel", "kvm", "--dry-run"])
-        .env("HOME", dir.path())
+        .env("HOME", env.root())
         .output()
         .expect("setpriv (util-linux)");
     let (o, e) = text(&out);

@@ -35,7 +35,7 @@ use qemu_direct::{
     spec::{AccelRequest, SpecInput},
 };
 
-use crate::common::{bin, guest, runtime_dir, scratch, text};
+use crate::common::{BOOT_TIMEOUT, TestEnv, guest, guest_proto, text};
 
 mod parity;
 
@@ -65,13 +65,13 @@ fn profiles() -> ProfileSet {
 struct Probed {
     host: HostFacts,
     files: BTreeMap<&'static str, PathBuf>,
-    _dir: tempfile::TempDir,
+    _env: TestEnv,
 }
 
 fn probed() -> &'static Probed {
     static PROBED: OnceLock<Probed> = OnceLock::new();
     PROBED.get_or_init(|| {
-        let dir = scratch();
+        let env = TestEnv::new();
         let set = profiles();
         let mut host = HostFacts::probe(&set, &ProbeOptions::default());
         let wanted: Vec<(String, Accel)> =
@@ -80,7 +80,7 @@ fn probed() -> &'static Probed {
             .enable_all()
             .build()
             .unwrap();
-        let failed = rt.block_on(host.add_caps(&CapsCache::at(dir.path().join("caps")), &wanted));
+        let failed = rt.block_on(host.add_caps(&CapsCache::at(env.path("caps")), &wanted));
         assert!(
             failed.is_empty(),
             "probing the emulators failed: {failed:?}"
@@ -93,17 +93,17 @@ fn probed() -> &'static Probed {
             ("disk.qcow2", b"QFI\xfb\0\0\0\x03"),
             ("bios.bin", b"firmware"),
         ] {
-            let p = dir.path().join(name);
+            let p = env.path(name);
             std::fs::write(&p, bytes).unwrap();
             files.insert(name, p);
         }
-        let share = dir.path().join("share");
+        let share = env.path("share");
         std::fs::create_dir_all(&share).unwrap();
         files.insert("dir", share);
         Probed {
             host,
             files,
-            _dir: dir,
+            _env: env,
         }
     })
 }
@@ -319,11 +319,11 @@ fn every_export_passes_libvirts_schema() {
              libxml2-utils)",
         );
     }
-    let dir = scratch();
+    let env = TestEnv::new();
     let mut failures = Vec::new();
     let cases = matrix();
     for c in &cases {
-        let (_, _, path) = c.export(dir.path());
+        let (_, _, path) = c.export(env.root());
         let out = Command::new("virt-xml-validate")
             .arg(&path)
             .arg("domain")
@@ -370,44 +370,59 @@ fn export_then_import_gives_the_same_plan_with_real_capabilities() {
     }
 }
 
-/// A fixture from tests/fixtures/libvirt with its placeholders filled in, written to `dir`.
-fn fixture(dir: &Path, name: &str, fill: &[(&str, &Path)]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/libvirt")
-        .join(name);
-    let mut text = std::fs::read_to_string(&src).unwrap();
+/// The domain XML files in tests/fixtures/libvirt, by name.
+pub(crate) fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".xml"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libvirt")
+}
+
+/// A fixture from tests/fixtures/libvirt with its placeholders (`@KERNEL@`, ...) filled in.
+pub(crate) fn fixture_text(name: &str, fill: &[(&str, &Path)]) -> String {
+    let mut text = std::fs::read_to_string(fixtures_dir().join(name)).unwrap();
     for (from, to) in fill {
         text = text.replace(from, to.to_str().unwrap());
     }
+    text
+}
+
+/// A fixture with its placeholders filled in, written to `dir`.
+fn fixture(dir: &Path, name: &str, fill: &[(&str, &Path)]) -> PathBuf {
     let out = dir.join(name);
-    std::fs::write(&out, text).unwrap();
+    std::fs::write(&out, fixture_text(name, fill)).unwrap();
     out
 }
 
 #[test]
 fn a_hand_written_domain_boots_the_guest_to_its_marker() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
     let xml = fixture(
-        dir.path(),
+        env.root(),
         "hand-written-x86_64.xml",
         &[("@KERNEL@", &g.kernel), ("@INITRD@", &g.initrd)],
     );
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .env("XDG_RUNTIME_DIR", runtime_dir(dir.path()))
-        .args(["run", "--timeout", "240s", "--libvirt-xml"])
+    let out = env
+        .cmd(["run", "--timeout", BOOT_TIMEOUT, "--libvirt-xml"])
         .arg(&xml)
         .output()
         .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{e}\nconsole:\n{o}");
-    assert!(o.contains("GUEST-READY x86_64"), "console:\n{o}");
+    assert!(o.contains(&guest_proto::ready("x86_64")), "console:\n{o}");
     assert!(e.contains("x86_64 guest 'hand-written'"), "{e}");
     // The dry run shows what came from the XML: QEMU's default CPU (no -cpu), 256 MiB, the
     // command line with qemu-direct's panic=-1 added.
-    let out = bin()
-        .args(["plan", "--dry-run", "--libvirt-xml"])
+    let out = env
+        .cmd(["plan", "--dry-run", "--libvirt-xml"])
         .arg(&xml)
         .output()
         .unwrap();
@@ -422,17 +437,15 @@ fn a_hand_written_domain_boots_the_guest_to_its_marker() {
 
 #[test]
 fn a_domain_with_devices_qemu_direct_lacks_is_refused_listing_them() {
-    let dir = scratch();
+    let env = TestEnv::new();
     let disk = probed().files["disk.qcow2"].clone();
     let xml = fixture(
-        dir.path(),
+        env.root(),
         "virt-install-x86_64-full.xml",
         &[("@DISK@", &disk)],
     );
-    let out = bin()
-        .env("XDG_STATE_HOME", dir.path())
-        .env("XDG_RUNTIME_DIR", runtime_dir(dir.path()))
-        .args(["run", "--libvirt-xml"])
+    let out = env
+        .cmd(["run", "--libvirt-xml"])
         .arg(&xml)
         .output()
         .unwrap();
@@ -456,16 +469,16 @@ fn a_domain_with_devices_qemu_direct_lacks_is_refused_listing_them() {
         "{e}"
     );
     // Nothing was started or left behind.
-    assert!(!dir.path().join("qemu-direct").exists());
+    assert!(!env.state().join("qemu-direct").exists());
 }
 
 #[test]
 fn virt_install_output_plans_with_notes() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
     let disk = probed().files["disk.qcow2"].clone();
     let xml = fixture(
-        dir.path(),
+        env.root(),
         "virt-install-x86_64-kernel.xml",
         &[
             ("@KERNEL@", &g.kernel),
@@ -473,8 +486,8 @@ fn virt_install_output_plans_with_notes() {
             ("@DISK@", &disk),
         ],
     );
-    let out = bin()
-        .args(["plan", "--dry-run", "--libvirt-xml"])
+    let out = env
+        .cmd(["plan", "--dry-run", "--libvirt-xml"])
         .arg(&xml)
         .output()
         .unwrap();
@@ -494,8 +507,8 @@ fn virt_install_output_plans_with_notes() {
     assert!(o.contains(" -m 512M -smp 2 "), "{o}");
     assert!(o.contains("format=qcow2,snapshot=off"), "{o}");
     // Flags win over the XML, as over --spec.
-    let out = bin()
-        .args(["plan", "--dry-run", "--memory", "1G", "--libvirt-xml"])
+    let out = env
+        .cmd(["plan", "--dry-run", "--memory", "1G", "--libvirt-xml"])
         .arg(&xml)
         .output()
         .unwrap();
@@ -505,12 +518,12 @@ fn virt_install_output_plans_with_notes() {
 #[test]
 fn export_reports_what_libvirt_cannot_say_and_strict_refuses() {
     let f = &probed().files;
+    let env = TestEnv::new();
     let args = |strict: bool| {
-        let mut c = bin();
-        c.args([
+        let mut c = env.cmd([
             "export", "libvirt", "--arch", "aarch64", "--accel", "tcg", "--kernel",
-        ])
-        .arg(&f["kernel"]);
+        ]);
+        c.arg(&f["kernel"]);
         if strict {
             c.arg("--strict");
         }
@@ -533,8 +546,7 @@ fn export_reports_what_libvirt_cannot_say_and_strict_refuses() {
         "{e}"
     );
     // A spec file works the same, and a plan with nothing lost passes --strict.
-    let dir = scratch();
-    let spec = dir.path().join("vm.toml");
+    let spec = env.path("vm.toml");
     std::fs::write(
         &spec,
         format!(
@@ -543,8 +555,8 @@ fn export_reports_what_libvirt_cannot_say_and_strict_refuses() {
         ),
     )
     .unwrap();
-    let out = bin()
-        .args(["export", "libvirt", "--strict", "--spec"])
+    let out = env
+        .cmd(["export", "libvirt", "--strict", "--spec"])
         .arg(&spec)
         .output()
         .unwrap();

@@ -1,5 +1,7 @@
 //! Integration tests, one binary. Modules:
-//! - `common`: the fixture: built binary, test guests, fake hosts.
+//! - `common`: the one fixture: `TestEnv` (a test's own XDG directories, the real binary run in
+//!   them, detached and foreground guests put down on drop), the test guests and what they
+//!   print (`guest_proto`), `pid_gone` and friends, tripwire emulators, made-up hosts.
 //! - `cpu`: CPU modes, features and phys-bits seen by real guests; baseline, cache, traits.
 //! - `cpu_rules`: every CPU/maxphysaddr validation rule through the real binary: exit 2, a named
 //!   error, no QEMU started.
@@ -17,7 +19,9 @@
 //!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
 //!   racing launches, a guest that never prints what is awaited.
 //! - `shape`: the layering of `src/` folders, and the length of files and functions.
-//! - `fuzz`: property tests (proptest) of the parsers, planning and the QMP client's framing;
+//! - `docs`: every command shown in README.md and docs/ runs as written.
+//! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
+//!   mutated domains), planning and the QMP client's framing;
 //!   `QD_FUZZ_CASES` sets the cases per target.
 
 mod boot;

@@ -34,10 +34,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use crate::{
-    common::{bin, files_under, guest, guest_cmd, runtime_dir, scratch, text},
+    common::{
+        BOOT_TIMEOUT, Detached, TestEnv, Tripwire, files_under, guest,
+        guest_proto::{self, HOLD},
+        text, wait_gone, wait_until,
+    },
     cpu_rules::{Host, World},
 };
 
@@ -129,31 +131,16 @@ impl Case {
     }
 }
 
-/// `qemu-direct --host-facts HOST ARGS` in the world, with every XDG directory inside it.
-fn world_command(w: &World, args: &[OsString]) -> Command {
-    let mut c = bin();
-    c.env("XDG_STATE_HOME", w.path("state"))
-        .env("XDG_CACHE_HOME", w.path("cache"))
-        .env("XDG_CONFIG_HOME", w.path("config"))
-        .env("XDG_RUNTIME_DIR", w.path("run"))
-        .env("QEMU_DIRECT_SYSTEM_CONFIG", w.path("no-system-config.toml"))
-        .arg("--host-facts")
-        .arg(w.path("host.json"))
-        .args(args);
-    c
-}
-
 /// Whether this binary knows `plan --libvirt-xml` (the libvirt import, merged separately).
 fn knows_libvirt_xml() -> bool {
-    let out = bin().args(["plan", "--help"]).output().unwrap();
+    let out = crate::common::qd(["plan", "--help"]);
     String::from_utf8_lossy(&out.stdout).contains("--libvirt-xml")
 }
 
 /// Runs one case; returns what was wrong, if anything.
 fn check_case(case: &Case, w: &World) -> Result<(), String> {
-    std::fs::create_dir_all(w.path("run")).unwrap();
     let before = files_under(&w.path(""));
-    let out = world_command(w, &case.args).output().unwrap();
+    let out = w.host_cmd().args(&case.args).output().unwrap();
     let (stdout, stderr) = text(&out);
     let mut problems = Vec::new();
     if out.status.code() != Some(2) {
@@ -171,7 +158,7 @@ fn check_case(case: &Case, w: &World) -> Result<(), String> {
     if !stdout.is_empty() {
         problems.push(format!("stdout not empty: {stdout:?}"));
     }
-    if w.path("qemu-started").exists() {
+    if w.env.qemu_started() {
         problems.push("QEMU was started".into());
     }
     for d in ["state", "cache", "config", "run"] {
@@ -275,9 +262,9 @@ fn odd_path(dir: &Path, parts: &[&[u8]]) -> PathBuf {
 #[test]
 fn odd_paths_reach_qemu_literally_on_a_real_boot() {
     let Some(g) = guest("x86_64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
     // A directory name that is not UTF-8, with a space, a comma and a newline in it.
-    let odd_dir = odd_path(dir.path(), &[b"guest \xff\xfe,dir\nx"]);
+    let odd_dir = odd_path(env.root(), &[b"guest \xff\xfe,dir\nx"]);
     std::fs::create_dir_all(&odd_dir).unwrap();
     // Option-list syntax QEMU would act on if we passed these unescaped inside one, and
     // a leading '-' that an option parser would take for an option.
@@ -308,20 +295,17 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
             .join(&b",,"[..]),
     );
     backing_arg.push(",format=raw");
-    let state = dir.path().join("state");
-    let out = bin()
-        .env("XDG_STATE_HOME", &state)
-        .env("XDG_RUNTIME_DIR", runtime_dir(&state))
-        .current_dir(&odd_dir)
-        .args([
+    let out = env
+        .cmd([
             "run",
             "--arch",
             "x86_64",
             "--timeout",
-            "240s",
+            BOOT_TIMEOUT,
             "--name",
             "odd",
         ])
+        .current_dir(&odd_dir)
         // Relative paths starting with '-', given in the --flag=VALUE form.
         .arg(concat_os("--kernel=", kernel.file_name().unwrap()))
         .arg(concat_os("--initrd=", initrd.file_name().unwrap()))
@@ -330,26 +314,26 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
         .arg("--disk")
         .arg(&backing_arg)
         .arg("--append")
-        .arg("qd.write=/dev/vda")
+        .arg(guest_proto::write("/dev/vda"))
         .arg("--console-log")
         .arg(&log)
         .output()
         .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{e}\nconsole:\n{o}");
-    assert!(o.contains("GUEST-READY x86_64"), "{o}");
-    assert!(o.contains("qd-wrote: /dev/vda"), "{o}");
+    assert!(o.contains(&guest_proto::ready("x86_64")), "{o}");
+    assert!(o.contains(&guest_proto::wrote("/dev/vda")), "{o}");
     // The guest wrote into the very file named, through the odd name.
     let written = std::fs::read(&disk).unwrap();
     assert!(
-        written.starts_with(b"QD-MARKER x86_64"),
+        written.starts_with(&guest_proto::marker("x86_64")),
         "the marker block is not in {}",
         disk.display()
     );
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()
-            .contains("GUEST-READY x86_64")
+            .contains(&guest_proto::ready("x86_64"))
     );
     // Nothing was created from a fragment of a name (e.g. a file called `evil.img`).
     assert!(
@@ -358,7 +342,7 @@ fn odd_paths_reach_qemu_literally_on_a_real_boot() {
     );
     for stray in ["evil.img", "passwd", "x,,y.gz", "x.img"] {
         assert!(
-            !odd_dir.join(stray).exists() && !dir.path().join(stray).exists(),
+            !odd_dir.join(stray).exists() && !env.path(stray).exists(),
             "{stray} appeared"
         );
     }
@@ -373,89 +357,23 @@ fn concat_os(a: &str, b: &OsStr) -> OsString {
 // ---------------------------------------------------------------------------------------------
 // Faults
 
-/// A detached, held aarch64 guest in its own world; stopped when dropped.
-struct Detached {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Detached {
-    fn start(name: &str, extra: &[&str]) -> Option<Detached> {
-        let g = guest("aarch64")?;
-        let dir = scratch();
-        let mut args = vec![
-            "run",
-            "--detach",
-            "--arch",
-            "aarch64",
-            "--name",
-            name,
-            "--append",
-            "qd.hold=1",
-        ];
-        args.extend_from_slice(extra);
-        let out = guest_cmd(&g, dir.path(), args).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-        Some(Detached {
-            dir,
-            name: name.to_owned(),
-        })
-    }
-
-    fn qd(&self, args: &[&str]) -> Output {
-        bin()
-            .env("XDG_STATE_HOME", self.dir.path())
-            .env("XDG_RUNTIME_DIR", runtime_dir(self.dir.path()))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn instance_dir(&self) -> PathBuf {
-        runtime_dir(self.dir.path())
-            .join("qemu-direct")
-            .join(&self.name)
-    }
-
-    fn entry(&self) -> Value {
-        let out = self.qd(&["ps", "--json"]);
-        let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-        all.into_iter()
-            .find(|e| e["name"] == self.name.as_str())
-            .unwrap_or_else(|| panic!("{} not in ps", self.name))
-    }
-}
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        let _ = self.qd(&["stop", &self.name, "--timeout", "0s"]);
-    }
-}
-
-fn gone(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Starts a detached, held aarch64 guest named `name` in `env`; stopped when dropped.
+fn held_aarch64<'e>(env: &'e TestEnv, name: &str, extra: &[&str]) -> Option<Detached<'e>> {
+    let g = guest("aarch64")?;
+    let args = [&["--name", name, "--append", HOLD][..], extra].concat();
+    Some(env.launch_detached(env.run(&g, args)))
 }
 
 #[test]
 fn a_deleted_qmp_socket_fails_qmp_commands_clearly_and_stop_still_works() {
-    let Some(vm) = Detached::start("nosock", &[]) else {
+    let env = TestEnv::new();
+    let Some(vm) = held_aarch64(&env, "nosock", &[]) else {
         return;
     };
-    let qemu = vm.entry()["pid"].as_u64().unwrap();
-    let sock = vm.instance_dir().join("qmp.sock");
+    let qemu = vm.entry()["pid"].as_u64().unwrap() as u32;
+    let sock = env.instances().join("nosock").join("qmp.sock");
     std::fs::remove_file(&sock).unwrap();
-    let out = vm.qd(&["qmp", "nosock", "status"]);
+    let out = env.qd(["qmp", "nosock", "status"]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{o}{e}");
     assert!(o.is_empty(), "{o}");
@@ -475,12 +393,15 @@ fn a_deleted_qmp_socket_fails_qmp_commands_clearly_and_stop_still_works() {
         vm.entry()["state"] == "running"
     });
     // `stop` cannot ask QEMU over QMP, so it kills it, and the supervisor cleans up.
-    let out = vm.qd(&["stop", "nosock", "--timeout", "1s"]);
+    let out = env.qd(["stop", "nosock", "--timeout", "1s"]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{o}{e}");
     assert!(o.starts_with("nosock: QEMU was killed with SIGKILL"), "{o}");
-    wait_until("QEMU gone", Duration::from_secs(5), || gone(qemu));
-    assert!(!vm.instance_dir().exists(), "instance directory removed");
+    wait_gone(qemu, Duration::from_secs(5));
+    assert!(
+        !env.instances().join("nosock").exists(),
+        "instance directory removed"
+    );
 }
 
 /// A tmpfs of `size` mounted on `dir`, unmounted when dropped; `None` where mounting is not
@@ -521,8 +442,8 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_runtime_dir_is_a_clear_error_and_leaves_nothing() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
-    let run = dir.path().join("run");
+    let env = TestEnv::new();
+    let run = env.runtime_dir();
     let Some(_fs) = Tmpfs::mount(&run, "64k") else {
         return;
     };
@@ -532,16 +453,10 @@ fn a_full_runtime_dir_is_a_clear_error_and_leaves_nothing() {
     let block = vec![0u8; 4096];
     while std::io::Write::write_all(&mut f, &block).is_ok() {}
     drop(f);
-    let wire_dir = scratch();
-    let wire = crate::cli::tripwire(wire_dir.path());
+    let wire = env.tripwire(Tripwire::PassThrough);
     for detach in [false, true] {
-        let mut cmd = bin();
-        cmd.env("XDG_STATE_HOME", dir.path().join("state"))
-            .env("XDG_RUNTIME_DIR", &run)
-            .args(["run", "--arch", "aarch64", "--name", "full", "--emulator"])
-            .arg(&wire)
-            .arg("--kernel")
-            .arg(&g.kernel);
+        let mut cmd = env.cmd(["run", "--arch", "aarch64", "--name", "full", "--emulator"]);
+        cmd.arg(&wire).arg("--kernel").arg(&g.kernel);
         if detach {
             cmd.arg("--detach");
         }
@@ -561,10 +476,7 @@ fn a_full_runtime_dir_is_a_clear_error_and_leaves_nothing() {
                 && error[1] == "caused by: No space left on device (os error 28)",
             "detach {detach}: {e}"
         );
-        assert!(
-            !wire_dir.path().join("started").exists(),
-            "QEMU was started (detach {detach})"
-        );
+        assert!(!env.qemu_started(), "QEMU was started (detach {detach})");
         // Only the filler and the (empty) root of instances remain.
         let left: Vec<PathBuf> = files_under(&run)
             .into_iter()
@@ -581,8 +493,8 @@ fn a_full_runtime_dir_is_a_clear_error_and_leaves_nothing() {
 
 #[test]
 fn instance_creation_races_have_exactly_one_winner() {
-    let t = scratch();
-    let root = t.path().join("qd");
+    let env = TestEnv::new();
+    let root = env.path("qd");
     std::fs::create_dir(&root).unwrap();
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     for round in 0..20 {
@@ -619,24 +531,11 @@ fn instance_creation_races_have_exactly_one_winner() {
 #[test]
 fn two_launches_racing_for_one_name_one_wins_one_is_told() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
     let barrier = Arc::new(Barrier::new(2));
     let launches: Vec<_> = (0..2)
         .map(|_| {
-            let mut cmd = guest_cmd(
-                &g,
-                dir.path(),
-                [
-                    "run",
-                    "--detach",
-                    "--arch",
-                    "aarch64",
-                    "--name",
-                    "race",
-                    "--append",
-                    "qd.hold=1",
-                ],
-            );
+            let mut cmd = env.run(&g, ["--detach", "--name", "race", "--append", HOLD]);
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
@@ -646,14 +545,7 @@ fn two_launches_racing_for_one_name_one_wins_one_is_told() {
         })
         .collect();
     let outs: Vec<Output> = launches.into_iter().map(|h| h.join().unwrap()).collect();
-    let stop = || {
-        bin()
-            .env("XDG_STATE_HOME", dir.path())
-            .env("XDG_RUNTIME_DIR", runtime_dir(dir.path()))
-            .args(["stop", "race", "--timeout", "0s"])
-            .output()
-            .unwrap()
-    };
+    let stop = || env.qd(["stop", "race", "--timeout", "0s"]);
     let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
     let won = outs.iter().filter(|o| o.status.code() == Some(0)).count();
     if won != 1 {
@@ -680,34 +572,34 @@ fn two_launches_racing_for_one_name_one_wins_one_is_told() {
     // The winner runs; one QEMU, one directory.
     let out = stop();
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let root = runtime_dir(dir.path()).join("qemu-direct");
-    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing left");
+    assert_eq!(
+        std::fs::read_dir(env.instances()).unwrap().count(),
+        0,
+        "nothing left"
+    );
 }
 
 #[test]
 fn a_guest_that_never_prints_the_marker_times_out_exits_5_and_is_cleaned_up() {
     let Some(g) = guest("aarch64") else { return };
-    let dir = scratch();
+    let env = TestEnv::new();
     let start = Instant::now();
-    let out = guest_cmd(
-        &g,
-        dir.path(),
-        [
-            "run",
-            "--arch",
-            "aarch64",
-            "--name",
-            "mute",
-            "--append",
-            "qd.hold=1",
-            "--until",
-            "NEVER-PRINTED",
-            "--timeout",
-            "8s",
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = env
+        .run(
+            &g,
+            [
+                "--name",
+                "mute",
+                "--append",
+                HOLD,
+                "--until",
+                "NEVER-PRINTED",
+                "--timeout",
+                "8s",
+            ],
+        )
+        .output()
+        .unwrap();
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(5), "{e}");
     assert!(
@@ -720,19 +612,29 @@ fn a_guest_that_never_prints_the_marker_times_out_exits_5_and_is_cleaned_up() {
         "{e}"
     );
     assert!(!o.contains("NEVER-PRINTED"), "{o}");
-    let root = runtime_dir(dir.path()).join("qemu-direct");
-    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing left");
+    assert_eq!(
+        std::fs::read_dir(env.instances()).unwrap().count(),
+        0,
+        "nothing left"
+    );
 
-    // Detached: the supervisor applies the timeout, stops QEMU and removes the directory.
-    let Some(vm) = Detached::start("mute", &["--timeout", "5s"]) else {
+    // Detached (in a world of its own): the supervisor applies the timeout, stops QEMU and
+    // removes the directory.
+    let env = TestEnv::new();
+    let Some(vm) = held_aarch64(&env, "mute", &["--timeout", "5s"]) else {
         return;
     };
-    let qemu = vm.entry()["pid"].as_u64().unwrap();
+    let e = vm.entry();
+    let (qemu, supervisor) = (
+        e["pid"].as_u64().unwrap(),
+        e["supervisor_pid"].as_u64().unwrap(),
+    );
     wait_until("detached guest timed out", Duration::from_secs(60), || {
-        !vm.instance_dir().exists()
+        !env.instances().join("mute").exists()
     });
-    wait_until("QEMU gone", Duration::from_secs(5), || gone(qemu));
-    let log = std::fs::read_to_string(vm.dir.path().join("qemu-direct/logs/mute.supervisor.log"))
-        .unwrap();
+    wait_gone(qemu as u32, Duration::from_secs(5));
+    // The supervisor writes its report last, after removing the directory.
+    wait_gone(supervisor as u32, Duration::from_secs(5));
+    let log = std::fs::read_to_string(env.logs().join("mute.supervisor.log")).unwrap();
     assert!(log.contains("timed out after 5s"), "{log}");
 }

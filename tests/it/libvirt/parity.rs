@@ -20,7 +20,7 @@ use qemu_direct::{
 };
 
 use super::{matrix, probed, say, skip};
-use crate::common::{scratch, text};
+use crate::common::{TestEnv, text};
 
 const URI: &str = "qemu:///system";
 
@@ -397,12 +397,12 @@ fn libvirt_makes_the_same_command_line_from_every_export() {
     if let Err(why) = libvirtd() {
         return skip(&format!("libvirt parity: {why}"));
     }
-    let dir = scratch();
+    let env = TestEnv::new();
     let mut failures = Vec::new();
     let mut divergences = BTreeSet::new();
     let mut compared = 0;
     for c in matrix() {
-        let (plan, _, path) = c.export(dir.path());
+        let (plan, _, path) = c.export(env.root());
         let file = path.to_str().unwrap();
         let out = virsh(&["domxml-to-native", "qemu-argv", file]);
         let (o, e) = text(&out);
