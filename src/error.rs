@@ -1,7 +1,7 @@
 //! The library's one error type, the exit codes of the `qemu-direct` command, and the map
 //! between them.
 
-use crate::{cpu, instance, libvirt, plan, profile, qmp, spec, vm};
+use crate::{cpu, instance, libvirt, plan, profile, qmp, snapshot, spec, vm};
 
 /// Process exit codes of the `qemu-direct` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,43 @@ pub enum Error {
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
+    /// Taking or restoring a snapshot, migrating a guest.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+}
+
+/// The exit code of a launch error: bad input for what the user can fix, QEMU failed for
+/// QEMU's failures.
+fn vm_exit(v: &vm::VmError) -> ExitCode {
+    use vm::VmError as V;
+    match v {
+        V::NoQemuImg { .. } | V::IncomingFile { .. } => ExitCode::BadInput,
+        V::Spawn { .. }
+        | V::Overlay { .. }
+        | V::ImageLocked { .. }
+        | V::Startup { .. }
+        | V::StartupTimeout(_)
+        | V::Qmp(_)
+        | V::Incoming { .. } => ExitCode::QemuFailed,
+        V::Instance(i) if i.is_bad_input() => ExitCode::BadInput,
+        _ => ExitCode::Failure,
+    }
+}
+
+/// The exit code of a snapshot error: bad input for the user's, the VM's own for a launch,
+/// QEMU failed for a migration QEMU refused.
+fn snapshot_exit(e: &snapshot::SnapshotError) -> ExitCode {
+    use snapshot::SnapshotError as S;
+    match e {
+        _ if e.is_bad_input() => ExitCode::BadInput,
+        S::Vm(v) => vm_exit(v),
+        S::Qmp {
+            source: qmp::QmpError::Connect { .. },
+            ..
+        } => ExitCode::Failure,
+        S::Migration { .. } | S::QemuImg { .. } | S::Qmp { .. } => ExitCode::QemuFailed,
+        _ => ExitCode::Failure,
+    }
 }
 
 impl Error {
@@ -74,27 +111,16 @@ impl Error {
             | Error::Config(_)
             | Error::Cpu(_)
             | Error::Libvirt(_) => ExitCode::BadInput,
-            Error::Vm(vm::VmError::NoQemuImg { .. }) => ExitCode::BadInput,
-            Error::Vm(
-                vm::VmError::Spawn { .. }
-                | vm::VmError::Overlay { .. }
-                | vm::VmError::ImageLocked { .. }
-                | vm::VmError::Startup { .. }
-                | vm::VmError::StartupTimeout(_)
-                | vm::VmError::Qmp(_),
-            ) => ExitCode::QemuFailed,
-            Error::Vm(vm::VmError::Instance(i)) | Error::Instance(i) if i.is_bad_input() => {
-                ExitCode::BadInput
-            }
+            Error::Vm(v) => vm_exit(v),
+            Error::Instance(i) if i.is_bad_input() => ExitCode::BadInput,
             // QEMU refused the command: its name or arguments were wrong.
             Error::Qmp(qmp::QmpError::Command { .. }) => ExitCode::BadInput,
             Error::Console(vm::ConsoleError::BadPattern { .. }) => ExitCode::BadInput,
             Error::Console(vm::ConsoleError::Failed { .. }) => ExitCode::GuestPanicked,
             Error::Console(vm::ConsoleError::TimedOut { .. }) => ExitCode::Timeout,
             Error::Console(vm::ConsoleError::Ended { .. }) => ExitCode::QemuFailed,
-            Error::Vm(_) | Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => {
-                ExitCode::Failure
-            }
+            Error::Snapshot(s) => snapshot_exit(s),
+            Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => ExitCode::Failure,
         }
     }
 
@@ -105,6 +131,7 @@ impl Error {
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
             Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
             Error::Vm(v) => v.hint(),
+            Error::Snapshot(s) => s.hint(),
             Error::Instance(i) => i.hint(),
             Error::Qmp(qmp::QmpError::Connect { .. }) => Some(
                 "the instance's QMP socket is gone or dead; `qemu-direct stop NAME` still \

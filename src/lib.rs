@@ -24,6 +24,8 @@
 //! - [`instance`]: the private directory of each running guest, found by name (`ps`).
 //! - [`vm`]: running a plan ([`vm::Vm`]): console, QMP, failure detection, the stop ladder, and
 //!   the report of how it ended.
+//! - [`snapshot`]: snapshots of a running guest, restores and clones of them, local live
+//!   migration.
 //! - [`libvirt`]: a plan as libvirt domain XML, and a libvirt domain as a guest description.
 //! - [`traits`]: os-traits names for this host, and whether a guest runs here.
 //!
@@ -56,6 +58,7 @@ pub mod libvirt;
 pub mod plan;
 pub mod profile;
 pub mod qmp;
+pub mod snapshot;
 pub mod spec;
 pub mod traits;
 pub mod util;

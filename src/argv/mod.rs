@@ -76,9 +76,13 @@ fn name(plan: &LaunchPlan) -> Vec<OsString> {
 }
 
 fn machine(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut options = plan.machine.options.clone();
+    if let Some(m) = &plan.memory_file {
+        options.push(format!("memory-backend={}", m.id));
+    }
     vec![
         os("-machine"),
-        list(&plan.machine.kind, &plan.machine.options),
+        list(&plan.machine.kind, &options),
         os("-accel"),
         list(plan.accel.as_str(), &plan.accel_options),
     ]
@@ -93,12 +97,24 @@ fn cpu(plan: &LaunchPlan) -> Vec<OsString> {
 }
 
 fn resources(plan: &LaunchPlan) -> Vec<OsString> {
-    vec![
+    let mut v = vec![
         os("-m"),
         os(format!("{}M", plan.memory.mib())),
         os("-smp"),
         os(plan.smp.to_string()),
-    ]
+    ];
+    if let Some(m) = &plan.memory_file {
+        // The id is the machine type's default RAM id, which QEMU reports without commas.
+        let mut obj = OsString::from(format!(
+            "memory-backend-file,id={},size={}M,mem-path=",
+            m.id,
+            plan.memory.mib()
+        ));
+        obj.push(escape(m.path.as_os_str()));
+        obj.push(if m.share { ",share=on" } else { ",share=off" });
+        v.extend([os("-object"), obj]);
+    }
+    v
 }
 
 fn console(plan: &LaunchPlan) -> Vec<OsString> {

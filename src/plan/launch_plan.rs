@@ -64,6 +64,28 @@ pub struct LaunchPlan {
     /// The pvpanic device, which lets the guest report a panic to QEMU.
     #[serde(default)]
     pub panic_device: Option<String>,
+    /// Guest RAM in a file instead of anonymous memory; `None` (every plan `resolve` makes):
+    /// plain `-m`. Snapshots set it (see the `snapshot` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest RAM in a file (`-object memory-backend-file`, the machine's `memory-backend`): how a
+/// snapshot's memory is written (shared) and how restores map it (private, copy-on-write, so
+/// clones of one snapshot share the pages none of them wrote).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryFile {
+    /// The file, as big as the guest's memory.
+    #[serde(with = "pathser")]
+    pub path: PathBuf,
+    /// `true`: the guest's writes reach the file (`share=on`); `false`: they stay private to
+    /// the process, copied on write (`share=off`), and the file is only read.
+    pub share: bool,
+    /// The memory backend's id: the machine type's default RAM id (`mach-virt.ram`,
+    /// `pc.ram`), which names the RAM block in the migration stream, so that the RAM of a
+    /// guest started with plain `-m` and this file's are the same block to QEMU.
+    pub id: String,
 }
 
 /// A machine type with properties.

@@ -29,7 +29,7 @@ mod tests;
 pub use crate::cpu::Cpu;
 pub use error::PlanError;
 pub use launch_plan::{
-    ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan,
+    ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, MemoryFile, NicPlan,
 };
 pub use limits::{MAX_MEMORY, MIN_MEMORY};
 pub use probing::resolve_probing;
@@ -106,5 +106,6 @@ pub fn resolve_with(
         console,
         notes: cx.notes,
         panic_device: profile.panic_device.clone(),
+        memory_file: None,
     })
 }

@@ -6,6 +6,7 @@ use std::{path::PathBuf, sync::Arc};
 use super::{
     Vm, VmError,
     console::lock,
+    incoming::{Incoming, Opened},
     launch::{handshake, prepare, spawn, watch},
     shared::Shared,
 };
@@ -20,6 +21,7 @@ pub struct VmBuilder {
     console_log_dir: Option<PathBuf>,
     unique_name: bool,
     echo_stderr: bool,
+    incoming: Option<Incoming>,
 }
 
 impl VmBuilder {
@@ -57,14 +59,29 @@ impl VmBuilder {
         self
     }
 
+    /// Takes the guest's state from a migration instead of booting it: a snapshot's state
+    /// file, or a live migration to listen for (see [`Incoming`]).
+    pub fn incoming(mut self, incoming: Option<Incoming>) -> Self {
+        self.incoming = incoming;
+        self
+    }
+
     /// Starts QEMU and returns once the guest runs: the instance directory made and locked,
     /// QMP connected and negotiated, the guest's CPUs started.
     ///
     /// QEMU dies with the thread that spawned it (`PR_SET_PDEATHSIG`): on a multi-thread
     /// runtime that is a worker thread, which lives as long as the runtime.
     pub async fn launch(self) -> Result<Vm, VmError> {
-        let (plan, inst) =
-            prepare::instance(self.plan, self.runtime_dir.as_deref(), self.unique_name).await?;
+        // A state file that cannot be read fails before anything is made.
+        let opened = self.incoming.as_ref().map(Opened::open).transpose()?;
+        let adopt = self.incoming.as_ref().is_some_and(|i| i.adopt_disks);
+        let (plan, inst) = prepare::instance(
+            self.plan,
+            self.runtime_dir.as_deref(),
+            self.unique_name,
+            adopt,
+        )
+        .await?;
         let logs = prepare::Logs::create(
             &inst,
             &plan.name,
@@ -73,7 +90,7 @@ impl VmBuilder {
         )?;
         let events = prepare::events(&inst)?;
         let sup_path = inst.path(instance::SUPERVISOR_QMP);
-        let spawned = spawn::qemu(&plan, &inst)?;
+        let spawned = spawn::qemu(&plan, &inst, opened.as_ref())?;
         let info = spawn::info(&plan, spawned.pid, logs.durable_path());
         let shared = Arc::new(Shared::new(spawned.pid, spawned.pidfd, inst, info));
         let dir = lock(&shared.instance).dir().to_owned();
@@ -83,7 +100,11 @@ impl VmBuilder {
         // `ps` and `stop` know the pid from now on, even if QMP never answers.
         shared.set_state("prelaunch");
         let (console, errlog) = watch::start(spawned.pipes, logs, self.echo_stderr, &shared);
-        let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel)
+        let start = match (self.incoming, opened) {
+            (Some(i), Some(o)) => handshake::Start::Incoming(i, o),
+            _ => handshake::Start::Boot,
+        };
+        let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel, start)
             .await
             .map_err(|e| handshake::explain(e, &plan, &errlog))?;
         abort.disarm();
@@ -128,6 +149,7 @@ impl Vm {
             console_log_dir: None,
             unique_name: false,
             echo_stderr: false,
+            incoming: None,
         }
     }
 

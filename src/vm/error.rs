@@ -84,6 +84,22 @@ pub enum VmError {
         /// QEMU's words, e.g. `Failed to get "write" lock`.
         detail: String,
     },
+    /// The state file of an incoming migration cannot be opened.
+    #[error("cannot open the state file {path}")]
+    IncomingFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest's state did not arrive (QEMU still runs; when it exits over it, the error is
+    /// [`VmError::Startup`] with its words).
+    #[error("the guest's state did not arrive: {why}")]
+    Incoming {
+        /// What went wrong.
+        why: String,
+    },
     /// The supervisor of an instance stopped from outside did not reap QEMU and remove the
     /// instance directory in time.
     #[error("instance '{name}' still holds its directory {after:?} after QEMU was stopped")]

@@ -34,12 +34,15 @@
 //! launched ([`Vm::stop`]) and for an instance another process supervises ([`stop_instance`]).
 //!
 //! A launch goes in steps, each its own file under `launch/`: prepare the instance directory,
-//! spawn QEMU, start the tasks that watch it, and the QMP handshake.
+//! spawn QEMU, start the tasks that watch it, and the QMP handshake. A launch may take the
+//! guest's state from a migration instead of booting it ([`VmBuilder::incoming`],
+//! [`incoming`]): that is how snapshots are restored.
 
 mod builder;
 mod console;
 mod error;
 mod events;
+pub mod incoming;
 mod launch;
 mod outcome;
 mod overlay;
@@ -54,11 +57,13 @@ use std::time::Duration;
 pub use builder::VmBuilder;
 pub use console::{Console, ConsoleError, Expect, LogReader, MAX_LINE, Matcher, Verdict};
 pub use error::VmError;
+pub use incoming::{Incoming, IncomingFrom, MIGRATE_SOCKET};
 pub use run::{Outcome, Report, RunOptions, run, run_vm};
 pub use running::Vm;
 pub use stop::{CLIENT_CONNECT, REAP_WAIT, StopStep, stop_instance};
 
 use crate::profile::Accel;
+pub(crate) use overlay::find_qemu_img;
 pub(crate) use shared::{Failure, Shared};
 
 /// What the kernel prints when it panics; with `panic=-1 -no-reboot` QEMU then exits 0, so

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    host::firmware::vars_file_name,
     plan::{DiskPlan, LaunchPlan},
     spec::DiskFormat,
 };
@@ -22,7 +23,7 @@ use super::VmError;
 const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `qemu-img` beside the emulator (a QEMU built elsewhere brings its own), else on `PATH`.
-fn find_qemu_img(emulator: &Path) -> Option<PathBuf> {
+pub(crate) fn find_qemu_img(emulator: &Path) -> Option<PathBuf> {
     let beside = emulator.parent().map(|d| d.join("qemu-img"));
     beside
         .filter(|p| p.is_file())
@@ -57,6 +58,39 @@ pub(crate) async fn create_all(
         d.overlay = Some(overlay);
     }
     Ok(())
+}
+
+/// Hard-links the plan's overlays, and its UEFI variable store, made for another instance
+/// into `dir`, and records the links in the plan: both instances then write the same files,
+/// as a migration with shared storage needs.
+pub(crate) fn adopt_all(plan: &mut LaunchPlan, dir: &Path) -> Result<(), VmError> {
+    for (i, d) in plan.disks.iter_mut().enumerate() {
+        if !d.wants_overlay() {
+            continue;
+        }
+        if let Some(from) = d.overlay.as_mut() {
+            *from = adopt(from, &dir.join(DiskPlan::overlay_name(i)), &d.disk.path)?;
+        }
+    }
+    let name = plan.name.clone();
+    if let Some(vars) = plan
+        .descriptor_firmware
+        .as_mut()
+        .and_then(|fw| fw.vars.as_mut())
+        .filter(|v| v.is_absolute())
+    {
+        *vars = adopt(vars, &dir.join(vars_file_name(&name)), vars)?;
+    }
+    Ok(())
+}
+
+/// Links `from` to `to`.
+fn adopt(from: &Path, to: &Path, image: &Path) -> Result<PathBuf, VmError> {
+    std::fs::hard_link(from, to).map_err(|e| VmError::Overlay {
+        image: image.to_owned(),
+        why: format!("cannot link {} to {}: {e}", from.display(), to.display()),
+    })?;
+    Ok(to.to_owned())
 }
 
 async fn create(

@@ -107,6 +107,26 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
         timeout: std::time::Duration,
     },
+    /// Save a running instance's state (devices, RAM, disks) into a folder, for `run
+    /// --restore`; the guest resumes afterwards unless --stop.
+    Snapshot {
+        /// Instance name.
+        name: String,
+        /// The snapshot's folder: new, or empty.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Stop the instance once saved (as `stop` does), instead of resuming the guest.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Move a running guest live into a new instance on this host; the old one then ends.
+    Migrate {
+        /// Instance name.
+        name: String,
+        /// The new instance's name.
+        #[arg(long, value_name = "NEW")]
+        to: String,
+    },
     /// Internal: the detached supervisor `run --detach` starts.
     #[command(name = "__supervise", hide = true)]
     Supervise,
@@ -203,6 +223,10 @@ pub struct RunArgs {
     /// On SIGINT/SIGTERM, how long the guest gets to power off before QEMU is made to quit.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<std::time::Duration>,
+    /// Restore the snapshot in DIR (written by `snapshot`) instead of booting: the guest goes
+    /// on where it was. Only --name, and --memory/--arch equal to the snapshot's, go with it.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
 }
 
 /// The guest description. Flags override the same keys of --spec.

@@ -74,7 +74,8 @@ pub fn ps(json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-fn find(name: &str) -> anyhow::Result<InstanceRef> {
+/// The live instance `name`.
+pub(crate) fn find(name: &str) -> anyhow::Result<InstanceRef> {
     let root = instance::runtime_root().map_err(Error::from)?;
     Ok(instance::find(&root, name).map_err(Error::from)?)
 }
@@ -101,7 +102,7 @@ fn copy_out(mut r: LogReader) -> anyhow::Result<ExitCode> {
 }
 
 /// Connects to the instance's client QMP socket, waiting while another client holds it.
-async fn client(inst: &InstanceRef) -> anyhow::Result<Qmp> {
+pub(crate) async fn client(inst: &InstanceRef) -> anyhow::Result<Qmp> {
     let path = inst.path(instance::QMP);
     match tokio::time::timeout(vm::CLIENT_CONNECT, Qmp::connect_unix(&path)).await {
         Ok(r) => Ok(r.map_err(Error::from)?),

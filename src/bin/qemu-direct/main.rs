@@ -1,7 +1,8 @@
 //! The `qemu-direct` command: parse, call the library, print, map to an exit code.
 //!
 //! One file per command group: `run` ([`run`]), the instance commands ([`control`]), the
-//! host's view ([`host`], [`firmware`]), CPUs ([`cpu`]), the plan and its export ([`plan`]);
+//! host's view ([`host`], [`firmware`]), CPUs ([`cpu`]), the plan and its export ([`plan`]),
+//! snapshots, restores and migration ([`snapshot`]);
 //! what they start from (profiles, host facts, the guest description) is in [`inputs`].
 
 mod cli;
@@ -12,6 +13,7 @@ mod host;
 mod inputs;
 mod plan;
 mod run;
+mod snapshot;
 mod support;
 
 use std::process::ExitCode as ProcessExit;
@@ -82,6 +84,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Console { name, follow } => control::console(name, *follow),
         Command::Wait(args) => control::wait(args),
         Command::Stop { name, timeout } => control::stop(name, *timeout),
+        Command::Snapshot { name, to, stop } => snapshot::snapshot(name, to, *stop),
+        Command::Migrate { name, to } => snapshot::migrate(name, to),
         Command::Supervise => run::supervise(),
     }
 }

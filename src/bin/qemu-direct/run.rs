@@ -15,13 +15,14 @@ use qemu_direct::{
     host::HostFacts,
     plan::LaunchPlan,
     profile::{Accel, ProfileSet},
-    vm::{self, Report, RunOptions, Vm},
+    vm::{self, Incoming, Report, RunOptions, Vm},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::{Cli, RunArgs},
     inputs::{make_plan, spec_input},
+    snapshot,
     support::runtime,
 };
 
@@ -33,11 +34,19 @@ pub fn run(
     profiles: &ProfileSet,
     host: HostFacts,
 ) -> anyhow::Result<ExitCode> {
-    let input = spec_input(&args.spec, profiles)?;
-    // Without a name asked for, a busy default name (the arch) moves on to NAME-2, ...
-    let unique_name = input.name.is_none();
-    let plan = make_plan(cli, input, profiles, host)?;
-    let argv = argv::build(&plan);
+    let (plan, incoming, unique_name) = match &args.restore {
+        Some(dir) => snapshot::restore_input(dir, &args.spec, profiles)?,
+        None => {
+            let input = spec_input(&args.spec, profiles)?;
+            // Without a name asked for, a busy default name (the arch) moves on to NAME-2, ...
+            let unique_name = input.name.is_none();
+            (make_plan(cli, input, profiles, host)?, None, unique_name)
+        }
+    };
+    let mut argv = argv::build(&plan);
+    if incoming.is_some() {
+        argv.extend(["-incoming", "defer"].map(std::ffi::OsString::from));
+    }
     if args.dry_run {
         let mut out = std::io::stdout().lock();
         out.write_all(&argv::shell_line(&argv))?;
@@ -47,9 +56,9 @@ pub fn run(
     announce(&plan, &argv, args.verbose);
     let opts = options(args, unique_name);
     if args.detach {
-        detach(&plan, &opts)
+        detach(&plan, &opts, incoming)
     } else {
-        foreground(&plan, &opts)
+        foreground(&plan, &opts, incoming)
     }
 }
 
@@ -72,7 +81,7 @@ fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
 }
 
 /// How to run, from the flags.
-fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
+pub fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
     // The log is named after the instance, whose name is only final once launched.
     let (console_log, console_log_dir) = if args.no_console_log {
         (None, None)
@@ -91,7 +100,7 @@ fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
 }
 
 /// `$XDG_STATE_HOME/qemu-direct/logs`, where `NAME.log` goes.
-fn default_log_dir() -> Option<PathBuf> {
+pub fn default_log_dir() -> Option<PathBuf> {
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -111,11 +120,15 @@ struct SuperviseRequest {
     timeout: Option<Duration>,
     until: Option<String>,
     stop_timeout: Option<Duration>,
+    /// The guest's state comes from a snapshot or a migration.
+    #[serde(default)]
+    incoming: Option<Incoming>,
 }
 
 impl SuperviseRequest {
-    fn new(plan: &LaunchPlan, opts: &RunOptions) -> SuperviseRequest {
+    fn new(plan: &LaunchPlan, opts: &RunOptions, incoming: Option<Incoming>) -> SuperviseRequest {
         SuperviseRequest {
+            incoming,
             plan: plan.clone(),
             console_log: opts.console_log.clone(),
             console_log_dir: opts.console_log_dir.clone(),
@@ -126,8 +139,8 @@ impl SuperviseRequest {
         }
     }
 
-    /// The plan, and how to run it.
-    fn into_parts(self) -> (LaunchPlan, RunOptions) {
+    /// The plan, how to run it, and where its state comes from.
+    fn into_parts(self) -> (LaunchPlan, RunOptions, Option<Incoming>) {
         let opts = RunOptions {
             timeout: self.timeout,
             until: self.until,
@@ -137,24 +150,33 @@ impl SuperviseRequest {
             unique_name: self.unique_name,
             runtime_dir: None,
         };
-        (self.plan, opts)
+        (self.plan, opts, self.incoming)
     }
 }
 
 /// What the supervisor says on its stdout once QEMU answers on QMP.
 #[derive(Debug, Serialize, Deserialize)]
-struct Ready {
-    name: String,
+pub struct Ready {
+    /// The instance's name.
+    pub name: String,
+    /// Its directory.
     #[serde(with = "qemu_direct::util::pathser")]
-    dir: PathBuf,
+    pub dir: PathBuf,
     pid: u32,
     accel: Accel,
 }
 
 /// `run` in the foreground: the console on stdout until the guest ends.
-pub fn foreground(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> {
+pub fn foreground(
+    plan: &LaunchPlan,
+    opts: &RunOptions,
+    incoming: Option<Incoming>,
+) -> anyhow::Result<ExitCode> {
     let report = runtime()?.block_on(async {
-        let vm = builder(plan, opts).echo_stderr(true).launch().await?;
+        let vm = builder(plan, opts, incoming)
+            .echo_stderr(true)
+            .launch()
+            .await?;
         eprintln!(
             "qemu-direct: instance '{}' in {}, QEMU pid {}, accelerator {} (as QEMU reports it)",
             vm.name(),
@@ -169,11 +191,12 @@ pub fn foreground(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCo
     Ok(report.outcome.exit_code())
 }
 
-fn builder(plan: &LaunchPlan, opts: &RunOptions) -> vm::VmBuilder {
+fn builder(plan: &LaunchPlan, opts: &RunOptions, incoming: Option<Incoming>) -> vm::VmBuilder {
     Vm::builder(plan.clone())
         .console_log(opts.console_log.clone())
         .console_log_dir(opts.console_log_dir.clone())
         .unique_name(opts.unique_name)
+        .incoming(incoming)
 }
 
 /// How a run ended, on stderr: the outcome, QEMU's last words and the console's last lines
@@ -208,22 +231,39 @@ fn print_report(report: &Report) {
 
 /// `run --detach`: starts `qemu-direct __supervise` in a new session, hands it the plan, and
 /// returns once it says QEMU answers on QMP. Its errors until then reach our stderr directly.
-pub fn detach(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCode> {
-    let mut child = start_supervisor(&SuperviseRequest::new(plan, opts))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
-    if line.trim().is_empty() {
-        // It failed, and said why on the stderr we share.
-        return Ok(supervisor_failed(child.wait()?));
-    }
-    let ready: Ready =
-        serde_json::from_str(&line).context("unexpected word from the supervisor")?;
+pub fn detach(
+    plan: &LaunchPlan,
+    opts: &RunOptions,
+    incoming: Option<Incoming>,
+) -> anyhow::Result<ExitCode> {
+    let ready = match start_detached(plan, opts, incoming)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
     eprintln!(
         "qemu-direct: instance '{}' running detached, QEMU pid {}, accelerator {} (as QEMU reports it)",
         ready.name, ready.pid, ready.accel
     );
     println!("{}\t{}", ready.name, ready.dir.display());
     Ok(ExitCode::Success)
+}
+
+/// Starts a detached instance: its ready line, or the exit code for a supervisor that failed
+/// (and said why on our stderr).
+pub fn start_detached(
+    plan: &LaunchPlan,
+    opts: &RunOptions,
+    incoming: Option<Incoming>,
+) -> anyhow::Result<Result<Ready, ExitCode>> {
+    let mut child = start_supervisor(&SuperviseRequest::new(plan, opts, incoming))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
+    if line.trim().is_empty() {
+        return Ok(Err(supervisor_failed(child.wait()?)));
+    }
+    Ok(Ok(
+        serde_json::from_str(&line).context("unexpected word from the supervisor")?
+    ))
 }
 
 /// Starts `qemu-direct __supervise` in a new session, sharing our stderr, and hands it `req`.
@@ -267,9 +307,12 @@ pub fn supervise() -> anyhow::Result<ExitCode> {
     let mut text = Vec::new();
     std::io::stdin().read_to_end(&mut text)?;
     let req: SuperviseRequest = serde_json::from_slice(&text).context("invalid request")?;
-    let (plan, opts) = req.into_parts();
+    let (plan, opts, incoming) = req.into_parts();
     let report = runtime()?.block_on(async {
-        let vm = builder(&plan, &opts).launch().await.map_err(Error::from)?;
+        let vm = builder(&plan, &opts, incoming)
+            .launch()
+            .await
+            .map_err(Error::from)?;
         say_ready(&vm)?;
         // From here on nobody reads our stdout and stderr: the launcher has returned.
         quiet(&vm)?;

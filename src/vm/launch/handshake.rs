@@ -1,6 +1,7 @@
 //! The supervisor's QMP handshake with a QEMU started with its CPUs stopped: connect and
 //! negotiate, ask the accelerator, subscribe to events, and only then let the guest run, so
-//! that no event is missed.
+//! that no event is missed. A guest whose state comes from a migration runs once that has
+//! arrived ([`crate::vm::incoming`]).
 
 use std::{fs::File, path::Path, sync::Arc, sync::Mutex};
 
@@ -11,21 +12,32 @@ use crate::{
     vm::{
         DRAIN, QMP_CALL, STARTUP_TIMEOUT, VmError,
         console::lock,
-        events, overlay,
+        events,
+        incoming::{self, Incoming, Opened},
+        overlay,
         process::{ErrLog, describe},
         shared::{Shared, guard},
     },
 };
 
+/// How the guest is to start once QMP is up: booted, or from an incoming migration.
+pub(in crate::vm) enum Start {
+    /// `cont`.
+    Boot,
+    /// [`incoming::start`].
+    Incoming(Incoming, Opened),
+}
+
 /// Connects, learns the accelerator (`planned` if QEMU does not say), starts the event
-/// recorder and the guard, and lets the guest run (`cont`). The connection and the
-/// accelerator.
+/// recorder and the guard, and lets the guest run (`cont`, or the incoming migration). The
+/// connection and the accelerator.
 pub(in crate::vm) async fn run(
     sup_path: &Path,
     shared: &Arc<Shared>,
     errlog: &Mutex<ErrLog>,
     events_file: File,
     planned: Accel,
+    start: Start,
 ) -> Result<(Qmp, Accel), VmError> {
     let qmp = connect(sup_path, shared, errlog).await?;
     let accel = accel(&qmp, planned).await;
@@ -40,6 +52,11 @@ pub(in crate::vm) async fn run(
         shared.clone(),
     ));
     tokio::spawn(guard(shared.clone(), qmp.clone()));
+    if let Start::Incoming(incoming, opened) = start {
+        let dir = sup_path.parent().unwrap_or(Path::new("."));
+        incoming::start(&qmp, &incoming, opened, dir, shared, errlog).await?;
+        return Ok((qmp, accel));
+    }
     match tokio::time::timeout(QMP_CALL, qmp.cont()).await {
         Ok(Ok(())) => Ok((qmp, accel)),
         Ok(Err(e)) => Err(startup_error(shared, errlog, VmError::Qmp(e)).await),
@@ -84,7 +101,11 @@ async fn connect(path: &Path, shared: &Shared, errlog: &Mutex<ErrLog>) -> Result
 }
 
 /// The error for a failed start: QEMU's exit and last stderr line if it exited, else `other`.
-async fn startup_error(shared: &Shared, errlog: &Mutex<ErrLog>, other: VmError) -> VmError {
+pub(in crate::vm) async fn startup_error(
+    shared: &Shared,
+    errlog: &Mutex<ErrLog>,
+    other: VmError,
+) -> VmError {
     let Some(exit) = shared.wait_exit_for(DRAIN).await else {
         return other;
     };

@@ -14,17 +14,22 @@ use crate::{
 };
 
 /// Makes and locks the instance directory and fills it; the plan comes back with the
-/// instance's final name and the files made for it.
+/// instance's final name and the files made for it. With `adopt`, the plan's overlays and
+/// variable store are another instance's, hard-linked in rather than made anew.
 pub(in crate::vm) async fn instance(
     mut plan: LaunchPlan,
     runtime_dir: Option<&Path>,
     unique_name: bool,
+    adopt: bool,
 ) -> Result<(LaunchPlan, Instance), VmError> {
     let qemu_img = overlay::qemu_img_for(&plan)?;
     let root = root(runtime_dir)?;
     let inst = Instance::create(&root, &plan.name, unique_name)?;
     plan.name = inst.name().to_owned();
-    if let Some(qemu_img) = &qemu_img {
+    if adopt {
+        // On failure the instance, and so the links made so far, are removed.
+        overlay::adopt_all(&mut plan, inst.dir())?;
+    } else if let Some(qemu_img) = &qemu_img {
         // On failure the instance, and so the overlays made so far, are removed.
         overlay::create_all(&mut plan, qemu_img, inst.dir()).await?;
     }

@@ -2,6 +2,7 @@
 //! before QEMU runs; QEMU gets their listening descriptors.
 
 use std::{
+    ffi::OsString,
     os::{fd::AsRawFd, unix::net::UnixListener},
     path::Path,
 };
@@ -14,6 +15,7 @@ use crate::{
     plan::LaunchPlan,
     vm::{
         VmError,
+        incoming::{self, Opened},
         process::{self, PidFd},
     },
 };
@@ -38,19 +40,27 @@ pub(in crate::vm) struct Pipes {
     pub(in crate::vm) stderr: ChildStderr,
 }
 
-/// Binds both QMP sockets in the instance directory and starts QEMU with them.
-pub(in crate::vm) fn qemu(plan: &LaunchPlan, inst: &Instance) -> Result<Spawned, VmError> {
+/// Binds both QMP sockets in the instance directory and starts QEMU with them. With
+/// `incoming`, QEMU waits for an incoming migration (`-incoming defer`) and inherits the
+/// state file's descriptor.
+pub(in crate::vm) fn qemu(
+    plan: &LaunchPlan,
+    inst: &Instance,
+    incoming: Option<&Opened>,
+) -> Result<Spawned, VmError> {
     let sup = bind(&inst.path(instance::SUPERVISOR_QMP))?;
     let client = bind(&inst.path(instance::QMP))?;
     let mut argv = argv::build(plan);
     argv.extend(argv::monitors(sup.as_raw_fd(), client.as_raw_fd()));
-    let mut child =
-        process::spawn(&argv, &[sup.as_raw_fd(), client.as_raw_fd()]).map_err(|source| {
-            VmError::Spawn {
-                binary: plan.binary.clone(),
-                source,
-            }
-        })?;
+    let mut inherit = vec![sup.as_raw_fd(), client.as_raw_fd()];
+    if let Some(opened) = incoming {
+        argv.extend(incoming::argv().map(OsString::from));
+        inherit.extend(opened.fds());
+    }
+    let mut child = process::spawn(&argv, &inherit).map_err(|source| VmError::Spawn {
+        binary: plan.binary.clone(),
+        source,
+    })?;
     // QEMU has its own copies; ours would keep the sockets listening after QEMU died, and
     // a connection to them waiting forever.
     drop((sup, client));
