@@ -95,6 +95,8 @@ fn snapshot_exit(e: &snapshot::SnapshotError) -> ExitCode {
             source: qmp::QmpError::Connect { .. },
             ..
         } => ExitCode::Failure,
+        // A full file system is the system's failure, not QEMU's.
+        S::Migration { free: Some(_), .. } => ExitCode::Failure,
         S::Migration { .. } | S::QemuImg { .. } | S::Qmp { .. } => ExitCode::QemuFailed,
         _ => ExitCode::Failure,
     }

@@ -48,6 +48,8 @@ pub(super) async fn to_memory_file(
     let helper = Vm::builder(plan)
         .runtime_dir(runtime_root)
         .unique_name(true)
+        // Quiet unless something goes wrong, and then its words are wanted.
+        .echo_stderr(true)
         .incoming(Some(Incoming::file(&state).resume(false)))
         .launch()
         .await

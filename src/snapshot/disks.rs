@@ -237,13 +237,14 @@ pub(super) fn inputs(plan: &LaunchPlan) -> Result<Vec<Input>, SnapshotError> {
         .collect()
 }
 
-/// Refuses a restore whose frozen disks are missing, or whose base images or other inputs
-/// changed since the snapshot.
+/// Refuses a restore whose frozen disks are missing, whose base images or firmware changed
+/// since the snapshot, or whose kernel or initrd is gone. A kernel or initrd that changed is
+/// only noted: QEMU reads them at start, but the restored guest runs the ones in its memory.
 pub(super) fn check(
     dir: &Path,
     disks: &[FrozenDisk],
     inputs: &[Input],
-) -> Result<(), SnapshotError> {
+) -> Result<Vec<String>, SnapshotError> {
     for (i, d) in disks.iter().enumerate() {
         if let Some(file) = &d.file
             && !dir.join(file).is_file()
@@ -257,10 +258,19 @@ pub(super) fn check(
             changed(dir, &format!("base image of disk {i}"), b)?;
         }
     }
+    let mut notes = Vec::new();
     for input in inputs {
-        changed(dir, &input.what, &input.stamp)?;
+        let loaded = matches!(input.what.as_str(), "kernel" | "initrd");
+        match (loaded, input.stamp.changed()) {
+            (true, Some(how)) if input.stamp.path.is_file() => notes.push(format!(
+                "the {} {} {how} since the snapshot: the restored guest runs the one in its memory",
+                input.what,
+                input.stamp.path.display()
+            )),
+            _ => changed(dir, &input.what, &input.stamp)?,
+        }
     }
-    Ok(())
+    Ok(notes)
 }
 
 fn changed(dir: &Path, what: &str, stamp: &FileStamp) -> Result<(), SnapshotError> {

@@ -11,8 +11,8 @@
 //! DIR/vars.fd         with UEFI firmware: the variable store as it was
 //! ```
 //!
-//! [`save`] takes one of a running guest ([`Vm::snapshot`], `qemu-direct snapshot`); see
-//! [`save`](mod@save) for its steps and [`method`] for how the RAM and the stream are
+//! [`save()`] takes one of a running guest ([`Vm::snapshot`], `qemu-direct snapshot`); see
+//! [`mod@save`] for its steps and [`method`] for how the RAM and the stream are
 //! stored on each QEMU version. [`Vm::restore`] checks one and launches it
 //! ([`Restore`]): the snapshot's plan started with `-incoming defer` through the ordinary
 //! launcher ([`crate::vm::VmBuilder::incoming`]), new throw-away overlays over the frozen
@@ -63,7 +63,7 @@ pub const VARS: &str = "vars.fd";
 
 impl Vm {
     /// Takes a snapshot of the guest into `dir` (a new or empty folder), resuming it
-    /// afterwards: see [`save`].
+    /// afterwards: see [`save()`].
     pub async fn snapshot(&self, dir: impl AsRef<Path>) -> Result<Saved, SnapshotError> {
         self.snapshot_with(dir, &SnapshotOptions::default()).await
     }

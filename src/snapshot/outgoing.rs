@@ -8,7 +8,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{SnapshotError, method::Transport};
+use super::{
+    SnapshotError,
+    method::{IGNORE_SHARED, Transport},
+};
 use crate::qmp::Qmp;
 
 /// How often `query-migrate` is asked while a migration runs.
@@ -51,7 +54,8 @@ pub(super) fn file_uri(transport: Transport, file: &Path) -> Result<String, Snap
     })
 }
 
-/// Migrates to `uri` with `capabilities` on and no bandwidth cap, and waits for the end.
+/// Migrates to `uri` with `capabilities` on (and the others we use off) and no bandwidth
+/// cap, and waits for the end.
 /// `what` names the migration in errors; `file`, for a stream to a file, is where a full file
 /// system is looked for when it fails.
 pub(super) async fn migrate(
@@ -62,19 +66,19 @@ pub(super) async fn migrate(
     what: &str,
     file: Option<&Path>,
 ) -> Result<Stats, SnapshotError> {
-    let caps: Vec<Value> = capabilities
+    // Capabilities outlive a migration: a restored guest still has those its state was
+    // read with, which would change how its stream is written.
+    let caps: Vec<Value> = [IGNORE_SHARED]
         .iter()
-        .map(|c| json!({"capability": c, "state": true}))
+        .map(|c| json!({"capability": c, "state": capabilities.iter().any(|x| x == c)}))
         .collect();
-    if !caps.is_empty() {
-        call(
-            qmp,
-            name,
-            "migrate-set-capabilities",
-            json!({ "capabilities": caps }),
-        )
-        .await?;
-    }
+    call(
+        qmp,
+        name,
+        "migrate-set-capabilities",
+        json!({ "capabilities": caps }),
+    )
+    .await?;
     call(
         qmp,
         name,

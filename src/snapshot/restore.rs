@@ -30,6 +30,7 @@ pub struct Restore {
     manifest: Manifest,
     name: Option<String>,
     builder: Option<VmBuilderSettings>,
+    notes: Vec<String>,
 }
 
 /// Settings passed through to the [`VmBuilder`].
@@ -57,12 +58,13 @@ impl Restore {
     pub fn open(dir: &Path) -> Result<Restore, SnapshotError> {
         let dir = std::path::absolute(dir).map_err(SnapshotError::io("cannot use", dir))?;
         let manifest = Manifest::read(&dir)?;
-        check(&dir, &manifest)?;
+        let notes = check(&dir, &manifest)?;
         Ok(Restore {
             dir,
             manifest,
             name: None,
             builder: None,
+            notes,
         })
     }
 
@@ -151,6 +153,7 @@ impl Restore {
             self.manifest.source,
             self.manifest.created
         ));
+        plan.notes.extend(self.notes.iter().cloned());
         plan
     }
 
@@ -215,8 +218,8 @@ pub(super) fn resolved_plan(saved: &LaunchPlan, dir: &Path) -> LaunchPlan {
     plan
 }
 
-/// Everything [`Restore::open`] checks, in order.
-fn check(dir: &Path, m: &Manifest) -> Result<(), SnapshotError> {
+/// Everything [`Restore::open`] checks, in order; notes on what changed without mattering.
+fn check(dir: &Path, m: &Manifest) -> Result<Vec<String>, SnapshotError> {
     if let Some(diff) = m.argv_differs(&argv::build(&m.plan)) {
         return Err(SnapshotError::ArgvChanged {
             dir: dir.to_owned(),
@@ -236,8 +239,9 @@ fn check(dir: &Path, m: &Manifest) -> Result<(), SnapshotError> {
             });
         }
     }
-    disks::check(dir, &m.disks, &m.inputs)?;
-    check_host(dir, m)
+    let notes = disks::check(dir, &m.disks, &m.inputs)?;
+    check_host(dir, m)?;
+    Ok(notes)
 }
 
 /// The same QEMU build: the binary at the manifest's path, with the same sha256.
@@ -249,6 +253,16 @@ fn check_qemu(dir: &Path, m: &Manifest) -> Result<(), SnapshotError> {
         was_hash: m.qemu.sha256.clone(),
         now,
     };
+    if m.qemu.path != m.plan.binary {
+        return Err(SnapshotError::Manifest {
+            path: dir.join(super::MANIFEST),
+            why: format!(
+                "its QEMU {} is not its plan's {}",
+                m.qemu.path.display(),
+                m.plan.binary.display()
+            ),
+        });
+    }
     match binhash::sha256_of(&m.qemu.path) {
         Ok(h) if h == m.qemu.sha256 => Ok(()),
         Ok(h) => {

@@ -2,9 +2,9 @@
 //!
 //! 1. Before the pause: the run state (running or paused), the folder (new or empty), the
 //!    QEMU build (version, sha256), the machine type's versioned name and default RAM id, and
-//!    from those the [method](super::method).
+//!    from those the [`super::method`].
 //! 2. The guest paused (`stop`, which flushes QEMU's disk caches): the disks frozen into the
-//!    folder ([`super::disks`]), then the whole state (devices and RAM) streamed into
+//!    folder (`disks.rs`), then the whole state (devices and RAM) streamed into
 //!    `state` with no bandwidth cap.
 //! 3. The guest resumed (unless asked to stay paused), also when step 2 failed.
 //! 4. With a memory file: a helper QEMU, its RAM the folder's `memory` file mapped shared,

@@ -11,6 +11,7 @@
 //!   then SIGKILL for any QEMU or supervisor still there.
 //! - [`Guest`]: the test guest of an arch (`scripts/fetch-test-guests.sh`), and [`guest_proto`]
 //!   for what it prints and the switches it takes.
+//! - [`sha256`] of a file, [`files_under`] a directory.
 //! - [`pid_gone`] (a zombie counts as gone), [`wait_gone`], [`children_of`], [`wait_until`].
 //! - [`Tripwire`]: an emulator that records whether QEMU was started.
 //! - [`fake_host`]: a made-up host for planning without a probe.
@@ -59,6 +60,15 @@ pub mod guest_proto {
     /// `qd-heartbeat N`.
     pub fn heartbeat(n: u32) -> String {
         format!("{HEARTBEAT} {n}")
+    }
+
+    /// The N of every `qd-heartbeat N` line of a console, in order.
+    pub fn heartbeats(console: &str) -> Vec<u32> {
+        let prefix = format!("{HEARTBEAT} ");
+        console
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(&prefix)?.parse().ok())
+            .collect()
     }
 
     /// `qd.write=DEV`: write [`MARKER`] `<arch>` to block device DEV, then print [`wrote`].
@@ -123,6 +133,13 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// The sha256 of a file, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
 /// Lists every file under a directory, recursively (directories themselves are not listed).
@@ -350,6 +367,14 @@ impl TestEnv {
         let (o, e) = text(&out);
         assert_eq!(out.status.code(), Some(0), "qmp {args:?}: {e}");
         o.trim_end().to_owned()
+    }
+
+    /// `console NAME`, which must succeed: the instance's console so far.
+    pub fn console(&self, name: &str) -> String {
+        let out = self.qd(["console", name]);
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "console {name}: {e}");
+        o
     }
 
     /// `stop NAME --timeout 0s`, which must succeed.

@@ -19,7 +19,7 @@ use crate::{
     common::{
         BOOT_TIMEOUT, Detached, Guest, TestEnv, Tripwire, files_under, guest,
         guest_proto::{self, HEARTBEAT, HOLD, MARKER},
-        text,
+        sha256, text,
     },
 };
 
@@ -39,12 +39,6 @@ fn detach<'e>(env: &'e TestEnv, g: &Guest, name: &str, args: &[&OsStr]) -> Detac
 
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

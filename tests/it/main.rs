@@ -18,6 +18,9 @@
 //! - `reliability`: the bad-input corpus (`tests/corpus/bad-input/`), odd paths reaching QEMU
 //!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
 //!   racing launches, a guest that never prints what is awaited.
+//! - `snapshot`: snapshots, restores (the heartbeat goes on), 8 clones at once, disks frozen
+//!   and clones' writes kept apart, the restore and snapshot refusals, `migrate`, the harness
+//!   example.
 //! - `shape`: the layering of `src/` folders, and the length of files and functions.
 //! - `docs`: every command shown in README.md and docs/ runs as written.
 //! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
@@ -40,3 +43,4 @@ mod lifecycle;
 mod reliability;
 mod shape;
 mod signals;
+mod snapshot;
