@@ -50,7 +50,10 @@ pub async fn run(guests: &Path, runtime_dir: Option<PathBuf>, n: usize) -> Res<S
     let vm = boot(guests, runtime_dir.clone()).await?;
     let snapshot_heartbeat = 2;
     vm.console()
-        .wait_for(&format!("qd-heartbeat {snapshot_heartbeat}"), vm.scale(Duration::from_secs(60)))
+        .wait_for(
+            &format!("qd-heartbeat {snapshot_heartbeat}"),
+            vm.scale(Duration::from_secs(60)),
+        )
         .await?;
     let snap = std::env::temp_dir().join(format!("qd-example-snapshot-{}", std::process::id()));
     let saved = vm.snapshot(&snap).await?;
@@ -165,6 +168,9 @@ async fn main() -> Res<()> {
     for r in &s.results {
         println!("{}: went on at heartbeat {}", r.name, r.first_heartbeat);
     }
-    println!("the moved clone went on at heartbeat {}", s.migrated_heartbeat);
+    println!(
+        "the moved clone went on at heartbeat {}",
+        s.migrated_heartbeat
+    );
     Ok(())
 }

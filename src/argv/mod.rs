@@ -271,6 +271,36 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_file_is_the_machines_memory_backend() {
+        let mut plan: LaunchPlan = serde_json::from_value(serde_json::json!({
+            "name": "vm", "arch": "aarch64", "binary": "qemu-system-aarch64",
+            "accel": "tcg", "accel_reason": "", "machine": {"type": "virt", "options": ["gic-version=max"]},
+            "cpu": null, "memory": "512M", "smp": 1, "kernel": null, "disks": [],
+            "console": {"via": "serial", "kernel_name": "ttyAMA0"}, "notes": []
+        }))
+        .unwrap();
+        let without = build(&plan);
+        plan.memory_file = Some(crate::plan::MemoryFile {
+            path: "/snap/a,b/memory".into(),
+            share: false,
+            id: "mach-virt.ram".into(),
+        });
+        let with = build(&plan);
+        let line = String::from_utf8(shell_line(&with)).unwrap();
+        assert!(
+            line.contains("-machine 'virt,gic-version=max,memory-backend=mach-virt.ram'"),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "-m 512M -smp 1 -object 'memory-backend-file,id=mach-virt.ram,size=512M,mem-path=/snap/a,,b/memory,share=off'"
+            ),
+            "{line}"
+        );
+        assert_eq!(with.len(), without.len() + 2);
+    }
+
+    #[test]
     fn shell_line_quotes_what_needs_it() {
         let argv = [
             os("qemu"),

@@ -243,3 +243,53 @@ impl Manifest {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_without_a_readable_manifest_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let e = Manifest::read(&d.join("none")).unwrap_err();
+        assert!(matches!(e, SnapshotError::NotASnapshot { .. }), "{e}");
+        let e = Manifest::read(d).unwrap_err();
+        assert!(e.to_string().ends_with("no manifest.json in it"), "{e}");
+        fs::write(d.join(MANIFEST), r#"{"format": 7}"#).unwrap();
+        let e = Manifest::read(d).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("snapshot format 7, this qemu-direct reads format 1"),
+            "{e}"
+        );
+        fs::write(d.join(MANIFEST), r#"{"format": 1, "created": 3}"#).unwrap();
+        let e = Manifest::read(d).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid manifest: invalid type"),
+            "{e}"
+        );
+        fs::write(d.join(MANIFEST), "{").unwrap();
+        assert!(matches!(
+            Manifest::read(d),
+            Err(SnapshotError::Manifest { .. })
+        ));
+    }
+
+    #[test]
+    fn stamps_notice_a_changed_or_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("base");
+        fs::write(&f, "abc").unwrap();
+        let stamp = FileStamp::of(&f).unwrap();
+        assert_eq!(stamp.changed(), None);
+        fs::write(&f, "abcd").unwrap();
+        assert_eq!(stamp.changed().as_deref(), Some("changed (size 3 -> 4)"));
+        fs::write(&f, "abc").unwrap();
+        let file = fs::File::options().write(true).open(&f).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(stamp.changed().as_deref(), Some("changed (modified)"));
+        fs::remove_file(&f).unwrap();
+        assert_eq!(stamp.changed().as_deref(), Some("is gone"));
+    }
+}

@@ -327,3 +327,94 @@ impl Drop for Folder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A QMP peer whose guest is in run state `state`.
+    async fn qmp_in_state(state: &'static str) -> Qmp {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (cr, cw) = tokio::io::split(client);
+        let (sr, mut sw) = tokio::io::split(server);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(sr).lines();
+            sw.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let ret = match req["execute"].as_str() {
+                    Some("query-status") => json!({"status": state, "running": false}),
+                    _ => json!({}),
+                };
+                let reply = json!({"return": ret, "id": req["id"]}).to_string() + "\n";
+                sw.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        Qmp::handshake(cr, cw).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_running_or_paused_guest_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan: LaunchPlan = serde_json::from_value(json!({
+            "name": "vm", "arch": "x86_64", "binary": "/usr/bin/qemu-system-x86_64",
+            "accel": "tcg", "accel_reason": "", "machine": {"type": "q35", "options": []},
+            "cpu": null, "memory": "512M", "smp": 1, "kernel": null, "disks": [],
+            "console": {"via": "serial", "kernel_name": "ttyS0"}, "notes": []
+        }))
+        .unwrap();
+        for (state, ok) in [
+            ("running", true),
+            ("paused", true),
+            ("inmigrate", false),
+            ("postmigrate", false),
+            ("shutdown", false),
+        ] {
+            let qmp = qmp_in_state(state).await;
+            let src = Source {
+                name: "vm",
+                qmp: &qmp,
+                plan: &plan,
+                runtime_root: dir.path(),
+            };
+            assert_eq!(run_state(&src).await.is_ok(), ok, "{state}");
+            if ok {
+                continue;
+            }
+            let snap = dir.path().join(state);
+            let e = save(&src, &snap, &SnapshotOptions::default())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("instance 'vm' is {state}, not running or paused: nothing to save")
+            );
+            assert!(!snap.exists(), "nothing made for {state}");
+        }
+    }
+
+    #[test]
+    fn a_folder_is_new_or_empty_and_goes_again_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new");
+        drop(Folder::claim(&new).unwrap());
+        assert!(!new.exists(), "a folder made here goes again");
+        std::fs::create_dir(&new).unwrap();
+        let f = Folder::claim(&new).unwrap();
+        std::fs::write(new.join("state"), "partial").unwrap();
+        drop(f);
+        assert!(new.is_dir(), "an empty folder that was there stays");
+        assert_eq!(std::fs::read_dir(&new).unwrap().count(), 0, "emptied again");
+        std::fs::write(new.join("mine"), "x").unwrap();
+        assert!(matches!(
+            Folder::claim(&new),
+            Err(SnapshotError::DirNotEmpty { .. })
+        ));
+        let kept = dir.path().join("kept");
+        Folder::claim(&kept).unwrap().keep();
+        assert!(kept.is_dir());
+    }
+}

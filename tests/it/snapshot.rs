@@ -51,7 +51,12 @@ fn held<'e>(env: &'e TestEnv, g: &Guest, name: &str, args: &[&OsStr], n: u32) ->
 
 /// `snapshot NAME --to DIR`, which must succeed and print DIR.
 fn snapshot(env: &TestEnv, name: &str, dir: &Path) {
-    let out = env.qd([OsStr::new("snapshot"), name.as_ref(), "--to".as_ref(), dir.as_os_str()]);
+    let out = env.qd([
+        OsStr::new("snapshot"),
+        name.as_ref(),
+        "--to".as_ref(),
+        dir.as_os_str(),
+    ]);
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "snapshot {name}: {e}");
     assert_eq!(o.trim_end(), dir.to_str().unwrap(), "{e}");
@@ -201,13 +206,21 @@ fn raw_image(path: &Path) {
 }
 
 /// `qemu-io` on a restored guest's disk through its own QMP (HMP's `qemu-io`): the guest's
-/// block graph writes and reads as the guest would.
-fn qemu_io(env: &TestEnv, name: &str, cmd: &str) -> String {
+/// block graph writes and reads as the guest would. qemu-io reports on QEMU's stdout, the
+/// console: waits there for the `n`th line starting `want`.
+fn qemu_io(env: &TestEnv, name: &str, cmd: &str, want: &str, n: usize) {
     let args = serde_json::json!({ "command-line": format!("qemu-io disk0 \"{cmd}\"") });
     env.qmp_ok(
         name,
         &["execute", "human-monitor-command", &args.to_string()],
-    )
+    );
+    wait_until(&format!("{want} on {name}"), ANSWER, || {
+        env.console(name)
+            .lines()
+            .filter(|l| l.starts_with(want))
+            .count()
+            >= n
+    });
 }
 
 /// The first bytes of a qcow2 image's guest view, through `qemu-img convert`.
@@ -257,10 +270,27 @@ fn clones_write_their_own_overlays_and_refusals_leave_nothing() {
     for (name, pattern) in [("c1", "0x11"), ("c2", "0x22")] {
         let c = restore(&env, &snap, name);
         heartbeats(&env, name, 1);
-        let w = qemu_io(&env, name, &format!("write -P {pattern} 0 512"));
-        assert!(w.contains("wrote 512/512"), "{w}");
-        let r = qemu_io(&env, name, &format!("read -P {pattern} 0 512"));
-        assert!(r.contains("read 512/512"), "{name} reads back its own write: {r}");
+        // The other clone's write is not there; this one's is, once written.
+        qemu_io(&env, name, "read -P 0 1024 512", "read 512/512", 1);
+        qemu_io(
+            &env,
+            name,
+            &format!("write -P {pattern} 1024 512"),
+            "wrote 512/512",
+            1,
+        );
+        qemu_io(
+            &env,
+            name,
+            &format!("read -P {pattern} 1024 512"),
+            "read 512/512",
+            2,
+        );
+        let console = env.console(name);
+        assert!(
+            !console.contains("Pattern verification failed"),
+            "{console}"
+        );
         c.stop();
     }
     assert_eq!(sha256(&base), base_hash, "the base image changed");
@@ -331,20 +361,39 @@ fn restore_refusals(env: &TestEnv, snap: &Path, emulator: &Path, base: &Path) {
     });
     // Flags that contradict the snapshot; the same values pass.
     refused(env, snap, &["--memory", "1G"], 2, "--memory 1G contradicts");
-    refused(env, snap, &["--arch", "x86_64"], 2, "--arch x86_64 contradicts");
-    let out = restore_cmd(env, snap, "same", &["--memory", "512M", "--arch", "arm64", "--dry-run"])
-        .output()
-        .unwrap();
+    refused(
+        env,
+        snap,
+        &["--arch", "x86_64"],
+        2,
+        "--arch x86_64 contradicts",
+    );
+    let out = restore_cmd(
+        env,
+        snap,
+        "same",
+        &["--memory", "512M", "--arch", "arm64", "--dry-run"],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     // A truncated, then a corrupted state file: QEMU's own error, nothing left.
     let state = snap.join("state");
-    with_edited(&state, |b| b[..b.len() / 2].to_vec(), || {
-        refused(env, snap, &[], 3, "load of migration failed");
-    });
-    with_edited(&state, |mut b| {
-        b[..4].copy_from_slice(b"XXXX");
-        b
-    }, || refused(env, snap, &[], 3, "load of migration failed"));
+    with_edited(
+        &state,
+        |b| b[..b.len() / 2].to_vec(),
+        || {
+            refused(env, snap, &[], 3, "load of migration failed");
+        },
+    );
+    with_edited(
+        &state,
+        |mut b| {
+            b[..4].copy_from_slice(b"XXXX");
+            b
+        },
+        || refused(env, snap, &[], 3, "load of migration failed"),
+    );
     // The base image changed, then went away.
     let mtime = std::fs::metadata(base).unwrap().modified().unwrap();
     let f = std::fs::File::options().write(true).open(base).unwrap();
@@ -369,7 +418,12 @@ fn snapshot_refusals_leave_the_guest_running() {
     let env = TestEnv::new();
     let src = held(&env, &g, "src", &[], 1);
     let snap = |name: &str, dir: &Path| {
-        env.qd([OsStr::new("snapshot"), name.as_ref(), "--to".as_ref(), dir.as_os_str()])
+        env.qd([
+            OsStr::new("snapshot"),
+            name.as_ref(),
+            "--to".as_ref(),
+            dir.as_os_str(),
+        ])
     };
     // No such instance: nothing made.
     let dir = env.path("snap");
@@ -407,7 +461,12 @@ fn full_file_system(env: &TestEnv, src: &Detached<'_>) {
     }
     let dir = mnt.join("snap");
     let before = last_heartbeat(env, &src.name);
-    let out = env.qd([OsStr::new("snapshot"), src.name.as_ref(), "--to".as_ref(), dir.as_os_str()]);
+    let out = env.qd([
+        OsStr::new("snapshot"),
+        src.name.as_ref(),
+        "--to".as_ref(),
+        dir.as_os_str(),
+    ]);
     let left = std::fs::read_dir(&mnt).unwrap().count();
     let _ = Command::new("umount").arg(&mnt).status();
     let (o, e) = text(&out);
@@ -438,14 +497,21 @@ fn migrate_keeps_the_heartbeat_going() {
         .nth(1)
         .and_then(|r| r.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no downtime in {e}"));
-    assert!(downtime < 1000, "downtime {downtime} ms: a heartbeat could be lost");
+    assert!(
+        downtime < 1000,
+        "downtime {downtime} ms: a heartbeat could be lost"
+    );
     let ps = env.ps();
     assert_eq!(ps.len(), 1, "{ps:?}");
     assert_eq!(ps[0]["name"], "dst");
     // The source's console ends where the destination's goes on.
     let before = guest_proto::heartbeats(&std::fs::read_to_string(env.log("src")).unwrap());
     let after = heartbeats(&env, "dst", 2);
-    assert_eq!(after[0], before.last().unwrap() + 1, "{before:?} then {after:?}");
+    assert_eq!(
+        after[0],
+        before.last().unwrap() + 1,
+        "{before:?} then {after:?}"
+    );
     goes_on_counting(&after, after[0], "the destination");
     drop(src);
     env.stop("dst");
