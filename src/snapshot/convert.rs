@@ -22,7 +22,7 @@ use super::{
     restore::resolved_plan,
 };
 use crate::{
-    plan::MemoryFile,
+    plan::{LaunchPlan, MemoryFile},
     vm::{Incoming, Vm, VmError},
 };
 
@@ -30,12 +30,14 @@ use crate::{
 const DEVICES: &str = ".state.devices";
 
 /// Turns the folder's `state` (devices and RAM) into `memory` (RAM) and `state` (devices).
+/// Returns whether that worked without the plan's boot files (see [`launch_helper`]): then
+/// restores start without them too.
 pub(super) async fn to_memory_file(
     manifest: &Manifest,
     dir: &Path,
     ram_id: &str,
     runtime_root: &Path,
-) -> Result<(), SnapshotError> {
+) -> Result<bool, SnapshotError> {
     let mut plan = resolved_plan(&manifest.plan, dir);
     plan.name = format!("{}-snapshot", manifest.source);
     let memory = dir.join(MEMORY);
@@ -44,16 +46,7 @@ pub(super) async fn to_memory_file(
         share: true,
         id: ram_id.to_owned(),
     });
-    let state = dir.join(STATE);
-    let helper = Vm::builder(plan)
-        .runtime_dir(runtime_root)
-        .unique_name(true)
-        // Quiet unless something goes wrong, and then its words are wanted.
-        .echo_stderr(true)
-        .incoming(Some(Incoming::file(&state).resume(false)))
-        .launch()
-        .await
-        .map_err(|e| helper_failed(e, &memory))?;
+    let (helper, bootless) = launch_helper(plan, dir, runtime_root).await?;
     let devices = dir.join(DEVICES);
     let uri = file_uri(manifest.method.transport, &devices)?;
     let what = format!("saving the devices to {}", devices.display());
@@ -70,6 +63,7 @@ pub(super) async fn to_memory_file(
     helper.quit().await;
     let _ = helper.wait().await;
     saved?;
+    let state = dir.join(STATE);
     fs::rename(&devices, &state).map_err(SnapshotError::io("cannot write", &state))?;
     for (file, mode) in [(&state, 0o400), (&memory, 0o600)] {
         // The memory file stays writable by its owner: QEMU before 8.2 opens a memory
@@ -77,7 +71,41 @@ pub(super) async fn to_memory_file(
         fs::set_permissions(file, fs::Permissions::from_mode(mode))
             .map_err(SnapshotError::io("cannot set the mode of", file))?;
     }
-    Ok(())
+    Ok(bootless)
+}
+
+/// Starts the helper, loading the stream, first without the plan's kernel, initrd and
+/// command line: a restored guest runs the kernel in its memory, and a QEMU that need not read
+/// a 30 MB kernel at start restores in half the time. Whether QEMU can load the state without
+/// them depends on the machine (x86's `-kernel` adds an option ROM, a RAM block the stream
+/// has): the helper's load is the test, and on failure it starts again with them. Returns the
+/// helper and whether it runs without them.
+async fn launch_helper(
+    mut plan: LaunchPlan,
+    dir: &Path,
+    runtime_root: &Path,
+) -> Result<(Vm, bool), SnapshotError> {
+    let memory = dir.join(MEMORY);
+    let launch = |plan: LaunchPlan, echo: bool| {
+        Vm::builder(plan)
+            .runtime_dir(runtime_root)
+            .unique_name(true)
+            // Quiet unless something goes wrong, and then its words are wanted.
+            .echo_stderr(echo)
+            .incoming(Some(Incoming::file(dir.join(STATE)).resume(false)))
+            .launch()
+    };
+    if let Some(kernel) = plan.kernel.take() {
+        if let Ok(helper) = launch(plan.clone(), false).await {
+            return Ok((helper, true));
+        }
+        plan.kernel = Some(kernel);
+        let _ = fs::remove_file(&memory);
+    }
+    let helper = launch(plan, true)
+        .await
+        .map_err(|e| helper_failed(e, &memory))?;
+    Ok((helper, false))
 }
 
 /// A helper that died while loading: most likely of SIGBUS, its memory file's file system

@@ -101,7 +101,9 @@ pub async fn save(
     resumed?;
 
     if let (Memory::File, Some(id)) = (method.memory, ram_id) {
-        convert::to_memory_file(&manifest, &dir, &id, src.runtime_root).await?;
+        if convert::to_memory_file(&manifest, &dir, &id, src.runtime_root).await? {
+            without_boot_files(&mut manifest);
+        }
         manifest.plan.memory_file = Some(crate::plan::MemoryFile {
             path: MEMORY.into(),
             share: false,
@@ -192,6 +194,29 @@ fn draft(src: &Source<'_>, qemu: QemuBuild, machine_type: String, method: Method
         files: Vec::new(),
         notes: super::clone_notes(plan),
     }
+}
+
+/// Restores start QEMU without the kernel, initrd and command line (the conversion found it
+/// loads the state without them): the guest runs the kernel in its memory.
+fn without_boot_files(m: &mut Manifest) {
+    let Some(k) = m.plan.kernel.take() else {
+        return;
+    };
+    m.inputs
+        .retain(|i| !matches!(i.what.as_str(), "kernel" | "initrd"));
+    m.method.why.push(
+        "restores start QEMU without -kernel, -initrd and -append: the guest runs the kernel \
+         in its memory, and QEMU loads the state without them (the conversion did)"
+            .into(),
+    );
+    m.notes.push(format!(
+        "booted from kernel {}{}, command line {:?}",
+        k.kernel.display(),
+        k.initrd
+            .map(|i| format!(", initrd {}", i.display()))
+            .unwrap_or_default(),
+        k.append
+    ));
 }
 
 /// Step 2: the disks, the UEFI variable store and the stream, while the guest is paused.
