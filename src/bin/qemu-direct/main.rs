@@ -66,7 +66,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         } => plan::export_libvirt(&cli, spec, &profiles, *strict, &mut out),
         Command::Run(args) => {
             drop(out);
-            run::run(&cli, args, &profiles, probe()?)
+            // A restore runs what its snapshot says: no host facts to plan with.
+            let host = args.restore.is_none().then(probe).transpose()?;
+            run::run(&cli, args, &profiles, host)
         }
         Command::Cpu { command } => cpu::command(&cli, command, &profiles, probe()?, &mut out),
         Command::Traits { json } => host::traits(&cli, &profiles, probe()?, *json, &mut out),

@@ -26,17 +26,18 @@ use crate::{
     support::runtime,
 };
 
-/// `run`: the plan, then `--dry-run`'s command line, or the guest in the foreground or
-/// detached.
+/// `run`: the plan (for `--restore`, the snapshot's: `host` is `None` then), then
+/// `--dry-run`'s command line, or the guest in the foreground or detached.
 pub fn run(
     cli: &Cli,
     args: &RunArgs,
     profiles: &ProfileSet,
-    host: HostFacts,
+    host: Option<HostFacts>,
 ) -> anyhow::Result<ExitCode> {
     let (plan, incoming, unique_name) = match &args.restore {
         Some(dir) => snapshot::restore_input(dir, &args.spec, profiles)?,
         None => {
+            let host = host.context("no host facts")?;
             let input = spec_input(&args.spec, profiles)?;
             // Without a name asked for, a busy default name (the arch) moves on to NAME-2, ...
             let unique_name = input.name.is_none();
