@@ -429,7 +429,10 @@ fn libvirt_makes_the_same_command_line_from_every_export() {
         let (diff, div) = compare(&plan, &ours, &theirs);
         compared += 1;
         for d in div {
-            eprintln!("DIVERGENCE (deliberate, see docs/libvirt.md) {}: {d}", c.name);
+            eprintln!(
+                "DIVERGENCE (deliberate, see docs/libvirt.md) {}: {d}",
+                c.name
+            );
             divergences.insert(d.split(' ').next().unwrap_or_default().to_owned());
         }
         if !diff.is_empty() {
