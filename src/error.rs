@@ -24,6 +24,9 @@ pub enum ExitCode {
     Timeout = 5,
     /// The hypervisor stopped the guest (e.g. KVM internal error).
     GuestCrashed = 6,
+    /// The guest reset itself (reboot, triple fault) when nobody asked; QEMU runs with
+    /// `-no-reboot`, so the run ended there.
+    GuestReset = 7,
     /// SIGINT or SIGTERM stopped the run.
     Interrupted = 130,
 }
