@@ -1,7 +1,7 @@
 //! The library's one error type, the exit codes of the `qemu-direct` command, and the map
 //! between them.
 
-use crate::{cpu, instance, libvirt, plan, profile, qmp, spec, vm};
+use crate::{cpu, host::caps::CapsError, instance, libvirt, plan, profile, qmp, spec, vm};
 
 /// Process exit codes of the `qemu-direct` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,9 @@ pub enum Error {
     /// Waiting for console text.
     #[error(transparent)]
     Console(#[from] vm::ConsoleError),
+    /// An emulator did not answer its capability probe.
+    #[error(transparent)]
+    Caps(#[from] CapsError),
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
@@ -70,7 +73,7 @@ impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Plan(plan::PlanError::Caps { .. }) => ExitCode::QemuFailed,
+            Error::Plan(plan::PlanError::Caps { .. }) | Error::Caps(_) => ExitCode::QemuFailed,
             Error::Profile(_)
             | Error::Spec(_)
             | Error::Plan(_)
