@@ -1,7 +1,10 @@
 //! The library's one error type, the exit codes of the `qemu-direct` command, and the map
 //! between them.
 
-use crate::{cpu, host::caps::CapsError, instance, libvirt, plan, profile, qmp, spec, vm};
+use crate::{
+    cpu, host::caps::CapsError, host::prefix::PrefixError, instance, libvirt, plan, profile, qmp,
+    spec, vm,
+};
 
 /// Process exit codes of the `qemu-direct` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +70,19 @@ pub enum Error {
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
+    /// A QEMU prefix (`--qemu-prefix`) that cannot serve.
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
 }
 
 impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Plan(plan::PlanError::Caps { .. }) | Error::Caps(_) => ExitCode::QemuFailed,
+            Error::Plan(plan::PlanError::Caps { .. })
+            | Error::Caps(_)
+            | Error::Prefix(PrefixError::DoesNotRun { .. }) => ExitCode::QemuFailed,
+            Error::Prefix(_) => ExitCode::BadInput,
             Error::Profile(_)
             | Error::Spec(_)
             | Error::Plan(_)
@@ -108,6 +117,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Plan(p) => p.hint(),
+            Error::Prefix(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
             Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
             Error::Vm(v) => v.hint(),

@@ -26,6 +26,7 @@ pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
     let mut argv = vec![plan.binary.clone().into_os_string()];
     for group in [
         common(),
+        data_dirs(plan),
         name(plan),
         machine(plan),
         cpu(plan),
@@ -38,6 +39,8 @@ pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
     ] {
         argv.extend(group);
     }
+    // The user's own, last: checked against what the groups above set (spec::validate).
+    argv.extend(plan.qemu_args.iter().map(OsString::from));
     argv
 }
 
@@ -67,6 +70,14 @@ fn common() -> Vec<OsString> {
     ]
     .map(os)
     .to_vec()
+}
+
+fn data_dirs(plan: &LaunchPlan) -> Vec<OsString> {
+    // -L takes its folder whole (no option list), so the path goes as it is.
+    plan.data_dirs
+        .iter()
+        .flat_map(|d| [os("-L"), d.clone().into_os_string()])
+        .collect()
 }
 
 fn name(plan: &LaunchPlan) -> Vec<OsString> {

@@ -6,6 +6,7 @@
 
 pub mod caps;
 pub mod firmware;
+pub mod prefix;
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     host::caps::{Caps, CapsCache, CapsError},
     host::firmware::Descriptors,
+    host::prefix::QemuPrefix,
     profile::arch::{self, Arch},
     profile::{Accel, MachineProfile, ProfileSet},
 };
@@ -167,6 +169,9 @@ pub struct HostFacts {
     /// the command line reads this machine's descriptors for them too.
     #[serde(skip)]
     pub firmware: Option<Descriptors>,
+    /// The QEMU prefix the emulators come from (`--qemu-prefix`), with its `-L` folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_prefix: Option<QemuPrefix>,
 }
 
 /// What to probe.
@@ -333,6 +338,7 @@ impl HostFacts {
             // A descriptor directory that cannot be listed leaves this unset; `qemu-direct
             // firmware` shows why.
             firmware: Descriptors::system().ok(),
+            qemu_prefix: None,
         }
     }
 
@@ -499,6 +505,7 @@ mod tests {
             emulators: BTreeMap::new(),
             phys_bits: None,
             firmware: None,
+            qemu_prefix: None,
         }
     }
 

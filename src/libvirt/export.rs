@@ -78,6 +78,10 @@ pub fn export(plan: &LaunchPlan, profiles: &ProfileSet) -> Result<Export, Libvir
         domain.push(Node::new(event).text("destroy"));
     }
     domain.push(devices(plan, profile, &mut un)?);
+    if let Some(cl) = commandline(plan)? {
+        domain = domain.attr("xmlns:qemu", QEMU_NS);
+        domain.push(cl);
+    }
 
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     write(&mut w, &domain).map_err(LibvirtError::Write)?;
@@ -417,6 +421,31 @@ fn console(plan: &LaunchPlan, profile: &MachineProfile, d: &mut Node, un: &mut V
              the domain gets no console"
         )),
     }
+}
+
+/// libvirt's namespace for QEMU's own command line (`<qemu:commandline>`).
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// `<qemu:commandline>`: what the plan passes QEMU that domain XML has no element for, the
+/// QEMU prefix's data folders (`-L`) and the user's extra options, in the plan's order. libvirt
+/// appends them to the command line it builds, as we do.
+fn commandline(plan: &LaunchPlan) -> Result<Option<Node>, LibvirtError> {
+    let mut args = Vec::new();
+    for d in &plan.data_dirs {
+        args.push("-L".to_owned());
+        args.push(xml_path("data folder", d)?);
+    }
+    for a in &plan.qemu_args {
+        args.push(xml_text("qemu_args", a)?);
+    }
+    if args.is_empty() {
+        return Ok(None);
+    }
+    let mut cl = Node::new("qemu:commandline");
+    for a in args {
+        cl.push(Node::new("qemu:arg").attr("value", a));
+    }
+    Ok(Some(cl))
 }
 
 /// `a`..`z`, `aa`..: the letters of the i-th virtio disk (`vda`, `vdb`, ...).

@@ -1,6 +1,6 @@
 //! Which machine profile the guest gets, and which emulator runs it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::{
     host::HostFacts,
@@ -70,12 +70,38 @@ pub(super) fn binary(
             .emulators
             .get(&profile.binary)
             .map(|e| e.path.clone())
-            .ok_or_else(|| PlanError::NotInstalled {
-                arch: profile.arch(),
-                binary: profile.binary.clone(),
-                package: profile.package.clone(),
+            .ok_or_else(|| match &host.qemu_prefix {
+                Some(p) => PlanError::NotInPrefix {
+                    arch: profile.arch(),
+                    binary: profile.binary.clone(),
+                    prefix: p.dir.clone(),
+                    has: host.emulators.keys().cloned().collect(),
+                },
+                None => PlanError::NotInstalled {
+                    arch: profile.arch(),
+                    binary: profile.binary.clone(),
+                    package: profile.package.clone(),
+                },
             }),
     }
+}
+
+/// The `-L` folders of the QEMU prefix the emulator comes from (none for a relocatable build
+/// or an emulator outside the prefix), with a note saying which.
+pub(super) fn data_dirs(host: &HostFacts, binary: &Path, notes: &mut Vec<String>) -> Vec<PathBuf> {
+    let Some(prefix) = &host.qemu_prefix else {
+        return Vec::new();
+    };
+    if !prefix.holds(binary) {
+        notes.push(format!(
+            "qemu prefix {}: {} is not one of its emulators, so its data folders are not passed",
+            prefix.dir.display(),
+            binary.display()
+        ));
+        return Vec::new();
+    }
+    notes.push(format!("qemu prefix {prefix}"));
+    prefix.data_dirs.clone()
 }
 
 /// The key under which a plan's emulator is recorded in [`HostFacts::emulators`]: the profile's

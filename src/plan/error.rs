@@ -45,6 +45,22 @@ pub enum PlanError {
         /// The package that ships it.
         package: String,
     },
+    /// `--qemu-prefix` holds no emulator for the guest arch.
+    #[error(
+        "{binary} (for {arch} guests) is not in the QEMU prefix {}; it has: {}",
+        prefix.display(),
+        if has.is_empty() { "no emulators".to_owned() } else { has.join(", ") }
+    )]
+    NotInPrefix {
+        /// The guest arch.
+        arch: Arch,
+        /// The binary looked for.
+        binary: String,
+        /// The prefix.
+        prefix: std::path::PathBuf,
+        /// The emulators it has.
+        has: Vec<String>,
+    },
     /// `--accel kvm` where KVM cannot run this guest.
     #[error("--accel kvm: {0}")]
     KvmUnusable(KvmBlocker),

@@ -26,6 +26,10 @@ pub struct LaunchPlan {
     /// The QEMU binary.
     #[serde(with = "pathser")]
     pub binary: PathBuf,
+    /// Data folders for QEMU's firmware and ROMs (`-L`), searched before its built-in ones:
+    /// those of a QEMU prefix whose build is not relocatable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_dirs: Vec<PathBuf>,
     /// The accelerator.
     pub accel: Accel,
     /// Why that accelerator, in one line.
@@ -64,6 +68,9 @@ pub struct LaunchPlan {
     /// The pvpanic device, which lets the guest report a panic to QEMU.
     #[serde(default)]
     pub panic_device: Option<String>,
+    /// Extra QEMU options from the spec, appended after qemu-direct's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qemu_args: Vec<String>,
 }
 
 /// A machine type with properties.

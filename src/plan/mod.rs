@@ -66,6 +66,7 @@ pub fn resolve_with(
     let binary = binary::binary(spec, profile, host)?;
     let (accel, accel_reason) = accel::choose(spec.accel, profile, host)?;
     let mut cx = Context::new(spec, profile, host, accel)?;
+    let data_dirs = binary::data_dirs(host, &binary, &mut cx.notes);
     let mut machine = machine::machine(&mut cx);
     let accel_options = accel::options(&mut cx)?;
     let memory = limits::memory(&cx)?;
@@ -90,6 +91,7 @@ pub fn resolve_with(
         name,
         arch,
         binary,
+        data_dirs,
         accel,
         accel_reason,
         accel_options,
@@ -106,5 +108,6 @@ pub fn resolve_with(
         console,
         notes: cx.notes,
         panic_device: profile.panic_device.clone(),
+        qemu_args: spec.qemu_args.clone(),
     })
 }

@@ -74,6 +74,9 @@ pub struct SpecInput {
     pub cpu_check: Option<String>,
     /// Physical-address bits: `emulate:N`, `passthrough` or `passthrough:LIMIT`.
     pub maxphysaddr: Option<String>,
+    /// Extra QEMU options, appended after qemu-direct's own (`--qemu-arg`); those it manages
+    /// are refused.
+    pub qemu_args: Option<Vec<String>>,
     /// Nova image properties and flavor extra specs, `KEY = "VALUE"`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -136,7 +139,8 @@ impl SpecInput {
             tb_size,
             emulator,
             cpu_check,
-            maxphysaddr
+            maxphysaddr,
+            qemu_args
         );
         // Disks given on top replace all disks below, in either form.
         if top.disk.is_some() || top.disks.is_some() {

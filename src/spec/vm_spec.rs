@@ -153,4 +153,7 @@ pub struct VmSpec {
     /// The CPU asked for; empty means the config files' or the profile's default.
     #[serde(default)]
     pub cpu: CpuRequest,
+    /// Extra QEMU options, checked against those qemu-direct manages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qemu_args: Vec<String>,
 }

@@ -37,6 +37,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         disks: Vec::new(),
         net: Net::None,
         firmware: None,
+        qemu_args: Vec::new(),
         tb_size: None,
         emulator: None,
         cpu: Default::default(),

@@ -22,6 +22,17 @@ pub struct Cli {
     /// ~/.config/qemu-direct/config.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Use the QEMU installed under this prefix (PREFIX/usr/bin or PREFIX/bin) instead of the
+    /// one on PATH: its emulators, qemu-img, data folders (passed as -L when the build is not
+    /// relocatable) and firmware descriptors. Recorded --host-facts keep their own emulators.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "QEMU_DIRECT_QEMU_PREFIX",
+        value_hint = clap::ValueHint::DirPath
+    )]
+    pub qemu_prefix: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -289,6 +300,11 @@ pub struct SpecArgs {
     /// Guest physical-address bits: emulate:N, passthrough or passthrough:LIMIT (x86_64).
     #[arg(long, value_name = "MODE[:BITS]")]
     pub maxphysaddr: Option<String>,
+    /// An extra QEMU option, repeatable, appended after qemu-direct's own: one argument each
+    /// (`--qemu-arg=-device --qemu-arg=virtio-rng-pci`). Options qemu-direct manages (-qmp,
+    /// -monitor, -serial, -S, -daemonize, -incoming, -m, -cpu, ...) are refused with the reason.
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub qemu_args: Vec<String>,
     /// A Nova image property or flavor extra spec, KEY=VALUE (hw_emulation_architecture,
     /// hw_architecture, hw_machine_type, hw:maxphysaddr_mode, hw:maxphysaddr_bits).
     #[arg(long = "property", value_name = "KEY=VALUE")]

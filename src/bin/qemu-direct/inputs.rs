@@ -6,6 +6,7 @@ use qemu_direct::{
     Error,
     host::caps::CapsCache,
     host::firmware::Descriptors,
+    host::prefix::QemuPrefix,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
     profile::ProfileSet,
@@ -50,14 +51,28 @@ pub fn host_facts(cli: &Cli, profiles: &ProfileSet, versions: bool) -> anyhow::R
             facts.firmware = Descriptors::system().ok();
             Ok(facts)
         }
-        None => Ok(HostFacts::probe(
-            profiles,
-            &ProbeOptions {
-                kvm_device: cli.kvm_device.clone(),
-                versions,
-            },
-        )),
+        None => {
+            let mut facts = HostFacts::probe(
+                profiles,
+                &ProbeOptions {
+                    kvm_device: cli.kvm_device.clone(),
+                    versions,
+                },
+            );
+            if let Some(dir) = &cli.qemu_prefix {
+                facts.use_prefix(dir, profiles).map_err(Error::from)?;
+            }
+            Ok(facts)
+        }
     }
+}
+
+/// The QEMU prefix of --qemu-prefix, opened, for the commands that need no host facts.
+pub fn qemu_prefix(cli: &Cli) -> anyhow::Result<Option<QemuPrefix>> {
+    Ok(match &cli.qemu_prefix {
+        Some(dir) => Some(QemuPrefix::open(dir, None).map_err(Error::from)?),
+        None => None,
+    })
 }
 
 /// The guest description from --spec or --libvirt-xml, with the flags over it. Notes from a
@@ -99,6 +114,7 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
         cpu_model_extra_flags: (!args.cpu_flags.is_empty()).then(|| args.cpu_flags.clone()),
         cpu_check: args.cpu_check.clone(),
         maxphysaddr: args.maxphysaddr.clone(),
+        qemu_args: (!args.qemu_args.is_empty()).then(|| args.qemu_args.clone()),
         properties: Default::default(),
     };
     for p in &args.properties {

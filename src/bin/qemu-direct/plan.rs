@@ -102,6 +102,12 @@ fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
         writeln!(out, "cpu:     {} ({})", cpu.qemu_value(), cpu.mode)?;
     }
     writeln!(out, "memory:  {}  smp: {}", plan.memory, plan.smp)?;
+    if !plan.qemu_args.is_empty() {
+        out.write_all(b"extra:   ")?;
+        let extra: Vec<std::ffi::OsString> = plan.qemu_args.iter().map(Into::into).collect();
+        out.write_all(&argv::shell_line(&extra))?;
+        out.write_all(b"\n")?;
+    }
     for note in &plan.notes {
         writeln!(out, "note:    {note}")?;
     }

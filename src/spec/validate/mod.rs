@@ -7,6 +7,7 @@ mod devices;
 mod files;
 mod name;
 mod platform;
+mod qemu_args;
 mod resources;
 
 pub use name::check_name;
@@ -32,6 +33,7 @@ impl SpecInput {
         let tb_size = self.tb_size()?;
         let emulator = self.emulator()?;
         let cpu = self.cpu_request(&nova)?;
+        let qemu_args = self.qemu_args()?;
         Ok(VmSpec {
             name,
             arch,
@@ -46,6 +48,7 @@ impl SpecInput {
             tb_size,
             emulator,
             cpu,
+            qemu_args,
         })
     }
 }
