@@ -236,8 +236,27 @@ impl HostFacts {
 
 impl fmt::Display for QemuPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |dirs: &[PathBuf]| {
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         if self.data_dirs.is_empty() {
-            write!(f, "{} (finds its own data)", self.dir.display())
+            let own = self
+                .builtin_data_dirs
+                .iter()
+                .any(|d| d.starts_with(&self.dir));
+            if own {
+                write!(f, "{} (finds its own data)", self.dir.display())
+            } else {
+                write!(
+                    f,
+                    "{} (no data folders of its own: uses {})",
+                    self.dir.display(),
+                    list(&self.builtin_data_dirs)
+                )
+            }
         } else {
             write!(
                 f,

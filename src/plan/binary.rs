@@ -70,19 +70,33 @@ pub(super) fn binary(
             .emulators
             .get(&profile.binary)
             .map(|e| e.path.clone())
-            .ok_or_else(|| match &host.qemu_prefix {
-                Some(p) => PlanError::NotInPrefix {
-                    arch: profile.arch(),
-                    binary: profile.binary.clone(),
-                    prefix: p.dir.clone(),
-                    has: host.emulators.keys().cloned().collect(),
-                },
-                None => PlanError::NotInstalled {
-                    arch: profile.arch(),
-                    binary: profile.binary.clone(),
-                    package: profile.package.clone(),
-                },
-            }),
+            .ok_or_else(|| missing_emulator(host, profile)),
+    }
+}
+
+/// Why the profile's emulator is not there: not in the QEMU prefix (with what it has), or not
+/// installed (with the Debian package of the installed QEMU's version, where known).
+pub fn missing_emulator(host: &HostFacts, profile: &MachineProfile) -> PlanError {
+    match &host.qemu_prefix {
+        Some(p) => PlanError::NotInPrefix {
+            arch: profile.arch(),
+            binary: profile.binary.clone(),
+            prefix: p.dir.clone(),
+            has: host.emulators.keys().cloned().collect(),
+        },
+        None => {
+            // The other emulators' QEMU is the one the package would come with.
+            let qemu = host
+                .emulators
+                .values()
+                .filter_map(|e| e.version.as_deref()?.parse().ok())
+                .max();
+            PlanError::NotInstalled {
+                arch: profile.arch(),
+                binary: profile.binary.clone(),
+                package: profile.package_for(qemu),
+            }
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod probing;
 mod tests;
 
 pub use crate::cpu::Cpu;
+pub use binary::missing_emulator;
 pub use error::PlanError;
 pub use launch_plan::{
     ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan,

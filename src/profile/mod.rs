@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     profile::arch::{Arch, Endian},
-    profile::gate::ProfileOption,
+    profile::gate::{ProfileOption, QemuVersion},
     util::size::MemSize,
 };
 
@@ -61,6 +61,10 @@ pub struct MachineProfile {
     pub binary: String,
     /// The Debian package that ships [`Self::binary`], named in "not installed" errors.
     pub package: String,
+    /// Where Debian moved [`Self::binary`] to another package from some QEMU version on
+    /// (QEMU 8.0 split `qemu-system-misc`); see [`MachineProfile::package_for`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub package_from: Vec<PackageFrom>,
     /// How a host of this architecture is recognised from the build target.
     pub host: HostMatch,
     /// Guest memory when the spec gives none.
@@ -141,6 +145,16 @@ pub struct PhysBitsRange {
     pub max: u8,
 }
 
+/// The Debian package that ships a profile's binary from a QEMU version on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageFrom {
+    /// The first QEMU version packaged so.
+    pub qemu: QemuVersion,
+    /// The package.
+    pub package: String,
+}
+
 /// Where QEMU places guest RAM and the 64-bit PCI hole on one machine family (QEMU's
 /// `pc_pci_hole64_start` and friends): the highest guest-physical address in use must fit in
 /// `2^phys-bits`, or QEMU refuses to start ("phys-bits too low").
@@ -162,6 +176,9 @@ pub struct MemoryMap {
     /// Where RAM above 4 GiB starts after that move.
     #[serde(default)]
     pub amd_relocate_to: Option<MemSize>,
+    /// The QEMU versions this layout was checked against (a newer QEMU may move things).
+    #[serde(default)]
+    pub checked_on: Vec<QemuVersion>,
 }
 
 impl MemoryMap {
@@ -474,6 +491,31 @@ impl MachineProfile {
     /// The canonical arch this profile describes.
     pub fn arch(&self) -> Arch {
         Arch::new_canonical(&self.name)
+    }
+
+    /// The Debian package that ships the binary for QEMU `qemu`; for an unknown version, every
+    /// candidate with the versions it serves (`qemu-system-misc (QEMU < 8.0) or
+    /// qemu-system-riscv (QEMU >= 8.0)`).
+    pub fn package_for(&self, qemu: Option<QemuVersion>) -> String {
+        match qemu {
+            Some(v) => self
+                .package_from
+                .iter()
+                .filter(|p| p.qemu <= v)
+                .max_by_key(|p| p.qemu)
+                .map_or(&self.package, |p| &p.package)
+                .clone(),
+            None => {
+                let mut s = self.package.clone();
+                if let Some(first) = self.package_from.iter().map(|p| p.qemu).min() {
+                    s.push_str(&format!(" (QEMU < {first})"));
+                }
+                for p in &self.package_from {
+                    s.push_str(&format!(" or {} (QEMU >= {})", p.package, p.qemu));
+                }
+                s
+            }
+        }
     }
 
     /// QEMU's name for the guest architecture, as firmware descriptors spell it: the binary's
