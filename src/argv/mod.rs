@@ -213,6 +213,29 @@ fn panic_device(plan: &LaunchPlan) -> Vec<OsString> {
     }
 }
 
+/// The environment QEMU needs beside its command line: `QEMU_MODULE_DIR` for a prefix's
+/// modules.
+pub fn env(plan: &LaunchPlan) -> Vec<(OsString, OsString)> {
+    plan.module_dir
+        .iter()
+        .map(|d| (os("QEMU_MODULE_DIR"), d.clone().into_os_string()))
+        .collect()
+}
+
+/// The command line with its environment, as a shell would take it (`VAR=value qemu ...`).
+pub fn shell_line_with_env(plan: &LaunchPlan, argv: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in env(plan) {
+        // The name unquoted (a quoted `'A=b'` is a command, not an assignment); it is ours.
+        out.extend(k.as_bytes());
+        out.push(b'=');
+        out.extend(shell_line(&[v]));
+        out.push(b' ');
+    }
+    out.extend(shell_line(argv));
+    out
+}
+
 /// The chardev ids of the two QMP monitors.
 pub const QMP_CHARDEVS: [&str; 2] = ["qd-qmp-supervisor", "qd-qmp"];
 

@@ -41,6 +41,11 @@ pub struct QemuPrefix {
     /// The prefix's own data folders, passed as `-L` to every guest; empty when the build
     /// already searches the prefix (it is relocatable, or was built for this prefix).
     pub data_dirs: Vec<PathBuf>,
+    /// The prefix's loadable modules (display, audio, USB devices), given to QEMU as
+    /// `QEMU_MODULE_DIR` when the build is not relocatable: it would otherwise try the system
+    /// QEMU's, which another build refuses ("Only modules from the same build can be loaded").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_dir: Option<PathBuf>,
 }
 
 /// Why a prefix cannot be used.
@@ -140,10 +145,16 @@ impl QemuPrefix {
             reason,
         })?;
         let data_dirs = own_data_dirs(&dir, &builtin);
+        let module_dir = if data_dirs.is_empty() {
+            None
+        } else {
+            module_dir(&dir)
+        };
         Ok(QemuPrefix {
             dir,
             builtin_data_dirs: builtin,
             data_dirs,
+            module_dir,
         })
     }
 
@@ -292,6 +303,28 @@ fn builtin_data_dirs(binary: &Path) -> Result<Vec<PathBuf>, String> {
         .filter(|l| l.starts_with('/'))
         .map(PathBuf::from)
         .collect())
+}
+
+/// The folder of the prefix's QEMU modules (`*.so`): Debian's `usr/lib/<triplet>/qemu`, or
+/// `lib/qemu`, `lib64/qemu` in either layout.
+fn module_dir(prefix: &Path) -> Option<PathBuf> {
+    let has_modules = |d: &Path| {
+        std::fs::read_dir(d).is_ok_and(|l| {
+            l.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "so"))
+        })
+    };
+    let mut candidates = Vec::new();
+    for lib in ["usr/lib", "lib", "usr/lib64", "lib64"].map(|l| prefix.join(l)) {
+        candidates.push(lib.join("qemu"));
+        // Multiarch: usr/lib/x86_64-linux-gnu/qemu.
+        if let Ok(listing) = std::fs::read_dir(&lib) {
+            let mut subs: Vec<PathBuf> = listing.flatten().map(|e| e.path().join("qemu")).collect();
+            subs.sort();
+            candidates.extend(subs);
+        }
+    }
+    candidates.into_iter().find(|d| has_modules(d))
 }
 
 /// The `-L` folders for a prefix whose emulators search `builtin`: none when one of those

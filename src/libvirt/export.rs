@@ -427,7 +427,7 @@ fn console(plan: &LaunchPlan, profile: &MachineProfile, d: &mut Node, un: &mut V
 const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
 /// `<qemu:commandline>`: what the plan passes QEMU that domain XML has no element for, the
-/// QEMU prefix's data folders (`-L`) and the user's extra options, in the plan's order. libvirt
+/// QEMU prefix's data folders (`-L`) and module folder, and the user's extra options. libvirt
 /// appends them to the command line it builds, as we do.
 fn commandline(plan: &LaunchPlan) -> Result<Option<Node>, LibvirtError> {
     let mut args = Vec::new();
@@ -438,12 +438,19 @@ fn commandline(plan: &LaunchPlan) -> Result<Option<Node>, LibvirtError> {
     for a in &plan.qemu_args {
         args.push(xml_text("qemu_args", a)?);
     }
-    if args.is_empty() {
+    if args.is_empty() && plan.module_dir.is_none() {
         return Ok(None);
     }
     let mut cl = Node::new("qemu:commandline");
     for a in args {
         cl.push(Node::new("qemu:arg").attr("value", a));
+    }
+    if let Some(d) = &plan.module_dir {
+        cl.push(
+            Node::new("qemu:env")
+                .attr("name", "QEMU_MODULE_DIR")
+                .attr("value", xml_path("module folder", d)?),
+        );
     }
     Ok(Some(cl))
 }

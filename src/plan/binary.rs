@@ -102,9 +102,13 @@ pub fn missing_emulator(host: &HostFacts, profile: &MachineProfile) -> PlanError
 
 /// The `-L` folders of the QEMU prefix the emulator comes from (none for a relocatable build
 /// or an emulator outside the prefix), with a note saying which.
-pub(super) fn data_dirs(host: &HostFacts, binary: &Path, notes: &mut Vec<String>) -> Vec<PathBuf> {
+pub(super) fn data_dirs(
+    host: &HostFacts,
+    binary: &Path,
+    notes: &mut Vec<String>,
+) -> (Vec<PathBuf>, Option<PathBuf>) {
     let Some(prefix) = &host.qemu_prefix else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
     if !prefix.holds(binary) {
         notes.push(format!(
@@ -112,10 +116,10 @@ pub(super) fn data_dirs(host: &HostFacts, binary: &Path, notes: &mut Vec<String>
             prefix.dir.display(),
             binary.display()
         ));
-        return Vec::new();
+        return (Vec::new(), None);
     }
     notes.push(format!("qemu prefix {prefix}"));
-    prefix.data_dirs.clone()
+    (prefix.data_dirs.clone(), prefix.module_dir.clone())
 }
 
 /// The key under which a plan's emulator is recorded in [`HostFacts::emulators`]: the profile's

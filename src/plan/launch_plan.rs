@@ -30,6 +30,14 @@ pub struct LaunchPlan {
     /// those of a QEMU prefix whose build is not relocatable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_dirs: Vec<PathBuf>,
+    /// The QEMU prefix's module folder, given to QEMU as `QEMU_MODULE_DIR` (see
+    /// [`crate::host::prefix::QemuPrefix::module_dir`]).
+    #[serde(
+        default,
+        with = "pathser::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub module_dir: Option<PathBuf>,
     /// The accelerator.
     pub accel: Accel,
     /// Why that accelerator, in one line.

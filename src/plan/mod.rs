@@ -67,7 +67,7 @@ pub fn resolve_with(
     let binary = binary::binary(spec, profile, host)?;
     let (accel, accel_reason) = accel::choose(spec.accel, profile, host)?;
     let mut cx = Context::new(spec, profile, host, accel)?;
-    let data_dirs = binary::data_dirs(host, &binary, &mut cx.notes);
+    let (data_dirs, module_dir) = binary::data_dirs(host, &binary, &mut cx.notes);
     let mut machine = machine::machine(&mut cx);
     let accel_options = accel::options(&mut cx)?;
     let memory = limits::memory(&cx)?;
@@ -93,6 +93,7 @@ pub fn resolve_with(
         arch,
         binary,
         data_dirs,
+        module_dir,
         accel,
         accel_reason,
         accel_options,

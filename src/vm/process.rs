@@ -21,10 +21,15 @@ use super::{Failure, KVM_INTERNAL_ERROR, Shared, console::lock};
 /// Starts QEMU with `argv`, in its own process group (the terminal's Ctrl-C reaches only the
 /// supervisor, which then stops QEMU) and with `PR_SET_PDEATHSIG` = SIGKILL, so it cannot
 /// outlive a supervisor that is killed. `inherit` are descriptors QEMU gets (the QMP listening
-/// sockets, named on its command line by number).
-pub(crate) fn spawn(argv: &[OsString], inherit: &[RawFd]) -> io::Result<Child> {
+/// sockets, named on its command line by number); `env` is added to its environment.
+pub(crate) fn spawn(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    inherit: &[RawFd],
+) -> io::Result<Child> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -47,7 +47,7 @@ pub fn show(
     match view {
         View::Json => writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?,
         View::DryRun => {
-            out.write_all(&argv::shell_line(&argv::build(&plan)))?;
+            out.write_all(&argv::shell_line_with_env(&plan, &argv::build(&plan)))?;
             out.write_all(b"\n")?;
         }
         View::Text => print_plan(out, &plan)?,
@@ -112,7 +112,7 @@ fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
         writeln!(out, "note:    {note}")?;
     }
     out.write_all(b"argv:    ")?;
-    out.write_all(&argv::shell_line(&argv::build(plan)))?;
+    out.write_all(&argv::shell_line_with_env(plan, &argv::build(plan)))?;
     out.write_all(b"\n")?;
     Ok(())
 }

@@ -40,7 +40,7 @@ pub fn run(
     let argv = argv::build(&plan);
     if args.dry_run {
         let mut out = std::io::stdout().lock();
-        out.write_all(&argv::shell_line(&argv))?;
+        out.write_all(&argv::shell_line_with_env(&plan, &argv))?;
         out.write_all(b"\n")?;
         return Ok(ExitCode::Success);
     }
@@ -66,7 +66,7 @@ fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
     if verbose {
         eprintln!(
             "qemu-direct: {}",
-            String::from_utf8_lossy(&argv::shell_line(argv))
+            String::from_utf8_lossy(&argv::shell_line_with_env(plan, argv))
         );
     }
 }

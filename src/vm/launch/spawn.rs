@@ -44,13 +44,15 @@ pub(in crate::vm) fn qemu(plan: &LaunchPlan, inst: &Instance) -> Result<Spawned,
     let client = bind(&inst.path(instance::QMP))?;
     let mut argv = argv::build(plan);
     argv.extend(argv::monitors(sup.as_raw_fd(), client.as_raw_fd()));
-    let mut child =
-        process::spawn(&argv, &[sup.as_raw_fd(), client.as_raw_fd()]).map_err(|source| {
-            VmError::Spawn {
-                binary: plan.binary.clone(),
-                source,
-            }
-        })?;
+    let mut child = process::spawn(
+        &argv,
+        &argv::env(plan),
+        &[sup.as_raw_fd(), client.as_raw_fd()],
+    )
+    .map_err(|source| VmError::Spawn {
+        binary: plan.binary.clone(),
+        source,
+    })?;
     // QEMU has its own copies; ours would keep the sockets listening after QEMU died, and
     // a connection to them waiting forever.
     drop((sup, client));
