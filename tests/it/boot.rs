@@ -3,15 +3,12 @@
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, process::Output};
 
-use qemu_direct::{
-    host::{HostFacts, ProbeOptions},
-    profile::ProfileSet,
-};
+use qemu_direct::profile::ProfileSet;
 
 use crate::common::{
     BOOT_TIMEOUT, Guest, TestEnv, files_under, guest, guest_files,
     guest_proto::{self, HOLD, PANIC},
-    text,
+    probe_host, text,
 };
 
 /// Boots a guest with extra args; returns the output. Logs go into the env's state.
@@ -29,7 +26,7 @@ fn os(s: &str) -> &OsStr {
 /// The accelerator line the launcher must print, from the library's own verdict for this host.
 fn expected_accel_line(arch: &str) -> String {
     let set = ProfileSet::embedded().unwrap();
-    let host = HostFacts::probe(&set, &ProbeOptions::default());
+    let host = probe_host(&set);
     match host.kvm_verdict(set.resolve("arch", arch).unwrap()) {
         Ok(()) => "KVM: /dev/kvm is usable".to_owned(),
         Err(why) => format!("TCG: KVM not used because {why}"),

@@ -14,6 +14,10 @@
 //! - [`pid_gone`] (a zombie counts as gone), [`wait_gone`], [`children_of`], [`wait_until`].
 //! - [`Tripwire`]: an emulator that records whether QEMU was started.
 //! - [`fake_host`]: a made-up host for planning without a probe.
+//! - The QEMU under test: the system's, or the prefix in `QD_QEMU_PREFIX`
+//!   (`scripts/test --qemu 10.0`), which every command of a [`TestEnv`] gets as
+//!   `QEMU_DIRECT_QEMU_PREFIX`: [`qemu_prefix`], [`emulator`], [`qemu_version`],
+//!   [`probe_host`]. Assertions that depend on the version ask these or the profiles' gates.
 
 use std::{
     collections::BTreeMap,
@@ -32,8 +36,9 @@ use nix::{
     unistd::Pid,
 };
 use qemu_direct::{
-    host::{Emulator, HostFacts, KvmState},
+    host::{Emulator, HostFacts, KvmState, ProbeOptions},
     profile::ProfileSet,
+    profile::gate::{Gate, ProfileOption, QemuVersion},
 };
 use serde_json::Value;
 
@@ -267,6 +272,10 @@ impl TestEnv {
                 self.path("no-system-config.toml"),
             )
             .args(args);
+        match qemu_prefix() {
+            Some(p) => c.env("QEMU_DIRECT_QEMU_PREFIX", p),
+            None => c.env_remove("QEMU_DIRECT_QEMU_PREFIX"),
+        };
         c
     }
 
@@ -723,7 +732,7 @@ pub fn guest_files(arch: &str, files: &[&str]) -> Option<PathBuf> {
 /// started" is observed, not assumed.
 #[derive(Debug, Clone, Copy)]
 pub enum Tripwire {
-    /// Then runs the real qemu-system-x86_64. A capability probe (`-machine none`, which
+    /// Then runs the real qemu-system-x86_64 ([`emulator`]). A capability probe (`-machine none`, which
     /// planning may run to learn the QEMU version) runs no guest and is not recorded.
     PassThrough,
     /// Records every start, and fails at once (exit 97): a regression then fails fast and
@@ -741,8 +750,9 @@ impl Tripwire {
         let body = match self {
             Tripwire::PassThrough => format!(
                 "#!/bin/sh\ncase \" $* \" in *\" -machine none \"*) ;; *) echo \"$0 $*\" >> '{}' ;; esac\n\
-                 exec qemu-system-x86_64 \"$@\"\n",
-                started.display()
+                 exec '{}' \"$@\"\n",
+                started.display(),
+                emulator("qemu-system-x86_64").display()
             ),
             Tripwire::Fail => format!(
                 "#!/bin/sh\necho \"$0 $*\" >> '{}'\nexit 97\n",
@@ -753,6 +763,70 @@ impl Tripwire {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         script
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The QEMU under test
+
+/// The QEMU prefix under test (`QD_QEMU_PREFIX`, set by `scripts/test --qemu VERSION`); `None`:
+/// the system QEMU on `PATH`.
+pub fn qemu_prefix() -> Option<PathBuf> {
+    std::env::var_os("QD_QEMU_PREFIX")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The path of an emulator (or `qemu-img`) of the QEMU under test.
+pub fn emulator(binary: &str) -> PathBuf {
+    match qemu_prefix() {
+        Some(p) => ["usr/bin", "bin"]
+            .iter()
+            .map(|b| p.join(b).join(binary))
+            .find(|e| e.is_file())
+            .unwrap_or_else(|| panic!("no {binary} in QD_QEMU_PREFIX {}", p.display())),
+        None => which::which(binary).unwrap_or_else(|_| panic!("{binary} is not on PATH")),
+    }
+}
+
+/// The version of an emulator of the QEMU under test, as it says (`--version`).
+pub fn qemu_version(binary: &str) -> QemuVersion {
+    let out = Command::new(emulator(binary))
+        .arg("--version")
+        .output()
+        .expect("run the emulator");
+    let text = String::from_utf8_lossy(&out.stdout);
+    qemu_direct::host::parse_version(&text)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{binary} --version: {text}"))
+}
+
+/// This host as the library probes it, with the emulators of the QEMU under test.
+pub fn probe_host(set: &ProfileSet) -> HostFacts {
+    let mut host = HostFacts::probe(set, &ProbeOptions::default());
+    if let Some(p) = qemu_prefix() {
+        host.use_prefix(&p, set)
+            .expect("QD_QEMU_PREFIX is a usable QEMU prefix");
+    }
+    host
+}
+
+/// The `key=value` options of a profile's list that its gates pass for the QEMU under test
+/// on this host: what a plan for it must carry.
+pub fn gated(options: &[ProfileOption], binary: &str) -> Vec<String> {
+    let (rust_arch, endian) = qemu_direct::profile::arch::build_target();
+    let host = ProfileSet::embedded()
+        .unwrap()
+        .for_host(rust_arch, endian)
+        .map(|p| p.name.clone());
+    let gate = Gate {
+        qemu: Some(qemu_version(binary)),
+        host: host.as_deref(),
+    };
+    options
+        .iter()
+        .filter(|o| gate.check(o).is_ok())
+        .map(|o| o.option.clone())
+        .collect()
 }
 
 /// A made-up host with every emulator "installed" under /usr/bin.
