@@ -301,8 +301,24 @@ fn builtin_data_dirs(binary: &Path) -> Result<Vec<PathBuf>, String> {
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with('/'))
-        .map(PathBuf::from)
+        .map(|l| lexical(Path::new(l)))
         .collect())
+}
+
+/// A path with `.` and `..` taken out by name (`/usr/bin/../share/qemu` -> `/usr/share/qemu`,
+/// as a relocatable build prints its folders), links left alone.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The folder of the prefix's QEMU modules (`*.so`): Debian's `usr/lib/<triplet>/qemu`, or

@@ -215,6 +215,10 @@ pub fn matrix() -> Vec<Case> {
         i.cpu_mode = Some("maximum".into());
         i.cpu_model_extra_flags = Some(vec!["-lahf_lm".into(), "+pdpe1gb".into()]);
     });
+    // Extra options: <qemu:commandline>, appended by libvirt as by us.
+    add("x86_64-qemu-args", "x86_64", false, &|i| {
+        i.qemu_args = Some(vec!["-device".into(), "virtio-rng-pci".into()]);
+    });
     add("x86_64-custom", "x86_64", false, &|i| {
         i.cpu_models = Some(vec!["Nehalem".into()]);
         i.cpu_model_extra_flags = Some(vec!["-pse36".into(), "+pdpe1gb".into()]);

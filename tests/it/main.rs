@@ -18,6 +18,9 @@
 //! - `reliability`: the bad-input corpus (`tests/corpus/bad-input/`), odd paths reaching QEMU
 //!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
 //!   racing launches, a guest that never prints what is awaited.
+//! - `prefix`: a QEMU in a prefix of its own (`--qemu-prefix`: `-L` data folders, firmware
+//!   descriptors, bad prefixes), extra QEMU options (`--qemu-arg`), and what differs between
+//!   QEMU versions, asked of the QEMU under test (`QD_QEMU_PREFIX`).
 //! - `shape`: the layering of `src/` folders, and the length of files and functions.
 //! - `docs`: every command shown in README.md and docs/ runs as written.
 //! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
@@ -37,6 +40,7 @@ mod golden;
 mod kvm;
 mod libvirt;
 mod lifecycle;
+mod prefix;
 mod reliability;
 mod shape;
 mod signals;
