@@ -425,6 +425,30 @@ mod tests {
     }
 
     #[test]
+    fn the_prefixs_descriptors_come_before_the_systems() {
+        let p = QemuPrefix {
+            dir: "/opt/q".into(),
+            builtin_data_dirs: Vec::new(),
+            data_dirs: Vec::new(),
+            module_dir: None,
+        };
+        let dirs = crate::host::firmware::search_dirs_with(Some(&p));
+        let at = |d: &str| dirs.iter().position(|x| x == Path::new(d)).unwrap();
+        assert!(at("/opt/q/usr/share/qemu/firmware") < at("/etc/qemu/firmware"));
+        assert!(at("/opt/q/etc/qemu/firmware") < at("/usr/share/qemu/firmware"));
+        // The user's own still first.
+        assert!(dirs[0].ends_with("qemu/firmware") && !dirs[0].starts_with("/opt"));
+        assert_eq!(
+            crate::host::firmware::search_dirs_with(None),
+            crate::host::firmware::search_dirs()
+        );
+        assert_eq!(
+            lexical(Path::new("/usr/bin/../share/./qemu")),
+            Path::new("/usr/share/qemu")
+        );
+    }
+
+    #[test]
     fn prefixes_that_cannot_serve() {
         let empty = tempfile::tempdir().unwrap();
         let e = QemuPrefix::open(empty.path(), None).unwrap_err();

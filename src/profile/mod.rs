@@ -611,6 +611,26 @@ mod tests {
     }
 
     #[test]
+    fn packages_follow_the_qemu_version() {
+        let set = ProfileSet::embedded().unwrap();
+        let riscv = set.resolve("arch", "riscv64").unwrap();
+        let v = |s: &str| Some(s.parse::<QemuVersion>().unwrap());
+        assert_eq!(riscv.package_for(v("7.2.22")), "qemu-system-misc");
+        assert_eq!(riscv.package_for(v("8.0")), "qemu-system-riscv");
+        assert_eq!(riscv.package_for(v("10.0.2")), "qemu-system-riscv");
+        assert_eq!(
+            riscv.package_for(None),
+            "qemu-system-misc (QEMU < 8.0) or qemu-system-riscv (QEMU >= 8.0)"
+        );
+        let s390x = set.resolve("arch", "s390x").unwrap();
+        assert_eq!(s390x.package_for(v("10.0")), "qemu-system-s390x");
+        // Where Debian never moved it: the one package, whatever the version.
+        let x86 = set.resolve("arch", "x86_64").unwrap();
+        assert_eq!(x86.package_for(None), "qemu-system-x86");
+        assert_eq!(x86.package_for(v("10.0")), "qemu-system-x86");
+    }
+
+    #[test]
     fn resolves_aliases_case_insensitively() {
         let set = ProfileSet::embedded().unwrap();
         for (given, want) in [

@@ -27,6 +27,25 @@ pub(super) fn domain(d: &Element, profiles: &ProfileSet, cx: &mut Cx) {
     if let (Some(devs), Some(p)) = (d.child("devices"), profile) {
         devices::devices(devs, p, cx);
     }
+    commandline(d, cx);
+}
+
+/// `<qemu:commandline>`: its `<qemu:arg>`s become extra QEMU options (`qemu_args`), checked
+/// like `--qemu-arg`; an environment (`<qemu:env>`) qemu-direct does not pass.
+fn commandline(d: &Element, cx: &mut Cx) {
+    let Some(cl) = d.child("qemu:commandline") else {
+        return;
+    };
+    let mut args = Vec::new();
+    for a in cl.children_named("qemu:arg") {
+        match a.attr("value") {
+            Some(v) => args.push(v.to_owned()),
+            None => cx.missing(a, "<qemu:arg> needs value='...'"),
+        }
+    }
+    if !args.is_empty() {
+        cx.spec.qemu_args = Some(args);
+    }
 }
 
 /// `<domain type=...>`: kvm or qemu (TCG).
