@@ -64,24 +64,37 @@ pub enum Error {
     /// Waiting for console text.
     #[error(transparent)]
     Console(#[from] vm::ConsoleError),
-    /// An emulator did not answer its capability probe.
+    /// An emulator did not answer its capability probe (boxed: it is the largest).
     #[error(transparent)]
-    Caps(#[from] CapsError),
+    Caps(Box<CapsError>),
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
-    /// A QEMU prefix (`--qemu-prefix`) that cannot serve.
+    /// A QEMU prefix (`--qemu-prefix`) that cannot serve (boxed: it is large and rare).
     #[error(transparent)]
-    Prefix(#[from] PrefixError),
+    Prefix(Box<PrefixError>),
+}
+
+impl From<CapsError> for Error {
+    fn from(e: CapsError) -> Self {
+        Error::Caps(Box::new(e))
+    }
+}
+
+impl From<PrefixError> for Error {
+    fn from(e: PrefixError) -> Self {
+        Error::Prefix(Box::new(e))
+    }
 }
 
 impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Plan(plan::PlanError::Caps { .. })
-            | Error::Caps(_)
-            | Error::Prefix(PrefixError::DoesNotRun { .. }) => ExitCode::QemuFailed,
+            Error::Plan(plan::PlanError::Caps { .. }) | Error::Caps(_) => ExitCode::QemuFailed,
+            Error::Prefix(p) if matches!(**p, PrefixError::DoesNotRun { .. }) => {
+                ExitCode::QemuFailed
+            }
             Error::Prefix(_) => ExitCode::BadInput,
             Error::Profile(_)
             | Error::Spec(_)

@@ -81,7 +81,7 @@ pub fn missing_emulator(host: &HostFacts, profile: &MachineProfile) -> PlanError
         Some(p) => PlanError::NotInPrefix {
             arch: profile.arch(),
             binary: profile.binary.clone(),
-            prefix: p.dir.clone(),
+            prefix: p.dir.clone().into_boxed_path(),
             has: host.emulators.keys().cloned().collect(),
         },
         None => {

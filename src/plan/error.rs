@@ -56,10 +56,10 @@ pub enum PlanError {
         arch: Arch,
         /// The binary looked for.
         binary: String,
-        /// The prefix.
-        prefix: std::path::PathBuf,
+        /// The prefix (boxed, as `has`: the error stays small).
+        prefix: Box<std::path::Path>,
         /// The emulators it has.
-        has: Vec<String>,
+        has: Box<[String]>,
     },
     /// `--accel kvm` where KVM cannot run this guest.
     #[error("--accel kvm: {0}")]
