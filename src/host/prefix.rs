@@ -100,7 +100,7 @@ impl PrefixError {
 
 impl QemuPrefix {
     /// The emulators (`qemu-system-*`) of the prefix `dir`, by binary name; the first `bin`
-    /// folder of [`BIN_DIRS`] holding a name wins.
+    /// folder (`usr/bin`, `bin`, `usr/local/bin`) holding a name wins.
     pub fn emulators(dir: &Path) -> BTreeMap<String, PathBuf> {
         let mut out = BTreeMap::new();
         for bin in BIN_DIRS.map(|b| dir.join(b)) {
