@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::AgentPlan;
 use crate::{
     cpu::Cpu,
     host::firmware::Selected,
@@ -64,6 +65,9 @@ pub struct LaunchPlan {
     /// The pvpanic device, which lets the guest report a panic to QEMU.
     #[serde(default)]
     pub panic_device: Option<String>,
+    /// The guest agent's channel; `None` with `--no-agent` (spec `agent = false`).
+    #[serde(default)]
+    pub agent: Option<AgentPlan>,
 }
 
 /// A machine type with properties.

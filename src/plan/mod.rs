@@ -7,10 +7,11 @@
 //!
 //! [`resolve_with`] reads as its steps, each in a file of its own: the profile and emulator
 //! (`binary`), the accelerator (`accel`), the machine (`machine`), memory and vCPUs (`limits`),
-//! the CPU (`cpu`), the kernel (`kernel`), disks and network cards (`devices`), the firmware
+//! the CPU (`cpu`), the kernel (`kernel`), disks and network cards (`devices`), the guest agent's channel (`agent`), the firmware
 //! (`firmware`) and the console (`console`). [`resolve_probing`] is the one that does I/O.
 
 mod accel;
+mod agent;
 mod binary;
 mod console;
 mod context;
@@ -27,6 +28,7 @@ mod probing;
 mod tests;
 
 pub use crate::cpu::Cpu;
+pub use agent::AgentPlan;
 pub use error::PlanError;
 pub use launch_plan::{
     ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan,
@@ -76,6 +78,7 @@ pub fn resolve_with(
     let kernel = kernel::kernel(&cx);
     let disks = devices::disks(&mut cx);
     let nics = devices::nics(&cx);
+    let agent = agent::agent(&mut cx);
     let name = spec.name.clone().unwrap_or_else(|| arch.to_string());
     let bios_file = firmware::user_file(&cx);
     let descriptor_firmware = firmware::descriptor_firmware(&mut cx, &machine, &name)?;
@@ -106,5 +109,6 @@ pub fn resolve_with(
         console,
         notes: cx.notes,
         panic_device: profile.panic_device.clone(),
+        agent,
     })
 }

@@ -53,6 +53,9 @@ pub struct SpecInput {
     pub disk_writable: Option<bool>,
     /// The network: `none` (default) or `user[,hostfwd=RULE]...`; see [`crate::spec::net`].
     pub net: Option<String>,
+    /// The guest agent's channel (a virtio-serial port `org.qemu.guest_agent.0` on a socket in
+    /// the instance directory); default on, `false` leaves it out (`--no-agent`).
+    pub agent: Option<bool>,
     /// `uefi` or `bios` (chosen from QEMU's firmware descriptors), or a firmware image passed as
     /// `-bios`.
     #[serde(default, with = "pathser::option")]
@@ -131,6 +134,7 @@ impl SpecInput {
             append,
             disk_writable,
             net,
+            agent,
             firmware,
             secure_boot,
             tb_size,

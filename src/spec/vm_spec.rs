@@ -119,6 +119,10 @@ pub struct KernelBoot {
     pub append: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// A validated guest description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -141,6 +145,9 @@ pub struct VmSpec {
     /// The network.
     #[serde(default)]
     pub net: Net,
+    /// Whether the guest gets the guest agent's channel.
+    #[serde(default = "yes")]
+    pub agent: bool,
     /// Firmware asked for; `None`: the machine's default.
     #[serde(default)]
     pub firmware: Option<FirmwareChoice>,

@@ -36,6 +36,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         }),
         disks: Vec::new(),
         net: Net::None,
+        agent: true,
         firmware: None,
         tb_size: None,
         emulator: None,

@@ -254,6 +254,10 @@ pub struct SpecArgs {
     /// RULE being [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22.
     #[arg(long, value_name = "none|user[,hostfwd=RULE]...")]
     pub net: Option<String>,
+    /// No guest agent channel (by default the guest gets a virtio-serial port
+    /// org.qemu.guest_agent.0 for qemu-ga, on agent.sock in the instance directory).
+    #[arg(long)]
+    pub no_agent: bool,
     /// Firmware: uefi or bios (chosen from QEMU's firmware descriptors; bios falls back to the
     /// machine's own SeaBIOS), or an image file for QEMU -bios (write ./uefi for a file of
     /// that name).

@@ -90,6 +90,7 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
             .transpose()?,
         disk_writable: args.disk_writable.then_some(true),
         net: args.net.clone(),
+        agent: args.no_agent.then_some(false),
         firmware: args.firmware.clone(),
         secure_boot: args.secure_boot.then_some(true),
         tb_size: args.tb_size,

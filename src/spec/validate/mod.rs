@@ -42,6 +42,7 @@ impl SpecInput {
             kernel,
             disks,
             net,
+            agent: self.agent.unwrap_or(true),
             firmware,
             tb_size,
             emulator,
