@@ -105,6 +105,7 @@ fn host(dir: &Path, arch: &str, kvm: KvmState) -> HostFacts {
         emulators,
         phys_bits: Some(48),
         firmware: None,
+        virtiofsd: None,
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::AgentPlan;
+use super::{AgentPlan, MemoryBackend, SharePlan};
 use crate::{
     cpu::Cpu,
     host::firmware::Selected,
@@ -68,6 +68,12 @@ pub struct LaunchPlan {
     /// The guest agent's channel; `None` with `--no-agent` (spec `agent = false`).
     #[serde(default)]
     pub agent: Option<AgentPlan>,
+    /// Host folders shared with the guest, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SharePlan>,
+    /// Guest RAM as a memory object of its own (shared, for virtiofs); `None`: QEMU's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_backend: Option<MemoryBackend>,
 }
 
 /// A machine type with properties.

@@ -32,6 +32,7 @@ fn host(arch: &str, kvm: KvmState) -> HostFacts {
             .collect::<BTreeMap<_, _>>(),
         phys_bits: Some(48),
         firmware: None,
+        virtiofsd: None,
     }
 }
 

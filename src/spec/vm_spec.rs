@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cpu::CpuRequest,
     profile::arch::Arch,
-    spec::{disk::Disk, net::Net},
+    spec::{disk::Disk, net::Net, share::Share},
     util::{pathser, size::MemSize},
 };
 
@@ -148,6 +148,9 @@ pub struct VmSpec {
     /// Whether the guest gets the guest agent's channel.
     #[serde(default = "yes")]
     pub agent: bool,
+    /// Host folders shared with the guest.
+    #[serde(default)]
+    pub shares: Vec<Share>,
     /// Firmware asked for; `None`: the machine's default.
     #[serde(default)]
     pub firmware: Option<FirmwareChoice>,

@@ -779,6 +779,7 @@ pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
             .collect::<BTreeMap<_, _>>(),
         phys_bits: Some(48),
         firmware: None,
+        virtiofsd: None,
     }
 }
 
