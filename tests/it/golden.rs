@@ -240,7 +240,9 @@ fn shares_and_the_agent_channel() {
     let plan = plan_for(&spec("aarch64", AccelRequest::Tcg), &host);
     let argv = render(&argv::build_with(&plan, argv::Fds { agent: Some(9) }));
     assert!(
-        argv.contains("\nsocket,id=qd-agent,fd=9,server=on,wait=off\n-device\nvirtio-serial-pci,id=qd-vser0\n"),
+        argv.contains(
+            "\nsocket,id=qd-agent,fd=9,server=on,wait=off\n-device\nvirtio-serial-pci,id=qd-vser0\n"
+        ),
         "{argv}"
     );
 }
