@@ -268,3 +268,17 @@ fn read_only_virtiofs_needs_a_virtiofsd_that_can() {
     assert!(out.status.success(), "{e}");
     assert!(o.contains("9p: not virtiofs: a read-only share"), "{o}");
 }
+
+/// The agent's channel on the other buses and machines: ccw (s390x), pseries and malta, each
+/// guest's qemu-ga answering on the instance's socket (x86_64 and aarch64: above).
+#[test]
+fn the_agent_answers_on_s390x_ppc64le_and_mipsel() {
+    for arch in ["s390x", "ppc64le", "mipsel"] {
+        let Some(g) = guest(arch) else { return };
+        let env = TestEnv::new();
+        let d = env.launch_detached(env.run(&g, ["--append", HOLD]));
+        d.wait_for(&guest_proto::ready(arch), BOOT_TIMEOUT);
+        raw_sync(&d.dir.join(qemu_direct::instance::AGENT_SOCKET));
+        d.stop();
+    }
+}
