@@ -52,14 +52,14 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// QEMU could not start because a share's `virtiofsd` failed.
-    #[error("QEMU exited while starting ({qemu}); the virtiofsd of share {tag} said: {said}")]
+    #[error("the virtiofsd of share {tag} failed: {said}; QEMU exited while starting ({status})")]
     VirtiofsdFailed {
         /// The share's tag.
         tag: String,
-        /// QEMU's exit and error line.
-        qemu: String,
         /// The daemon's last line.
         said: String,
+        /// QEMU's exit status.
+        status: String,
     },
     /// QEMU exited before it answered on QMP, usually over its command line.
     #[error("QEMU exited while starting ({status}){}", stderr.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]

@@ -282,3 +282,41 @@ fn the_agent_answers_on_s390x_ppc64le_and_mipsel() {
         d.stop();
     }
 }
+
+/// A virtiofsd that fails at start: the launch says so with the daemon's own words, exit 3,
+/// and leaves no instance behind.
+#[test]
+fn a_virtiofsd_that_fails_is_named_with_its_words() {
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
+    let fake = env.path("virtiofsd");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'virtiofsd: cannot sandbox: Operation not permitted' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = env.qd(["probe", "--json"]);
+    let mut facts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    facts["virtiofsd"] = serde_json::json!({ "path": fake, "kind": "c", "readonly": false });
+    let facts_file = env.path("host.json");
+    std::fs::write(&facts_file, facts.to_string()).unwrap();
+    let dir = folder(&env, "data", "x");
+    let mut cmd = env.cmd(["--host-facts"]);
+    cmd.arg(&facts_file)
+        .args(["run", "--arch", "x86_64", "--timeout", "60s", "--share"])
+        .arg(format!("{}:data,fs=virtiofs", dir.display()))
+        .arg("--kernel")
+        .arg(&g.kernel);
+    let out = cmd.output().unwrap();
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(
+        e.contains(
+            "error: the virtiofsd of share data failed: virtiofsd: cannot sandbox: Operation not \
+             permitted; QEMU exited while starting (exit status 1)"
+        ),
+        "{e}"
+    );
+    assert!(crate::common::files_under(&env.instances()).is_empty());
+}

@@ -66,9 +66,10 @@ pub(in crate::vm) fn explain(
     errlog: &Mutex<ErrLog>,
     dir: &Path,
 ) -> VmError {
-    if !matches!(e, VmError::Startup { .. }) {
+    let VmError::Startup { status, .. } = &e else {
         return e;
-    }
+    };
+    let status = status.clone();
     let locked = overlay::locked_image(&lock(errlog).text());
     if let Some((image, detail)) = locked {
         return overlay::lock_error(plan, image, detail);
@@ -76,11 +77,7 @@ pub(in crate::vm) fn explain(
     // QEMU names the socket it could not use ("-chardev socket,id=qd-vfs0,...").
     let vhost = lock(errlog).text().contains("qd-vfs");
     match virtiofs::last_words(plan, dir) {
-        Some((tag, said)) if vhost => VmError::VirtiofsdFailed {
-            tag,
-            qemu: e.to_string(),
-            said,
-        },
+        Some((tag, said)) if vhost => VmError::VirtiofsdFailed { tag, said, status },
         _ => e,
     }
 }
