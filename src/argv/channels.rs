@@ -136,6 +136,9 @@ pub fn virtiofsd(plan: &LaunchPlan, index: usize, fd: i32) -> Option<Vec<OsStrin
             if share.readonly {
                 v.push(os("--readonly"));
             }
+            if daemon.sandbox_none {
+                v.extend([os("--sandbox"), os("none")]);
+            }
         }
     }
     Some(v)

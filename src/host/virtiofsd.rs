@@ -5,7 +5,8 @@
 //! `/usr/lib/qemu/virtiofsd`): `--socket-path=S -o source=DIR`, no read-only mode, and it runs
 //! only as root. QEMU 8.0 dropped it for the Rust one (Debian: `virtiofsd`,
 //! `/usr/libexec/virtiofsd`; or `cargo install virtiofsd`): `--socket-path S --shared-dir DIR`,
-//! `--readonly` in newer releases, and it runs unprivileged. Both take a listening socket as
+//! `--readonly` in newer releases, and unprivileged with `--sandbox none` (no namespace sandbox;
+//! what needs root in the folder, chown, then fails). Both take a listening socket as
 //! `--fd=N`, which is how the launcher hands it one. Which one a binary is, is read from its
 //! `--help`.
 
@@ -69,6 +70,10 @@ pub struct Virtiofsd {
     /// Why it cannot run here, if it cannot (QEMU's C one as another user than root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,
+    /// Run with `--sandbox none`: the Rust one as another user than root, which cannot set up
+    /// its namespace sandbox.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox_none: bool,
 }
 
 impl Virtiofsd {
@@ -99,7 +104,7 @@ impl Virtiofsd {
         let unusable = (kind == VirtiofsdKind::C && !root).then(|| {
             format!(
                 "{kind} ({}) runs only as root; the Rust virtiofsd (Debian package \
-                 {RUST_PACKAGE}) runs as any user",
+                 {RUST_PACKAGE}) runs as any user (without its sandbox)",
                 path.display()
             )
         });
@@ -108,6 +113,7 @@ impl Virtiofsd {
             kind,
             readonly: kind == VirtiofsdKind::Rust && help.contains("--readonly"),
             unusable,
+            sandbox_none: kind == VirtiofsdKind::Rust && !root,
         })
     }
 }

@@ -314,6 +314,7 @@ fn host_for(dir: &Path, c: &Case) -> HostFacts {
             kind: crate::host::virtiofsd::VirtiofsdKind::C,
             readonly: false,
             unusable: None,
+            sandbox_none: false,
         });
     }
     h

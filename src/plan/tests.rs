@@ -429,6 +429,7 @@ fn virtiofsd(kind: crate::host::virtiofsd::VirtiofsdKind, readonly: bool) -> Hos
         kind,
         readonly,
         unusable: None,
+        sandbox_none: false,
     });
     h
 }

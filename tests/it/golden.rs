@@ -205,6 +205,7 @@ fn shares_and_the_agent_channel() {
         kind: VirtiofsdKind::C,
         readonly: false,
         unusable: None,
+        sandbox_none: false,
     });
     let share = |path: &str, tag: &str, readonly, fs| Share {
         path: path.into(),
@@ -232,6 +233,22 @@ fn shares_and_the_agent_channel() {
         );
         assert_eq!(argv::virtiofsd(&plan, 0, 7), None);
     }
+    // The Rust virtiofsd, read-only, run by a user: its own spelling, and no sandbox.
+    let mut rust = host.clone();
+    rust.virtiofsd = Some(Virtiofsd {
+        path: "/usr/libexec/virtiofsd".into(),
+        kind: VirtiofsdKind::Rust,
+        readonly: true,
+        unusable: None,
+        sandbox_none: true,
+    });
+    let mut s = spec("x86_64", AccelRequest::Tcg);
+    s.shares = vec![share("/srv/a,b", "ab", true, ShareFs::Auto)];
+    let plan = plan_for(&s, &rust);
+    assert_eq!(
+        render(&argv::virtiofsd(&plan, 0, 3).unwrap()),
+        "/usr/libexec/virtiofsd\n--fd=3\n--shared-dir\n/srv/a,b\n--readonly\n--sandbox\nnone\n"
+    );
     let mut s = spec("x86_64", AccelRequest::Tcg);
     s.agent = false;
     let argv = render(&argv::build(&plan_for(&s, &host)));
