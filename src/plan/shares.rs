@@ -123,7 +123,7 @@ pub(super) fn shares(
 
 /// 9p or virtiofs for one share, as asked, or for `auto` virtiofs where it can run.
 fn choose(cx: &Context, share: &Share, index: usize) -> Result<SharePlan, PlanError> {
-    let virtiofs = virtiofs_blocker(cx, share);
+    let virtiofs = virtiofsd_for(cx, share);
     let (transport, why) = match (share.fs, virtiofs) {
         (ShareFs::Virtiofs | ShareFs::Auto, Ok(daemon)) => {
             let why = format!("{} ({})", daemon.kind, daemon.path.display());
@@ -152,7 +152,7 @@ fn choose(cx: &Context, share: &Share, index: usize) -> Result<SharePlan, PlanEr
 struct Blocker(String, Option<String>);
 
 /// The `virtiofsd` that can serve `share`, or why there is none.
-fn virtiofs_blocker<'a>(cx: &'a Context, share: &Share) -> Result<&'a Virtiofsd, Blocker> {
+fn virtiofsd_for<'a>(cx: &'a Context, share: &Share) -> Result<&'a Virtiofsd, Blocker> {
     if cx.profile.devices.vhost_user_fs.is_none() {
         return Err(Blocker(
             format!("the {} profile names no virtiofs device", cx.profile.name),

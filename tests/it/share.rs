@@ -269,16 +269,39 @@ fn read_only_virtiofs_needs_a_virtiofsd_that_can() {
     assert!(o.contains("9p: not virtiofs: a read-only share"), "{o}");
 }
 
-/// The agent's channel on the other buses and machines: ccw (s390x), pseries and malta, each
-/// guest's qemu-ga answering on the instance's socket (x86_64 and aarch64: above).
+/// The agent's channel and the shares on the other buses and machines: ccw (s390x), pseries
+/// and malta. Each guest's qemu-ga answers on the instance's socket and reads and writes a 9p
+/// share and an `auto` one, which goes over virtiofs where the profile offers it and the host
+/// has a virtiofsd (not s390x: a big-endian guest cannot talk to virtiofsd), else 9p.
 #[test]
-fn the_agent_answers_on_s390x_ppc64le_and_mipsel() {
+fn s390x_ppc64le_and_mipsel_have_the_agent_and_their_transports() {
+    let profiles = qemu_direct::ProfileSet::embedded().unwrap();
     for arch in ["s390x", "ppc64le", "mipsel"] {
         let Some(g) = guest(arch) else { return };
+        let offered = profiles
+            .resolve("arch", arch)
+            .unwrap()
+            .devices
+            .vhost_user_fs
+            .is_some();
+        let auto_fs = if offered && host_virtiofsd().is_some() {
+            "virtiofs"
+        } else {
+            "9p"
+        };
         let env = TestEnv::new();
-        let d = env.launch_detached(env.run(&g, ["--append", HOLD]));
-        d.wait_for(&guest_proto::ready(arch), BOOT_TIMEOUT);
-        raw_sync(&d.dir.join(qemu_direct::instance::AGENT_SOCKET));
+        let p9 = folder(&env, "p9", "to-9p\n");
+        let auto = folder(&env, "auto", "to-auto\n");
+        let shares = [
+            format!("{}:p9,fs=9p", p9.display()),
+            format!("{}:auto", auto.display()),
+        ];
+        let mounts = [("p9", "/mnt/p9", "9p"), ("auto", "/mnt/auto", auto_fs)];
+        let d = boot(&env, &g, &shares, &mounts);
+        let sock = d.dir.join(qemu_direct::instance::AGENT_SOCKET);
+        raw_sync(&sock);
+        read_and_write(&sock, &p9, "/mnt/p9", "to-9p\n", true);
+        read_and_write(&sock, &auto, "/mnt/auto", "to-auto\n", true);
         d.stop();
     }
 }
