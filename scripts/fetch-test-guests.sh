@@ -4,7 +4,11 @@
 # Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--refresh] [--rebuild] [DIR]
 #
 # The packages are downloaded (never installed) through a private apt
-# configuration under DIR/.apt and unpacked with dpkg-deb. Layout of DIR:
+# configuration under DIR/.apt and unpacked with dpkg-deb. What the guests are is data in
+# tests/guest/: arches.tsv (per guest: Debian arch, kernel package, UEFI arch, console),
+# modules.list (kernel modules for the initramfs) and init.sh (the initramfs /init, after a
+# generated header that sets QD_ARCH and QD_MODULES); this script only orchestrates.
+# Layout of DIR:
 #
 #   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel
 #   <arch>/uefi.img                   x86_64 aarch64: FAT disk (no partition table) that
@@ -37,7 +41,6 @@ set -o errtrace
 umask 022
 
 readonly PROG=fetch-test-guests
-readonly ALL_ARCHES=(x86_64 aarch64 ppc64le s390x mipsel riscv64)
 readonly MIRROR=http://deb.debian.org/debian
 readonly SUITE=bookworm
 readonly KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -73,50 +76,78 @@ EOF
 
 # --- per-arch facts ---------------------------------------------------------
 
-debarch_of() {
-	case $1 in
-	x86_64) echo amd64 ;;
-	aarch64) echo arm64 ;;
-	ppc64le) echo ppc64el ;;
-	s390x) echo s390x ;;
-	mipsel) echo mipsel ;;
-	riscv64) echo all ;;
-	*) return 1 ;;
-	esac
-}
+# They live in tests/guest/ (arches.tsv, modules.list, init.sh); this script only orchestrates.
+GUEST_SRC=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../tests/guest" 2>/dev/null && pwd) ||
+	die "no tests/guest folder beside scripts/ (it holds arches.tsv, modules.list, init.sh)"
+readonly GUEST_SRC ARCHES_FILE=$GUEST_SRC/arches.tsv MODULES_FILE=$GUEST_SRC/modules.list \
+	INIT_FILE=$GUEST_SRC/init.sh
+for f in "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE"; do
+	[[ -r $f ]] || die "missing $f"
+done
 
+# arches.tsv: arch debarch kernel efi console ("-" is none); # starts a comment.
+ALL_ARCHES=()
+declare -A DEBARCH=() KERNEL_META=() EFI_ARCH=() CONSOLE=()
+read_arches() {
+	local line n=0 f
+	while IFS= read -r line || [[ -n $line ]]; do
+		n=$((n + 1))
+		line=${line%%#*}
+		read -r -a f <<<"$line"
+		((${#f[@]})) || continue
+		((${#f[@]} == 5)) || die "$ARCHES_FILE:$n: expected 5 columns (arch debarch kernel efi console), got ${#f[@]}"
+		[[ -z ${DEBARCH[${f[0]}]:-} ]] || die "$ARCHES_FILE:$n: arch ${f[0]} listed twice"
+		ALL_ARCHES+=("${f[0]}")
+		DEBARCH[${f[0]}]=${f[1]}
+		KERNEL_META[${f[0]}]=${f[2]}
+		EFI_ARCH[${f[0]}]=${f[3]}
+		CONSOLE[${f[0]}]=${f[4]}
+	done <"$ARCHES_FILE"
+	((${#ALL_ARCHES[@]})) || die "$ARCHES_FILE lists no arch"
+}
+read_arches
+readonly ALL_ARCHES
+
+# Debian architectures of all guests, each once (the private apt's APT::Architectures).
+ALL_DEBARCHES=()
+for a in "${ALL_ARCHES[@]}"; do
+	[[ " ${ALL_DEBARCHES[*]} " == *" ${DEBARCH[$a]} "* ]] || ALL_DEBARCHES+=("${DEBARCH[$a]}")
+done
+readonly ALL_DEBARCHES
+
+debarch_of() { echo "${DEBARCH[$1]}"; }
+
+# Kernel metapackage; fails for a guest without a kernel (riscv64).
 kernel_meta_of() {
-	case $1 in
-	x86_64) echo linux-image-cloud-amd64 ;;
-	aarch64) echo linux-image-cloud-arm64 ;;
-	ppc64le) echo linux-image-powerpc64le ;;
-	s390x) echo linux-image-s390x ;;
-	mipsel) echo linux-image-4kc-malta ;;
-	*) return 1 ;;
-	esac
+	[[ ${KERNEL_META[$1]:--} != - ]] || return 1
+	echo "${KERNEL_META[$1]}"
 }
 
 # UEFI arch name (as in BOOT<NAME>.EFI, systemd-boot<name>.efi) and serial console of
 # the guests that get a uefi.img.
 uefi_of() {
-	case $1 in
-	x86_64) echo "x64 ttyS0" ;;
-	aarch64) echo "aa64 ttyAMA0" ;;
-	*) return 1 ;;
-	esac
+	[[ ${EFI_ARCH[$1]:--} != - ]] || return 1
+	echo "${EFI_ARCH[$1]} ${CONSOLE[$1]}"
 }
 
 # Output files (relative to DIR) of one guest.
 outputs_of() {
-	case $1 in
-	riscv64) printf '%s\n' riscv64/fw_jump.bin riscv64/u-boot.bin riscv64/boot/boot.scr.uimg ;;
-	x86_64 | aarch64) printf '%s\n' "$1/kernel" "$1/initrd.gz" "$1/uefi.img" ;;
-	*) printf '%s\n' "$1/kernel" "$1/initrd.gz" ;;
-	esac
+	if ! kernel_meta_of "$1" >/dev/null; then
+		printf '%s\n' "$1/fw_jump.bin" "$1/u-boot.bin" "$1/boot/boot.scr.uimg"
+	elif uefi_of "$1" >/dev/null; then
+		printf '%s\n' "$1/kernel" "$1/initrd.gz" "$1/uefi.img"
+	else
+		printf '%s\n' "$1/kernel" "$1/initrd.gz"
+	fi
 }
 
-# Virtio drivers loaded by /init when they are modules (plus their dependencies).
-readonly GUEST_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net)
+# Drivers loaded by /init when they are modules (plus their dependencies).
+GUEST_MODULES=()
+while IFS= read -r line || [[ -n $line ]]; do
+	line=${line%%#*}
+	for m in $line; do GUEST_MODULES+=("$m"); done
+done <"$MODULES_FILE"
+readonly GUEST_MODULES
 
 # --- arguments --------------------------------------------------------------
 
@@ -271,8 +302,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The recipe (this script) is part of the cache key: a changed /init rebuilds.
-RECIPE=$(sha256sum <"${BASH_SOURCE[0]}")
+# The recipe (this script and the files of tests/guest it reads) is part of the cache key:
+# a changed /init rebuilds.
+RECIPE=$(cat -- "${BASH_SOURCE[0]}" "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE" | sha256sum)
 RECIPE=${RECIPE%% *}
 
 # --- private apt ------------------------------------------------------------
@@ -307,7 +339,7 @@ Dir::Cache::archives \"$APTDIR/cache/archives\";
 Dir::Cache::pkgcache \"pkgcache.bin\";
 Dir::Cache::srcpkgcache \"\";
 #clear APT::Architectures;
-APT::Architectures { \"amd64\"; \"arm64\"; \"ppc64el\"; \"s390x\"; \"mipsel\"; \"all\"; };
+APT::Architectures { $(printf '\"%s\"; ' "${ALL_DEBARCHES[@]}")};
 $sandbox_line
 Acquire::Languages \"none\";
 Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";
@@ -340,7 +372,7 @@ LISTS_STAMP=$APTDIR/lists-updated
 UPDATED=0
 apt_update() {
 	STAGE="updating the private apt lists ($MIRROR $SUITE main)"
-	log "apt-get update ($SUITE main; amd64 arm64 ppc64el s390x mipsel all)"
+	log "apt-get update ($SUITE main; ${ALL_DEBARCHES[*]})"
 	if run_logged "apt-get update" apt_ apt-get -q update; then
 		touch "$LISTS_STAMP"
 		UPDATED=1
@@ -593,7 +625,8 @@ make_uboot_script() {
 	[[ $(stat -c %s "$out") == $((64 + plen)) ]] || die "bad U-Boot script image size for $out"
 }
 
-# Guest /init; the generated header sets QD_ARCH and QD_MODULES.
+# Guest /init: a generated header that sets QD_ARCH and QD_MODULES, then tests/guest/init.sh
+# as it is.
 write_init() {
 	local arch=$1 mods=$2 out=$3
 	{
@@ -601,71 +634,7 @@ write_init() {
 		printf '# qemu-direct test guest init (generated by scripts/fetch-test-guests.sh)\n'
 		printf 'QD_ARCH=%s\n' "$arch"
 		printf 'QD_MODULES="%s"\n' "$mods"
-		cat <<'INIT'
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
-[ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-cmdline=$(cat /proc/cmdline)
-qd_opt() {
-	case " $cmdline " in *" $1 "*) return 0 ;; esac
-	return 1
-}
-for m in $QD_MODULES; do
-	insmod "/lib/modules/$m.ko" >/dev/null 2>&1 || true
-done
-read -r up _ </proc/uptime
-echo "GUEST-READY $QD_ARCH"
-echo "qd-uptime: $up"
-echo "qd-uname: $(uname -m)"
-echo "qd-address-sizes: $(grep -m1 '^address sizes' /proc/cpuinfo)"
-echo "qd-flags: $(grep -m1 -iE '^(flags|features)[[:space:]]*:' /proc/cpuinfo)"
-echo "qd-cmdline: $cmdline"
-nics=""
-for n in /sys/class/net/*; do
-	n=${n##*/}
-	case $n in lo | "*") continue ;; esac
-	drv=$(readlink "/sys/class/net/$n/device/driver" 2>/dev/null) || drv=none
-	nics="$nics $n(${drv##*/})"
-done
-echo "qd-net:${nics:- none}"
-qd_write=""
-for w in $cmdline; do
-	case $w in qd.write=*) qd_write=${w#qd.write=} ;; esac
-done
-if [ -n "$qd_write" ]; then
-	i=0
-	# Block devices of modules loaded above may appear a moment later.
-	while [ ! -b "$qd_write" ] && [ $i -lt 10 ]; do
-		sleep 1
-		i=$((i + 1))
-	done
-	if printf 'QD-MARKER %s\n' "$QD_ARCH" | dd of="$qd_write" bs=512 count=1 conv=sync,notrunc,fsync 2>/dev/null; then
-		sync
-		echo "qd-wrote: $qd_write"
-	else
-		echo "qd-error: cannot write $qd_write"
-	fi
-fi
-if qd_opt qd.panic=1; then
-	# PID 1 exiting makes the kernel panic ("Attempted to kill init!").
-	echo "qd-panic: exiting init"
-	exit 1
-fi
-if qd_opt qd.hold=1; then
-	n=0
-	while :; do
-		n=$((n + 1))
-		echo "qd-heartbeat $n"
-		sleep 1
-	done
-fi
-poweroff -f
-echo "qd-error: poweroff -f failed"
-exit 1
-INIT
+		cat -- "$INIT_FILE"
 	} >"$out"
 	chmod 0755 "$out"
 }
