@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # fetch-test-guests.sh - build tiny QEMU test guests from Debian bookworm packages.
 #
-# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--refresh] [--rebuild] [DIR]
+# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--generic-kernel] [--refresh] [--rebuild] [DIR]
 #
 # The packages are downloaded (never installed) through a private apt
 # configuration under DIR/.apt and unpacked with dpkg-deb. What the guests are is data in
-# tests/guest/: arches.tsv (per guest: Debian arch, kernel package, UEFI arch, console),
-# modules.list (kernel modules for the initramfs) and init.sh (the initramfs /init, after a
-# generated header that sets QD_ARCH and QD_MODULES); this script only orchestrates.
-# Layout of DIR:
+# tests/guest/: arches.tsv (per guest: Debian arch, kernel packages, UEFI arch, console,
+# guest agent package), modules.list (kernel modules for the initramfs) and init.sh (the
+# initramfs /init, copied as it is; per-guest values go to /etc/qd-guest.conf, which it
+# sources); this script only orchestrates. Layout of DIR:
 #
-#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel
+#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel; the initramfs has
+#                                     busybox, the kernel modules of modules.list, and
+#                                     qemu-ga (qemu-guest-agent) with the shared libraries it
+#                                     needs and nothing else of their packages
 #   <arch>/uefi.img                   x86_64 aarch64: FAT disk (no partition table) that
 #                                     UEFI firmware (OVMF, AAVMF) boots as removable media:
 #                                     EFI/BOOT/BOOT{X64,AA64}.EFI is systemd-boot, whose
@@ -21,21 +24,41 @@
 #   riscv64/fw_jump.bin               OpenSBI generic fw_jump (-bios)
 #   riscv64/u-boot.bin                U-Boot qemu-riscv64_smode (-kernel)
 #   riscv64/boot/boot.scr.uimg        U-Boot script; serve the folder as fat:DIR/riscv64/boot
-#   manifest.txt                      "name version arch sha256" per .deb,
+#                                     (riscv64: no kernel, no agent; bookworm has neither)
+#   manifest.txt                      "name version arch sha256" per .deb (kernel, busybox,
+#                                     systemd-boot, qemu-guest-agent and its dependencies),
 #                                     "file <relative path> <sha256>" per output
 #
-# The initramfs /init prints "GUEST-READY <arch>", then qd-uptime: (the guest's
-# /proc/uptime seconds at the marker), qd-uname:, qd-address-sizes:, qd-flags:,
-# qd-cmdline: lines, and powers off. Kernel command line switches:
-# qd.hold=1 (print "qd-heartbeat N" every second forever), qd.panic=1 (kernel panic),
-# qd.write=DEV (write the 512-byte block "QD-MARKER <arch>" at the start of block device
-# DEV, e.g. /dev/vda, synced, then print "qd-wrote: DEV", or "qd-error: ..." if it fails).
-# Before those it prints "qd-net: <name>(<driver>)..." for each network interface but lo,
-# or "qd-net: none".
+# The kernels: Debian's cloud flavour for x86_64 and aarch64 (small, quick to boot, but no
+# 9p), the generic ones elsewhere; --generic-kernel gives x86_64 and aarch64 the generic
+# flavour too (9p as modules; see tests/guest/README.md for what it costs).
+#
+# The initramfs /init (tests/guest/init.sh), in this order:
+# - loads the "boot" modules of modules.list (virtio pci/mmio/blk/net/console);
+# - for each qd.mount=TAG:/path on the kernel command line (repeatable): loads the "mount"
+#   modules once, creates /path, mounts TAG there with virtiofs, or else 9p (trans=virtio,
+#   version=9p2000.L), and prints "qd-mounted: TAG /path virtiofs|9p", or
+#   "qd-error: cannot mount TAG on /path (virtiofs: ...; 9p: ...)";
+# - when a virtio-serial port named org.qemu.guest_agent.0 is there (waiting up to 2 s for
+#   the host to name the ports, only if a virtio console device is there), links
+#   /dev/virtio-ports/org.qemu.guest_agent.0 to it, starts
+#   "qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0" in the background
+#   (log: /var/log/qemu-ga.log) and prints "qd-agent: qemu-ga on <path> (<vportNpM>)".
+#   It serves guest-exec (busybox sh and applets in /bin) and guest-file-*; a client
+#   should guest-sync-delimited first (it starts while the marker is printed);
+# - prints "GUEST-READY <arch>", then qd-uptime: (the guest's /proc/uptime seconds at the
+#   marker; always the line right after it), qd-uname:, qd-address-sizes:, qd-flags:,
+#   qd-cmdline:, and "qd-net: <name>(<driver>)..." for each network interface but lo, or
+#   "qd-net: none";
+# - qd.write=DEV: writes the 512-byte block "QD-MARKER <arch>" at the start of block device
+#   DEV, e.g. /dev/vda, synced, then prints "qd-wrote: DEV", or "qd-error: ..." if it fails;
+# - qd.panic=1: kernel panic; qd.hold=1: prints "qd-heartbeat N" every second forever;
+#   otherwise powers off.
 #
 # Re-runs are cached by package version: when the versions resolved from the apt
-# lists (refreshed when older than a day, or with --refresh) match the manifest
-# and the outputs are intact, nothing is done.
+# lists (refreshed when older than a day, or with --refresh) match the manifest, the
+# recipe (this script and tests/guest/*) is unchanged and the outputs are intact,
+# nothing is done.
 set -euo pipefail
 set -o errtrace
 umask 022
@@ -61,13 +84,17 @@ trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 usage() {
 	cat <<EOF
-Usage: $0 [--arch ARCH]... [--refresh] [--rebuild] [DIR]
+Usage: $0 [--arch ARCH]... [--generic-kernel] [--refresh] [--rebuild] [DIR]
 
 Build small QEMU test guests from Debian $SUITE packages into DIR
 (default: \${XDG_CACHE_HOME:-\$HOME/.cache}/qemu-direct/test-guests).
 
   --arch ARCH   only this guest (repeatable, or comma-separated);
                 one of: ${ALL_ARCHES[*]} (default: all)
+  --generic-kernel
+                x86_64 and aarch64 get Debian's generic kernel (linux-image-amd64,
+                -arm64), which has 9p, instead of the cloud one, which has not
+                (virtiofs works with both); the other guests' kernels are generic already
   --refresh     run apt-get update on the private apt lists even if they are fresh
   --rebuild     rebuild the selected guests even if they are up to date
   -h, --help    show this help
@@ -85,9 +112,9 @@ for f in "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE"; do
 	[[ -r $f ]] || die "missing $f"
 done
 
-# arches.tsv: arch debarch kernel efi console ("-" is none); # starts a comment.
+# arches.tsv: arch debarch kernel generic efi console agent ("-" is none); # starts a comment.
 ALL_ARCHES=()
-declare -A DEBARCH=() KERNEL_META=() EFI_ARCH=() CONSOLE=()
+declare -A DEBARCH=() KERNEL_META=() GENERIC_META=() EFI_ARCH=() CONSOLE=() AGENT_PKG=()
 read_arches() {
 	local line n=0 f
 	while IFS= read -r line || [[ -n $line ]]; do
@@ -95,13 +122,16 @@ read_arches() {
 		line=${line%%#*}
 		read -r -a f <<<"$line"
 		((${#f[@]})) || continue
-		((${#f[@]} == 5)) || die "$ARCHES_FILE:$n: expected 5 columns (arch debarch kernel efi console), got ${#f[@]}"
+		((${#f[@]} == 7)) ||
+			die "$ARCHES_FILE:$n: expected 7 columns (arch debarch kernel generic efi console agent), got ${#f[@]}"
 		[[ -z ${DEBARCH[${f[0]}]:-} ]] || die "$ARCHES_FILE:$n: arch ${f[0]} listed twice"
 		ALL_ARCHES+=("${f[0]}")
 		DEBARCH[${f[0]}]=${f[1]}
 		KERNEL_META[${f[0]}]=${f[2]}
-		EFI_ARCH[${f[0]}]=${f[3]}
-		CONSOLE[${f[0]}]=${f[4]}
+		GENERIC_META[${f[0]}]=${f[3]}
+		EFI_ARCH[${f[0]}]=${f[4]}
+		CONSOLE[${f[0]}]=${f[5]}
+		AGENT_PKG[${f[0]}]=${f[6]}
 	done <"$ARCHES_FILE"
 	((${#ALL_ARCHES[@]})) || die "$ARCHES_FILE lists no arch"
 }
@@ -117,10 +147,22 @@ readonly ALL_DEBARCHES
 
 debarch_of() { echo "${DEBARCH[$1]}"; }
 
-# Kernel metapackage; fails for a guest without a kernel (riscv64).
+# Kernel metapackage (the generic flavour's with --generic-kernel); fails for a guest without
+# a kernel (riscv64).
 kernel_meta_of() {
 	[[ ${KERNEL_META[$1]:--} != - ]] || return 1
-	echo "${KERNEL_META[$1]}"
+	if ((GENERIC_KERNEL)) && [[ ${GENERIC_META[$1]:--} != - ]]; then
+		echo "${GENERIC_META[$1]}"
+	else
+		echo "${KERNEL_META[$1]}"
+	fi
+}
+
+# The guest agent package of a kernel guest; fails where it gets none.
+agent_of() {
+	kernel_meta_of "$1" >/dev/null || return 1
+	[[ ${AGENT_PKG[$1]:--} != - ]] || return 1
+	echo "${AGENT_PKG[$1]}"
 }
 
 # UEFI arch name (as in BOOT<NAME>.EFI, systemd-boot<name>.efi) and serial console of
@@ -141,19 +183,29 @@ outputs_of() {
 	fi
 }
 
-# Drivers loaded by /init when they are modules (plus their dependencies).
-GUEST_MODULES=()
+# Drivers loaded by /init when they are modules (plus their dependencies): BOOT_MODULES
+# always, MOUNT_MODULES when the kernel command line asks for a shared folder (qd.mount=).
+BOOT_MODULES=() MOUNT_MODULES=()
+n=0
 while IFS= read -r line || [[ -n $line ]]; do
+	n=$((n + 1))
 	line=${line%%#*}
-	for m in $line; do GUEST_MODULES+=("$m"); done
+	read -r -a f <<<"$line"
+	((${#f[@]})) || continue
+	case ${#f[@]}:${f[1]:-} in
+	2:boot) BOOT_MODULES+=("${f[0]}") ;;
+	2:mount) MOUNT_MODULES+=("${f[0]}") ;;
+	*) die "$MODULES_FILE:$n: expected 'MODULE boot' or 'MODULE mount', got '$line'" ;;
+	esac
 done <"$MODULES_FILE"
-readonly GUEST_MODULES
+readonly BOOT_MODULES MOUNT_MODULES
 
 # --- arguments --------------------------------------------------------------
 
 ARCHES=()
 REFRESH=0
 REBUILD=0
+GENERIC_KERNEL=0
 DIR=""
 add_arch() {
 	local a known=0 k
@@ -177,6 +229,10 @@ while (($#)); do
 		;;
 	--refresh)
 		REFRESH=1
+		shift
+		;;
+	--generic-kernel)
+		GENERIC_KERNEL=1
 		shift
 		;;
 	--rebuild)
@@ -229,13 +285,14 @@ if [[ $(id -u) == 0 ]]; then IS_ROOT=1; fi
 
 STAGE="checking host tools"
 ensure_host_tools() {
-	local missing_pkgs=() missing_cmds=() entry cmd pkg a uefi_tools=()
+	local missing_pkgs=() missing_cmds=() entry cmd pkg a uefi_tools=() agent_tools=()
 	for a in "${ARCHES[@]}"; do
 		if uefi_of "$a" >/dev/null; then uefi_tools=(mformat:mtools mmd:mtools mcopy:mtools); fi
+		if agent_of "$a" >/dev/null; then agent_tools=(readelf:binutils); fi
 	done
 	for entry in apt-get:apt apt-cache:apt dpkg-deb:dpkg cpio:cpio gzip:gzip \
 		sha256sum:coreutils tr:coreutils od:coreutils find:findutils awk:mawk sed:sed \
-		tar:tar flock:util-linux realpath:coreutils "${uefi_tools[@]}"; do
+		tar:tar flock:util-linux realpath:coreutils "${uefi_tools[@]}" "${agent_tools[@]}"; do
 		cmd=${entry%%:*} pkg=${entry#*:}
 		if ! command -v "$cmd" >/dev/null 2>&1; then
 			missing_cmds+=("$cmd")
@@ -416,14 +473,16 @@ apt_show() {
 		}'
 }
 
-# WANT[arch] = "name:debarch=version ..." (kernel guests: the kernel, busybox-static and,
-# for the uefi_of arches, systemd-boot-efi, in this order)
+# WANT[arch] = "name:debarch=version ..." (kernel guests: the kernel, busybox-static,
+# for the uefi_of arches systemd-boot-efi, then for the agent_of arches the agent and the
+# packages it depends on; riscv64: opensbi, u-boot-qemu)
+# KERNEL_SPEC, BUSYBOX_SPEC, SDBOOT_SPEC[arch] = the one spec; AGENT_SPECS[arch] = "spec ..."
 # DEB_SHA[name:debarch=version] = SHA256 of the .deb from the (signed) Packages index
-declare -A WANT DEB_SHA
+declare -A WANT DEB_SHA KERNEL_SPEC BUSYBOX_SPEC SDBOOT_SPEC AGENT_SPECS
 SPEC=""
 resolve() {
 	STAGE="resolving package versions"
-	local a da meta specs=() shown kernel_specs=() line name ver deps
+	local a da meta specs=() agents=() shown kernel_specs=() closure=() line name deps
 	for a in "${ARCHES[@]}"; do
 		da=$(debarch_of "$a")
 		if [[ $a == riscv64 ]]; then
@@ -432,6 +491,7 @@ resolve() {
 			meta=$(kernel_meta_of "$a")
 			specs+=("$meta:$da" "busybox-static:$da")
 			if uefi_of "$a" >/dev/null; then specs+=("systemd-boot-efi:$da"); fi
+			if agent_of "$a" >/dev/null; then agents+=("$(agent_of "$a"):$da"); fi
 		fi
 	done
 	shown=$(apt_show "${specs[@]}") || die "apt-cache could not resolve: ${specs[*]} (try --refresh)"
@@ -465,14 +525,34 @@ resolve() {
 		[[ -n $name ]] || die "cannot find the linux-image-<abi>-<flavour> dependency of $meta:$da (Depends: $deps)"
 		kernel_specs+=("$name:$da")
 		want_pkg busybox-static "$da"
-		WANT[$a]="KERNEL $SPEC "
+		BUSYBOX_SPEC[$a]=$SPEC
+		SDBOOT_SPEC[$a]=""
 		if uefi_of "$a" >/dev/null; then
 			want_pkg systemd-boot-efi "$da"
-			WANT[$a]+="$SPEC "
+			SDBOOT_SPEC[$a]=$SPEC
 		fi
 	done
-	if ((${#kernel_specs[@]})); then
-		shown=$(apt_show "${kernel_specs[@]}") || die "apt-cache could not resolve: ${kernel_specs[*]} (try --refresh)"
+	# The agents' dependency closure (Depends only: its shared libraries come from these
+	# packages; Pre-Depends on init-system-helpers would pull in perl) in one apt call.
+	# apt-cache names packages of the host's own architecture without ":arch".
+	if ((${#agents[@]})); then
+		local native
+		native=$(dpkg --print-architecture)
+		deps=$(apt_ apt-cache depends --recurse --no-pre-depends --no-recommends --no-suggests \
+			--no-conflicts --no-breaks --no-replaces --no-enhances "${agents[@]}") ||
+			die "apt-cache could not resolve the dependencies of: ${agents[*]} (try --refresh)"
+		deps=$(grep -v '^ ' <<<"$deps")
+		while read -r name; do
+			case $name in
+			"<"* | "") continue ;;
+			*:*) closure+=("$name") ;;
+			*) closure+=("$name:$native") ;;
+			esac
+		done <<<"$deps"
+	fi
+	if ((${#kernel_specs[@]} + ${#closure[@]})); then
+		shown=$(apt_show "${kernel_specs[@]}" "${closure[@]}") ||
+			die "apt-cache could not resolve: ${kernel_specs[*]} ${closure[*]} (try --refresh)"
 		for a in "${ARCHES[@]}"; do
 			if [[ $a == riscv64 ]]; then continue; fi
 			da=$(debarch_of "$a")
@@ -481,7 +561,20 @@ resolve() {
 				if [[ ${line#*:} == "$da" ]]; then name=${line%:*}; fi
 			done
 			want_pkg "$name" "$da"
-			WANT[$a]=${WANT[$a]/KERNEL/$SPEC}
+			KERNEL_SPEC[$a]=$SPEC
+			WANT[$a]="${KERNEL_SPEC[$a]} ${BUSYBOX_SPEC[$a]} ${SDBOOT_SPEC[$a]} "
+			AGENT_SPECS[$a]=""
+			if agent_of "$a" >/dev/null; then
+				# the agent first, then its dependencies by name
+				want_pkg "$(agent_of "$a")" "$da"
+				AGENT_SPECS[$a]="$SPEC "
+				for line in $(printf '%s\n' "${closure[@]}" | LC_ALL=C sort); do
+					[[ ${line#*:} == "$da" && ${line%:*} != "$(agent_of "$a")" ]] || continue
+					want_pkg "${line%:*}" "$da"
+					AGENT_SPECS[$a]+="$SPEC "
+				done
+			fi
+			WANT[$a]+=${AGENT_SPECS[$a]}
 		done
 	fi
 }
@@ -625,18 +718,89 @@ make_uboot_script() {
 	[[ $(stat -c %s "$out") == $((64 + plen)) ]] || die "bad U-Boot script image size for $out"
 }
 
-# Guest /init: a generated header that sets QD_ARCH and QD_MODULES, then tests/guest/init.sh
-# as it is.
+# Guest /init is tests/guest/init.sh as it is; what differs per guest is in /etc/qd-guest.conf,
+# which it sources.
 write_init() {
-	local arch=$1 mods=$2 out=$3
+	local arch=$1 boot_mods=$2 mount_mods=$3 root=$4
+	cp -- "$INIT_FILE" "$root/init"
+	chmod 0755 "$root/init"
 	{
-		printf '#!/bin/busybox sh\n'
-		printf '# qemu-direct test guest init (generated by scripts/fetch-test-guests.sh)\n'
+		printf '# written by scripts/fetch-test-guests.sh, read by /init (tests/guest/init.sh)\n'
 		printf 'QD_ARCH=%s\n' "$arch"
-		printf 'QD_MODULES="%s"\n' "$mods"
-		cat -- "$INIT_FILE"
-	} >"$out"
-	chmod 0755 "$out"
+		printf 'QD_MODULES="%s"\n' "$boot_mods"
+		printf 'QD_MOUNT_MODULES="%s"\n' "$mount_mods"
+	} >"$root/etc/qd-guest.conf"
+}
+
+# Path RELative to a sysroot SYS after following its symlinks inside SYS (an absolute link
+# target is taken from SYS's root); fails unless it ends at a regular file.
+sys_resolve() {
+	local sys=$1 rel=$2 t n=0
+	while [[ -L $sys/$rel ]]; do
+		((n++ < 40)) || return 1
+		t=$(readlink -- "$sys/$rel")
+		if [[ $t == /* ]]; then rel=$t; else rel=$(dirname -- "$rel")/$t; fi
+		rel=$(realpath -s -m -- "/$rel")
+		rel=${rel#/}
+	done
+	[[ -f $sys/$rel ]] || return 1
+	printf '%s\n' "$rel"
+}
+
+# Puts ELF file REL of sysroot SYS (unpacked .debs) at the same path into ROOT, then, the same
+# way, its program interpreter and the shared libraries it needs (DT_NEEDED, looked up in
+# SYS's library folders as the dynamic loader does: multiarch folders first). A file met
+# again under another name becomes a symlink. Uses the caller's ELF_DONE, ELF_SRC, LIBDIRS.
+install_elf() {
+	local sys=$1 root=$2 rel=$3 src interp lib dir found
+	[[ -z ${ELF_DONE[$rel]:-} ]] || return 0
+	ELF_DONE[$rel]=1
+	src=$(sys_resolve "$sys" "$rel") || die "$rel: not a file in the unpacked agent packages"
+	mkdir -p -- "$root/$(dirname -- "$rel")"
+	if [[ -n ${ELF_SRC[$src]:-} ]]; then
+		ln -s -- "/${ELF_SRC[$src]}" "$root/$rel"
+		return 0
+	fi
+	ELF_SRC[$src]=$rel
+	cp -- "$sys/$src" "$root/$rel"
+	interp=$(LC_ALL=C readelf -lW -- "$sys/$src" | sed -n 's/.*\[Requesting program interpreter: \(.*\)\]$/\1/p')
+	if [[ -n $interp ]]; then install_elf "$sys" "$root" "${interp#/}"; fi
+	for lib in $(LC_ALL=C readelf -dW -- "$sys/$src" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+		found=""
+		for dir in "${LIBDIRS[@]}"; do
+			if [[ -e $sys/$dir/$lib || -L $sys/$dir/$lib ]]; then
+				found=$dir/$lib
+				break
+			fi
+		done
+		[[ -n $found ]] || die "$rel needs $lib, which none of the agent's packages has (${LIBDIRS[*]})"
+		install_elf "$sys" "$root" "$found"
+	done
+}
+
+# The guest agent (AGENT_SPECS: its package first, then those it depends on) into the
+# initramfs ROOT: /usr/sbin/qemu-ga and the shared libraries it needs, nothing else.
+install_agent() {
+	local arch=$1 specs=$2 root=$3 sys=$4 spec deb d pat
+	local -A ELF_DONE=() ELF_SRC=()
+	local LIBDIRS=()
+	mkdir -p "$sys"
+	for spec in $specs; do
+		deb=$DEBS/$(deb_file_of "$spec")
+		STAGE="unpacking $(basename "$deb") for $arch"
+		dpkg-deb -x "$deb" "$sys" || die "dpkg-deb -x failed for $deb"
+	done
+	STAGE="putting the guest agent into the $arch initramfs"
+	[[ -f $sys/usr/sbin/qemu-ga ]] || die "no usr/sbin/qemu-ga in ${specs%% *}"
+	for pat in 'lib/*-linux-gnu*' 'usr/lib/*-linux-gnu*' lib64 lib usr/lib64 usr/lib; do
+		for d in "$sys"/$pat; do
+			if [[ -d $d ]]; then LIBDIRS+=("${d#"$sys"/}"); fi
+		done
+	done
+	install_elf "$sys" "$root" usr/sbin/qemu-ga
+	# qemu-ga keeps its state (fsfreeze) in /var/run
+	mkdir -p "$root/run" "$root/var/log"
+	ln -s ../run "$root/var/run"
 }
 
 # Decompress/copy a kernel module to $2.
@@ -658,7 +822,7 @@ copy_module() {
 }
 
 build_kernel_guest() {
-	local arch=$1 kspec=$2 bbspec=$3 out=$4 sdbspec=${5:-}
+	local arch=$1 kspec=$2 bbspec=$3 out=$4 sdbspec=${5:-} agentspecs=${6:-}
 	local x=$TMP/x/$arch root kdeb bbdeb kernel moddirs moddir
 	kdeb=$DEBS/$(deb_file_of "$kspec")
 	bbdeb=$DEBS/$(deb_file_of "$bbspec")
@@ -688,7 +852,7 @@ build_kernel_guest() {
 	moddirs=("$x"/k/lib/modules/*/kernel "$x"/k/usr/lib/modules/*/kernel)
 	moddir=""
 	for d in "${moddirs[@]}"; do if [[ -d $d ]]; then moddir=$d; fi; done
-	local order=() loaded=""
+	local order=() loaded="" boot_order=""
 	if [[ -n $moddir ]]; then
 		local -A modpath=()
 		local p n
@@ -708,11 +872,15 @@ build_kernel_guest() {
 			for dep in ${deps//,/ }; do add_module "$dep"; done
 			order+=("$m")
 		}
-		for n in "${GUEST_MODULES[@]}"; do add_module "$n"; done
+		for n in "${BOOT_MODULES[@]}"; do add_module "$n"; done
+		boot_order="${order[*]}"
+		order=()
+		for n in "${MOUNT_MODULES[@]}"; do add_module "$n"; done
 	fi
-	write_init "$arch" "${order[*]}" "$root/init"
-	if ((${#order[@]})); then
-		log "$arch: modules loaded by /init: ${order[*]}"
+	write_init "$arch" "$boot_order" "${order[*]}" "$root"
+	log "$arch: modules loaded by /init: ${boot_order:-none}; for qd.mount=: ${order[*]:-none}"
+	if [[ -n $agentspecs ]]; then
+		install_agent "$arch" "$agentspecs" "$root" "$x/agent"
 	fi
 
 	STAGE="packing the $arch initramfs"
@@ -822,7 +990,8 @@ if ((${#STALE[@]})); then
 		if [[ $a == riscv64 ]]; then
 			build_riscv_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a"
 		else
-			build_kernel_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a" "${specs[2]:-}"
+			build_kernel_guest "$a" "${KERNEL_SPEC[$a]}" "${BUSYBOX_SPEC[$a]}" "$TMP/out/$a" \
+				"${SDBOOT_SPEC[$a]}" "${AGENT_SPECS[$a]}"
 		fi
 	}
 	wait_builds() {
