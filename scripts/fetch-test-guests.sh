@@ -116,22 +116,22 @@ done
 ALL_ARCHES=()
 declare -A DEBARCH=() KERNEL_META=() GENERIC_META=() EFI_ARCH=() CONSOLE=() AGENT_PKG=()
 read_arches() {
-	local line n=0 f
+	local line n=0 cols
 	while IFS= read -r line || [[ -n $line ]]; do
 		n=$((n + 1))
 		line=${line%%#*}
-		read -r -a f <<<"$line"
-		((${#f[@]})) || continue
-		((${#f[@]} == 7)) ||
-			die "$ARCHES_FILE:$n: expected 7 columns (arch debarch kernel generic efi console agent), got ${#f[@]}"
-		[[ -z ${DEBARCH[${f[0]}]:-} ]] || die "$ARCHES_FILE:$n: arch ${f[0]} listed twice"
-		ALL_ARCHES+=("${f[0]}")
-		DEBARCH[${f[0]}]=${f[1]}
-		KERNEL_META[${f[0]}]=${f[2]}
-		GENERIC_META[${f[0]}]=${f[3]}
-		EFI_ARCH[${f[0]}]=${f[4]}
-		CONSOLE[${f[0]}]=${f[5]}
-		AGENT_PKG[${f[0]}]=${f[6]}
+		read -r -a cols <<<"$line"
+		((${#cols[@]})) || continue
+		((${#cols[@]} == 7)) ||
+			die "$ARCHES_FILE:$n: expected 7 columns (arch debarch kernel generic efi console agent), got ${#cols[@]}"
+		[[ -z ${DEBARCH[${cols[0]}]:-} ]] || die "$ARCHES_FILE:$n: arch ${cols[0]} listed twice"
+		ALL_ARCHES+=("${cols[0]}")
+		DEBARCH[${cols[0]}]=${cols[1]}
+		KERNEL_META[${cols[0]}]=${cols[2]}
+		GENERIC_META[${cols[0]}]=${cols[3]}
+		EFI_ARCH[${cols[0]}]=${cols[4]}
+		CONSOLE[${cols[0]}]=${cols[5]}
+		AGENT_PKG[${cols[0]}]=${cols[6]}
 	done <"$ARCHES_FILE"
 	((${#ALL_ARCHES[@]})) || die "$ARCHES_FILE lists no arch"
 }
@@ -190,11 +190,11 @@ n=0
 while IFS= read -r line || [[ -n $line ]]; do
 	n=$((n + 1))
 	line=${line%%#*}
-	read -r -a f <<<"$line"
-	((${#f[@]})) || continue
-	case ${#f[@]}:${f[1]:-} in
-	2:boot) BOOT_MODULES+=("${f[0]}") ;;
-	2:mount) MOUNT_MODULES+=("${f[0]}") ;;
+	read -r -a cols <<<"$line"
+	((${#cols[@]})) || continue
+	case ${#cols[@]}:${cols[1]:-} in
+	2:boot) BOOT_MODULES+=("${cols[0]}") ;;
+	2:mount) MOUNT_MODULES+=("${cols[0]}") ;;
 	*) die "$MODULES_FILE:$n: expected 'MODULE boot' or 'MODULE mount', got '$line'" ;;
 	esac
 done <"$MODULES_FILE"
@@ -494,6 +494,15 @@ resolve() {
 			if agent_of "$a" >/dev/null; then agents+=("$(agent_of "$a"):$da"); fi
 		fi
 	done
+	# The agents' dependency closure (Depends only: its shared libraries come from these
+	# packages; Pre-Depends on init-system-helpers would pull in perl), by apt-cache in the
+	# background meanwhile.
+	local depsf=$TMP/agent-deps pid=""
+	if ((${#agents[@]})); then
+		apt_ apt-cache depends --recurse --no-pre-depends --no-recommends --no-suggests \
+			--no-conflicts --no-breaks --no-replaces --no-enhances "${agents[@]}" >"$depsf" &
+		pid=$!
+	fi
 	shown=$(apt_show "${specs[@]}") || die "apt-cache could not resolve: ${specs[*]} (try --refresh)"
 	# lookup helper: version/depends of name+arch
 	find_pkg() { awk -v n="$1" -v a="$2" '$1 == n && $2 == a { print; exit }' <<<"$shown"; }
@@ -532,16 +541,12 @@ resolve() {
 			SDBOOT_SPEC[$a]=$SPEC
 		fi
 	done
-	# The agents' dependency closure (Depends only: its shared libraries come from these
-	# packages; Pre-Depends on init-system-helpers would pull in perl) in one apt call.
 	# apt-cache names packages of the host's own architecture without ":arch".
-	if ((${#agents[@]})); then
+	if [[ -n $pid ]]; then
 		local native
 		native=$(dpkg --print-architecture)
-		deps=$(apt_ apt-cache depends --recurse --no-pre-depends --no-recommends --no-suggests \
-			--no-conflicts --no-breaks --no-replaces --no-enhances "${agents[@]}") ||
-			die "apt-cache could not resolve the dependencies of: ${agents[*]} (try --refresh)"
-		deps=$(grep -v '^ ' <<<"$deps")
+		wait "$pid" || die "apt-cache could not resolve the dependencies of: ${agents[*]} (try --refresh)"
+		deps=$(grep -v '^ ' "$depsf")
 		while read -r name; do
 			case $name in
 			"<"* | "") continue ;;
@@ -781,17 +786,17 @@ install_elf() {
 # The guest agent (AGENT_SPECS: its package first, then those it depends on) into the
 # initramfs ROOT: /usr/sbin/qemu-ga and the shared libraries it needs, nothing else.
 install_agent() {
-	local arch=$1 specs=$2 root=$3 sys=$4 spec deb d pat
+	local arch=$1 agent_specs=$2 root=$3 sys=$4 spec deb d pat
 	local -A ELF_DONE=() ELF_SRC=()
 	local LIBDIRS=()
 	mkdir -p "$sys"
-	for spec in $specs; do
+	for spec in $agent_specs; do
 		deb=$DEBS/$(deb_file_of "$spec")
 		STAGE="unpacking $(basename "$deb") for $arch"
 		dpkg-deb -x "$deb" "$sys" || die "dpkg-deb -x failed for $deb"
 	done
 	STAGE="putting the guest agent into the $arch initramfs"
-	[[ -f $sys/usr/sbin/qemu-ga ]] || die "no usr/sbin/qemu-ga in ${specs%% *}"
+	[[ -f $sys/usr/sbin/qemu-ga ]] || die "no usr/sbin/qemu-ga in ${agent_specs%% *}"
 	for pat in 'lib/*-linux-gnu*' 'usr/lib/*-linux-gnu*' lib64 lib usr/lib64 usr/lib; do
 		for d in "$sys"/$pat; do
 			if [[ -d $d ]]; then LIBDIRS+=("${d#"$sys"/}"); fi

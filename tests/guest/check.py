@@ -299,7 +299,13 @@ def run_mount(args) -> list:
                         share / "from-guest.txt").exists() else ""
                     good = (st.get("exitcode") == 0 and "hello from the host" in
                             st.get("out-data", "") and back == "from-guest\n")
-                    detail = f"guest read {st.get('out-data', '').strip()!r}, host read {back.strip()!r}"
+                    detail = (f"guest read {st.get('out-data', '').strip()!r}, host read "
+                              f"{back.strip()!r}")
+                    if not good:
+                        ls = ag.exec(["/bin/ls", "-l", "/mnt/host"])
+                        detail += (f"; exit {st.get('exitcode')}: {st.get('err-data', '').strip()!r}"
+                                   f"; ls -l: exit {ls.get('exitcode')} "
+                                   f"{(ls.get('out-data', '') + ls.get('err-data', '')).strip()!r}")
                 results.append((arch, name, good, detail))
                 print(f"{arch}: {name}: {'ok' if good else 'FAILED'} {detail}", flush=True)
             except Exception as e:  # noqa: BLE001
@@ -317,31 +323,37 @@ def run_mount(args) -> list:
 
 
 def run_time(args) -> list:
-    """Boot to the marker: wall time from starting QEMU and the guest's qd-uptime, DIR and
-    DIR2 interleaved; with --agent-port the virtio-serial agent port is attached."""
+    """Boot to the marker, DIR and DIR2 interleaved: wall time from starting QEMU to the
+    marker line, the guest's qd-uptime, and the CPU time (user + sys, all threads) of the
+    whole QEMU run (boot, marker, poweroff), which depends least on what else the host runs.
+    --agent-port attaches the virtio-serial agent port; --append adds kernel arguments."""
     dirs = [args.dir] + ([args.dir2] if args.dir2 else [])
     for arch in args.arch:
-        rows = {str(d): ([], []) for d in dirs}
+        rows = {str(d): ([], [], []) for d in dirs}
         for _ in range(args.rounds):
             for d in dirs:
                 with tempfile.TemporaryDirectory(prefix="qd-check.") as tmp:
                     extra = agent_devices(arch, f"{tmp}/qga.sock") if args.agent_port else []
-                    g = Guest(arch, d, "", extra, "512M")
+                    g = Guest(arch, d, args.append, extra, "512M")
+                    killer = threading.Timer(180, g.p.kill)
+                    killer.start()
                     try:
-                        t, _ = g.wait_for(r"GUEST-READY")
+                        t, _ = g.wait_for(r"GUEST-READY", 170)
                         _, up = g.wait_for(r"qd-uptime:")
-                        g.p.wait(60)
+                        _, status, ru = os.wait4(g.p.pid, 0)
+                        g.p.returncode = os.waitstatus_to_exitcode(status)
                         rows[str(d)][0].append(t)
                         rows[str(d)][1].append(float(up.split()[-1]))
+                        rows[str(d)][2].append(ru.ru_utime + ru.ru_stime)
                     finally:
+                        killer.cancel()
                         g.stop()
         for d in dirs:
-            wall, up = rows[str(d)]
             size = (d / arch / "initrd.gz").stat().st_size
-            print(f"{arch} {d} initrd={size} "
-                  f"wall median {statistics.median(wall):.2f} s [{min(wall):.2f}-{max(wall):.2f}] "
-                  f"uptime median {statistics.median(up):.2f} s [{min(up):.2f}-{max(up):.2f}] "
-                  f"n={len(wall)}", flush=True)
+            cols = " ".join(f"{name} {statistics.median(xs):.2f} [{min(xs):.2f}-{max(xs):.2f}]"
+                            for name, xs in zip(("wall", "uptime", "cpu"), rows[str(d)]))
+            print(f"{arch} {d} initrd={size} {cols} s n={len(rows[str(d)][0])} "
+                  f"load={os.getloadavg()[0]:.1f}", flush=True)
     return []
 
 
@@ -358,6 +370,7 @@ def main() -> int:
     t.add_argument("--dir2", type=Path)
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--agent-port", action="store_true")
+    t.add_argument("--append", default="")
     t.add_argument("arch", nargs="+", choices=list(ARCHES))
     args = ap.parse_args()
     if args.what == "mount" and args.fs == "virtiofs" and not shutil.which("/usr/lib/qemu/virtiofsd"):

@@ -6,6 +6,7 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
 [ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
 /bin/busybox --install -s
+# shellcheck source=/dev/null
 . /etc/qd-guest.conf
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -19,6 +20,7 @@ load_modules() {
 		insmod "/lib/modules/$m.ko" >/dev/null 2>&1 || true
 	done
 }
+# shellcheck disable=SC2086 # a list of names
 load_modules $QD_MODULES
 
 # Shared folders: qd.mount=TAG:/path (repeatable), virtiofs first, then 9p over virtio.
@@ -52,6 +54,7 @@ for w in $cmdline; do
 	case $w in qd.mount=*) mounts="$mounts ${w#qd.mount=}" ;; esac
 done
 if [ -n "$mounts" ]; then
+	# shellcheck disable=SC2086 # a list of names
 	load_modules $QD_MOUNT_MODULES
 	for w in $mounts; do qd_mount "$w"; done
 fi
