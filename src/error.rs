@@ -63,10 +63,17 @@ pub enum Error {
     Console(#[from] vm::ConsoleError),
     /// An emulator did not answer its capability probe.
     #[error(transparent)]
-    Caps(#[from] CapsError),
+    Caps(Box<CapsError>),
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
+}
+
+impl From<CapsError> for Error {
+    fn from(e: CapsError) -> Self {
+        // Boxed: a probe error carries QEMU's stderr line and keeps every `Result` small.
+        Error::Caps(Box::new(e))
+    }
 }
 
 impl Error {
