@@ -326,7 +326,8 @@ def run_time(args) -> list:
     """Boot to the marker, DIR and DIR2 interleaved: wall time from starting QEMU to the
     marker line, the guest's qd-uptime, and the CPU time (user + sys, all threads) of the
     whole QEMU run (boot, marker, poweroff), which depends least on what else the host runs.
-    --agent-port attaches the virtio-serial agent port; --append adds kernel arguments."""
+    --agent-port attaches the virtio-serial agent port; --append adds kernel arguments;
+    --icount runs the guest with -icount shift=0,sleep=off (then uptime is deterministic)."""
     dirs = [args.dir] + ([args.dir2] if args.dir2 else [])
     for arch in args.arch:
         rows = {str(d): ([], [], []) for d in dirs}
@@ -334,6 +335,10 @@ def run_time(args) -> list:
             for d in dirs:
                 with tempfile.TemporaryDirectory(prefix="qd-check.") as tmp:
                     extra = agent_devices(arch, f"{tmp}/qga.sock") if args.agent_port else []
+                    if args.icount:
+                        # the guest's clock counts instructions (1 ns each): its uptime at the
+                        # marker no longer depends on what else the host runs
+                        extra += ["-icount", "shift=0,sleep=off"]
                     g = Guest(arch, d, args.append, extra, "512M")
                     killer = threading.Timer(180, g.p.kill)
                     killer.start()
@@ -371,6 +376,7 @@ def main() -> int:
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--agent-port", action="store_true")
     t.add_argument("--append", default="")
+    t.add_argument("--icount", action="store_true")
     t.add_argument("arch", nargs="+", choices=list(ARCHES))
     args = ap.parse_args()
     if args.what == "mount" and args.fs == "virtiofs" and not shutil.which("/usr/lib/qemu/virtiofsd"):
