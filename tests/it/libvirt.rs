@@ -7,7 +7,7 @@
 //! - imported back into the same plan;
 //! - given to a running libvirtd (`parity`): `virsh define` takes it, and `virsh
 //!   domxml-to-native qemu-argv` makes the same command line as ours, apart from the deliberate
-//!   divergences the README lists.
+//!   divergences docs/libvirt.md lists.
 //!
 //! And domains not written by us are imported: a hand-written one boots the x86_64 test guest to
 //! its marker, virt-install's output plans, a domain with devices qemu-direct does not have is

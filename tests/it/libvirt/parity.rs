@@ -2,8 +2,8 @@
 //! takes it, and `virsh domxml-to-native qemu-argv` gives the same binary, accelerator, machine
 //! type (aliases resolved through QEMU's own list), machine properties, `-cpu` model and
 //! property set (libvirt's `migratable=on` on `host` normalised away), memory, vCPUs and
-//! topology, kernel boot, firmware, disks, the guest agent's port and shared folders as ours. Each deliberate divergence is named below
-//! and in the README ("libvirt parity"); any other difference fails.
+//! topology, kernel boot, firmware, disks, the guest agent's port and shared folders as ours.
+//! Each deliberate divergence is named below and in docs/libvirt.md; any other difference fails.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -550,7 +550,10 @@ fn libvirt_makes_the_same_command_line_from_every_export() {
         let (diff, div) = compare(&plan, &ours, &theirs);
         compared += 1;
         for d in div {
-            eprintln!("DIVERGENCE (deliberate, see README) {}: {d}", c.name);
+            eprintln!(
+                "DIVERGENCE (deliberate, see docs/libvirt.md) {}: {d}",
+                c.name
+            );
             divergences.insert(d.split(' ').next().unwrap_or_default().to_owned());
         }
         if !diff.is_empty() {
@@ -566,7 +569,7 @@ fn libvirt_makes_the_same_command_line_from_every_export() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     say(&format!(
         "libvirt parity: {compared} domains compared, the same apart from the deliberate \
-         divergences {divergences:?} (README)"
+         divergences {divergences:?} (docs/libvirt.md)"
     ));
     assert!(compared >= 20, "only {compared} domains compared");
 }
