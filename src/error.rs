@@ -105,6 +105,8 @@ impl Error {
             Error::Vm(vm::VmError::NoQemuImg { .. }) => ExitCode::BadInput,
             Error::Vm(
                 vm::VmError::Spawn { .. }
+                | vm::VmError::Virtiofsd { .. }
+                | vm::VmError::VirtiofsdFailed { .. }
                 | vm::VmError::Overlay { .. }
                 | vm::VmError::ImageLocked { .. }
                 | vm::VmError::Startup { .. }

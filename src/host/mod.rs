@@ -1,5 +1,5 @@
-//! What the host offers: its architecture, whether KVM is usable (and exactly why not), and
-//! which QEMU emulators are installed.
+//! What the host offers: its architecture, whether KVM is usable (and exactly why not), which
+//! QEMU emulators are installed, and its `virtiofsd`.
 //!
 //! [`HostFacts`] is a plain value. [`HostFacts::probe`] fills it from the machine; tests and
 //! `--host-facts FILE` fill it by hand, so every verdict can be checked without touching a host.
@@ -7,6 +7,7 @@
 pub mod caps;
 pub mod firmware;
 pub mod prefix;
+pub mod virtiofsd;
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +24,7 @@ use crate::{
     host::caps::{Caps, CapsCache, CapsError},
     host::firmware::Descriptors,
     host::prefix::QemuPrefix,
+    host::virtiofsd::Virtiofsd,
     profile::arch::{self, Arch},
     profile::{Accel, MachineProfile, ProfileSet},
 };
@@ -172,6 +174,9 @@ pub struct HostFacts {
     /// The QEMU prefix the emulators come from (`--qemu-prefix`), with its `-L` folders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_prefix: Option<QemuPrefix>,
+    /// The `virtiofsd` that serves shared folders over virtiofs, if one is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<Virtiofsd>,
 }
 
 /// What to probe.
@@ -339,6 +344,7 @@ impl HostFacts {
             // firmware` shows why.
             firmware: Descriptors::system().ok(),
             qemu_prefix: None,
+            virtiofsd: Virtiofsd::find(),
         }
     }
 
@@ -506,6 +512,7 @@ mod tests {
             phys_bits: None,
             firmware: None,
             qemu_prefix: None,
+            virtiofsd: None,
         }
     }
 

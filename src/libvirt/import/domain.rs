@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{Cx, Element, cpu, devices, features, os};
+use super::{Cx, Element, channels, cpu, devices, features, os};
 use crate::{
     host::prefix::QemuPrefix,
     profile::{Accel, MachineProfile, ProfileSet},
@@ -17,6 +17,7 @@ pub(super) fn domain(d: &Element, profiles: &ProfileSet, cx: &mut Cx) {
     let accel = accel(d, cx);
     identity(d, cx);
     memory(d, cx);
+    channels::memory_backing(d, cx);
     let smp = vcpu(d, cx);
     let profile = os::os(d, profiles, cx);
     if let (Some(f), Some(p)) = (d.child("features"), profile) {
