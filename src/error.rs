@@ -1,7 +1,10 @@
 //! The library's one error type, the exit codes of the `qemu-direct` command, and the map
 //! between them.
 
-use crate::{cpu, instance, libvirt, plan, profile, qmp, snapshot, spec, vm};
+use crate::{
+    cpu, host::caps::CapsError, host::prefix::PrefixError, instance, libvirt, plan, profile, qmp,
+    snapshot, spec, vm,
+};
 
 /// Process exit codes of the `qemu-direct` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,9 @@ pub enum ExitCode {
     Timeout = 5,
     /// The hypervisor stopped the guest (e.g. KVM internal error).
     GuestCrashed = 6,
+    /// The guest reset itself (reboot, triple fault) when nobody asked; QEMU runs with
+    /// `-no-reboot`, so the run ended there.
+    GuestReset = 7,
     /// SIGINT or SIGTERM stopped the run.
     Interrupted = 130,
 }
@@ -58,12 +64,30 @@ pub enum Error {
     /// Waiting for console text.
     #[error(transparent)]
     Console(#[from] vm::ConsoleError),
+    /// An emulator did not answer its capability probe (boxed: it is the largest).
+    #[error(transparent)]
+    Caps(Box<CapsError>),
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
+    /// A QEMU prefix (`--qemu-prefix`) that cannot serve (boxed: it is large and rare).
+    #[error(transparent)]
+    Prefix(Box<PrefixError>),
     /// Taking or restoring a snapshot, migrating a guest.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+}
+
+impl From<CapsError> for Error {
+    fn from(e: CapsError) -> Self {
+        Error::Caps(Box::new(e))
+    }
+}
+
+impl From<PrefixError> for Error {
+    fn from(e: PrefixError) -> Self {
+        Error::Prefix(Box::new(e))
+    }
 }
 
 /// The exit code of a launch error: bad input for what the user can fix, QEMU failed for
@@ -73,6 +97,8 @@ fn vm_exit(v: &vm::VmError) -> ExitCode {
     match v {
         V::NoQemuImg { .. } | V::IncomingFile { .. } => ExitCode::BadInput,
         V::Spawn { .. }
+        | V::Virtiofsd { .. }
+        | V::VirtiofsdFailed { .. }
         | V::Overlay { .. }
         | V::ImageLocked { .. }
         | V::Startup { .. }
@@ -106,7 +132,11 @@ impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Plan(plan::PlanError::Caps { .. }) => ExitCode::QemuFailed,
+            Error::Plan(plan::PlanError::Caps { .. }) | Error::Caps(_) => ExitCode::QemuFailed,
+            Error::Prefix(p) if matches!(**p, PrefixError::DoesNotRun { .. }) => {
+                ExitCode::QemuFailed
+            }
+            Error::Prefix(_) => ExitCode::BadInput,
             Error::Profile(_)
             | Error::Spec(_)
             | Error::Plan(_)
@@ -130,6 +160,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Plan(p) => p.hint(),
+            Error::Prefix(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
             Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
             Error::Vm(v) => v.hint(),

@@ -16,28 +16,50 @@ use crate::{
     util::qemu_opt::escape,
 };
 
+mod channels;
 pub mod firmware;
+
+pub use channels::{AGENT_CHARDEV, AGENT_SERIAL, virtiofsd};
 
 /// The chardev id of the guest console.
 pub const CONSOLE_CHARDEV: &str = "con0";
 
-/// The whole command line, binary first.
+/// Listening descriptors a launch hands QEMU in place of socket paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fds {
+    /// The guest agent's socket.
+    pub agent: Option<i32>,
+}
+
+/// The whole command line, binary first, with sockets named by their paths (for `--dry-run`
+/// and anyone starting QEMU by hand).
 pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
+    build_with(plan, Fds::default())
+}
+
+/// [`build`], with the sockets in `fds` given as the launcher's listening descriptors.
+pub fn build_with(plan: &LaunchPlan, fds: Fds) -> Vec<OsString> {
     let mut argv = vec![plan.binary.clone().into_os_string()];
     for group in [
         common(),
+        data_dirs(plan),
         name(plan),
         machine(plan),
         cpu(plan),
         resources(plan),
+        channels::memory_backend(plan),
         console(plan),
         boot(plan),
         disks(plan),
         nics(plan),
+        channels::agent(plan, fds.agent),
+        channels::shares(plan),
         panic_device(plan),
     ] {
         argv.extend(group);
     }
+    // The user's own, last: checked against what the groups above set (spec::validate).
+    argv.extend(plan.qemu_args.iter().map(OsString::from));
     argv
 }
 
@@ -69,6 +91,14 @@ fn common() -> Vec<OsString> {
     .to_vec()
 }
 
+fn data_dirs(plan: &LaunchPlan) -> Vec<OsString> {
+    // -L takes its folder whole (no option list), so the path goes as it is.
+    plan.data_dirs
+        .iter()
+        .flat_map(|d| [os("-L"), d.clone().into_os_string()])
+        .collect()
+}
+
 fn name(plan: &LaunchPlan) -> Vec<OsString> {
     let mut v = OsString::from("guest=");
     v.push(escape(OsStr::new(&plan.name)));
@@ -77,7 +107,7 @@ fn name(plan: &LaunchPlan) -> Vec<OsString> {
 
 fn machine(plan: &LaunchPlan) -> Vec<OsString> {
     let mut options = plan.machine.options.clone();
-    if let Some(m) = &plan.memory_file {
+    if let Some(m) = &plan.memory_backend {
         options.push(format!("memory-backend={}", m.id));
     }
     vec![
@@ -97,24 +127,12 @@ fn cpu(plan: &LaunchPlan) -> Vec<OsString> {
 }
 
 fn resources(plan: &LaunchPlan) -> Vec<OsString> {
-    let mut v = vec![
+    vec![
         os("-m"),
         os(format!("{}M", plan.memory.mib())),
         os("-smp"),
         os(plan.smp.to_string()),
-    ];
-    if let Some(m) = &plan.memory_file {
-        // The id is the machine type's default RAM id, which QEMU reports without commas.
-        let mut obj = OsString::from(format!(
-            "memory-backend-file,id={},size={}M,mem-path=",
-            m.id,
-            plan.memory.mib()
-        ));
-        obj.push(escape(m.path.as_os_str()));
-        obj.push(if m.share { ",share=on" } else { ",share=off" });
-        v.extend([os("-object"), obj]);
-    }
-    v
+    ]
 }
 
 fn console(plan: &LaunchPlan) -> Vec<OsString> {
@@ -218,6 +236,29 @@ fn panic_device(plan: &LaunchPlan) -> Vec<OsString> {
     }
 }
 
+/// The environment QEMU needs beside its command line: `QEMU_MODULE_DIR` for a prefix's
+/// modules.
+pub fn env(plan: &LaunchPlan) -> Vec<(OsString, OsString)> {
+    plan.module_dir
+        .iter()
+        .map(|d| (os("QEMU_MODULE_DIR"), d.clone().into_os_string()))
+        .collect()
+}
+
+/// The command line with its environment, as a shell would take it (`VAR=value qemu ...`).
+pub fn shell_line_with_env(plan: &LaunchPlan, argv: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in env(plan) {
+        // The name unquoted (a quoted `'A=b'` is a command, not an assignment); it is ours.
+        out.extend(k.as_bytes());
+        out.push(b'=');
+        out.extend(shell_line(&[v]));
+        out.push(b' ');
+    }
+    out.extend(shell_line(argv));
+    out
+}
+
 /// The chardev ids of the two QMP monitors.
 pub const QMP_CHARDEVS: [&str; 2] = ["qd-qmp-supervisor", "qd-qmp"];
 
@@ -280,11 +321,11 @@ mod tests {
         }))
         .unwrap();
         let without = build(&plan);
-        plan.memory_file = Some(crate::plan::MemoryFile {
-            path: "/snap/a,b/memory".into(),
-            share: false,
-            id: "mach-virt.ram".into(),
-        });
+        plan.memory_backend = Some(crate::plan::MemoryBackend::file(
+            "mach-virt.ram",
+            "/snap/a,b/memory",
+            false,
+        ));
         let with = build(&plan);
         let line = String::from_utf8(shell_line(&with)).unwrap();
         assert!(

@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::pathser;
+use crate::{host::prefix::QemuPrefix, util::pathser};
 
 /// The descriptor directories QEMU documents, most specific (highest priority) first: the
 /// user's, the administrator's, then the distribution's. Missing ones are fine.
@@ -30,6 +30,18 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     dirs.push(PathBuf::from("/etc/qemu/firmware"));
     dirs.push(PathBuf::from("/usr/share/qemu/firmware"));
+    dirs
+}
+
+/// [`search_dirs`] for the emulators of a QEMU prefix: the prefix's own folders
+/// ([`QemuPrefix::firmware_dirs`]) come before the system's `/etc` and `/usr/share` ones (a
+/// file there overrides the system's of the same name), the user's still first.
+pub fn search_dirs_with(prefix: Option<&QemuPrefix>) -> Vec<PathBuf> {
+    let mut dirs = search_dirs();
+    if let Some(p) = prefix {
+        let at = dirs.len() - 2;
+        dirs.splice(at..at, p.firmware_dirs());
+    }
     dirs
 }
 
@@ -262,6 +274,11 @@ impl Descriptors {
     /// The descriptors of [`search_dirs`].
     pub fn system() -> Result<Self, FirmwareError> {
         Self::load(&search_dirs())
+    }
+
+    /// The descriptors of [`search_dirs_with`] the prefix: the system's when `None`.
+    pub fn with_prefix(prefix: Option<&QemuPrefix>) -> Result<Self, FirmwareError> {
+        Self::load(&search_dirs_with(prefix))
     }
 
     /// Reads `*.json` from `dirs`, given most specific first. A name found in an earlier

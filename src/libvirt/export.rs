@@ -12,6 +12,8 @@ use quick_xml::{
 };
 use uuid::Uuid;
 
+mod channels;
+
 use super::{LibvirtError, MACHINE_FEATURES, machine_feature};
 use crate::{
     cpu::{Cpu, CpuCheck, CpuMode, MaxPhysAddr},
@@ -64,8 +66,11 @@ pub fn export(plan: &LaunchPlan, profiles: &ProfileSet) -> Result<Export, Libvir
             Node::new("vcpu")
                 .attr("placement", "static")
                 .text(plan.smp.to_string()),
-        )
-        .child(os(plan, profile)?);
+        );
+    if let Some(m) = channels::memory_backing(plan) {
+        domain.push(m);
+    }
+    domain.push(os(plan, profile)?);
     if let Some(f) = features(plan, profile, &mut un) {
         domain.push(f);
     }
@@ -78,6 +83,10 @@ pub fn export(plan: &LaunchPlan, profiles: &ProfileSet) -> Result<Export, Libvir
         domain.push(Node::new(event).text("destroy"));
     }
     domain.push(devices(plan, profile, &mut un)?);
+    if let Some(cl) = commandline(plan)? {
+        domain = domain.attr("xmlns:qemu", QEMU_NS);
+        domain.push(cl);
+    }
 
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     write(&mut w, &domain).map_err(LibvirtError::Write)?;
@@ -292,8 +301,8 @@ fn maxphysaddr(c: &Cpu, accel: Accel, un: &mut Vec<String>) -> Option<Node> {
     }
 }
 
-/// `<devices>`, group by group: the emulator, disks, NICs, the console, what libvirt would add
-/// unasked, the panic device.
+/// `<devices>`, group by group: the emulator, disks, NICs, shared folders, the console, the
+/// guest agent's channel, what libvirt would add unasked, the panic device.
 fn devices(
     plan: &LaunchPlan,
     profile: &MachineProfile,
@@ -303,7 +312,9 @@ fn devices(
         Node::new("devices").child(Node::new("emulator").text(xml_path("emulator", &plan.binary)?));
     disks(plan, &mut d, un)?;
     nics(plan, &mut d, un);
+    channels::shares(plan, &mut d, un)?;
     console(plan, profile, &mut d, un);
+    channels::agent(plan, &mut d)?;
     // libvirt adds a USB controller and a memory balloon unless told not to; the plan has
     // neither.
     d.push(
@@ -417,6 +428,38 @@ fn console(plan: &LaunchPlan, profile: &MachineProfile, d: &mut Node, un: &mut V
              the domain gets no console"
         )),
     }
+}
+
+/// libvirt's namespace for QEMU's own command line (`<qemu:commandline>`).
+const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// `<qemu:commandline>`: what the plan passes QEMU that domain XML has no element for, the
+/// QEMU prefix's data folders (`-L`) and module folder, and the user's extra options. libvirt
+/// appends them to the command line it builds, as we do.
+fn commandline(plan: &LaunchPlan) -> Result<Option<Node>, LibvirtError> {
+    let mut args = Vec::new();
+    for d in &plan.data_dirs {
+        args.push("-L".to_owned());
+        args.push(xml_path("data folder", d)?);
+    }
+    for a in &plan.qemu_args {
+        args.push(xml_text("qemu_args", a)?);
+    }
+    if args.is_empty() && plan.module_dir.is_none() {
+        return Ok(None);
+    }
+    let mut cl = Node::new("qemu:commandline");
+    for a in args {
+        cl.push(Node::new("qemu:arg").attr("value", a));
+    }
+    if let Some(d) = &plan.module_dir {
+        cl.push(
+            Node::new("qemu:env")
+                .attr("name", "QEMU_MODULE_DIR")
+                .attr("value", xml_path("module folder", d)?),
+        );
+    }
+    Ok(Some(cl))
 }
 
 /// `a`..`z`, `aa`..: the letters of the i-th virtio disk (`vda`, `vdb`, ...).

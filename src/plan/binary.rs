@@ -1,6 +1,6 @@
 //! Which machine profile the guest gets, and which emulator runs it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::{
     host::HostFacts,
@@ -70,12 +70,56 @@ pub(super) fn binary(
             .emulators
             .get(&profile.binary)
             .map(|e| e.path.clone())
-            .ok_or_else(|| PlanError::NotInstalled {
+            .ok_or_else(|| missing_emulator(host, profile)),
+    }
+}
+
+/// Why the profile's emulator is not there: not in the QEMU prefix (with what it has), or not
+/// installed (with the Debian package of the installed QEMU's version, where known).
+pub fn missing_emulator(host: &HostFacts, profile: &MachineProfile) -> PlanError {
+    match &host.qemu_prefix {
+        Some(p) => PlanError::NotInPrefix {
+            arch: profile.arch(),
+            binary: profile.binary.clone(),
+            prefix: p.dir.clone().into_boxed_path(),
+            has: host.emulators.keys().cloned().collect(),
+        },
+        None => {
+            // The other emulators' QEMU is the one the package would come with.
+            let qemu = host
+                .emulators
+                .values()
+                .filter_map(|e| e.version.as_deref()?.parse().ok())
+                .max();
+            PlanError::NotInstalled {
                 arch: profile.arch(),
                 binary: profile.binary.clone(),
-                package: profile.package.clone(),
-            }),
+                package: profile.package_for(qemu),
+            }
+        }
     }
+}
+
+/// The `-L` folders of the QEMU prefix the emulator comes from (none for a relocatable build
+/// or an emulator outside the prefix), with a note saying which.
+pub(super) fn data_dirs(
+    host: &HostFacts,
+    binary: &Path,
+    notes: &mut Vec<String>,
+) -> (Vec<PathBuf>, Option<PathBuf>) {
+    let Some(prefix) = &host.qemu_prefix else {
+        return (Vec::new(), None);
+    };
+    if !prefix.holds(binary) {
+        notes.push(format!(
+            "qemu prefix {}: {} is not one of its emulators, so its data folders are not passed",
+            prefix.dir.display(),
+            binary.display()
+        ));
+        return (Vec::new(), None);
+    }
+    notes.push(format!("qemu prefix {prefix}"));
+    (prefix.data_dirs.clone(), prefix.module_dir.clone())
 }
 
 /// The key under which a plan's emulator is recorded in [`HostFacts::emulators`]: the profile's

@@ -2,7 +2,7 @@
 
 use crate::{
     cpu::CpuError, host::KvmBlocker, host::caps::CapsError, host::firmware::FirmwareError,
-    profile::Accel, profile::arch::Arch, profile::gate::Unfit,
+    profile::Accel, profile::arch::Arch, profile::gate::Unfit, spec::ShareFs,
 };
 
 /// Why a plan cannot be made.
@@ -44,6 +44,22 @@ pub enum PlanError {
         binary: String,
         /// The package that ships it.
         package: String,
+    },
+    /// `--qemu-prefix` holds no emulator for the guest arch.
+    #[error(
+        "{binary} (for {arch} guests) is not in the QEMU prefix {}; it has: {}",
+        prefix.display(),
+        if has.is_empty() { "no emulators".to_owned() } else { has.join(", ") }
+    )]
+    NotInPrefix {
+        /// The guest arch.
+        arch: Arch,
+        /// The binary looked for.
+        binary: String,
+        /// The prefix (boxed, as `has`: the error stays small).
+        prefix: Box<std::path::Path>,
+        /// The emulators it has.
+        has: Box<[String]>,
     },
     /// `--accel kvm` where KVM cannot run this guest.
     #[error("--accel kvm: {0}")]
@@ -88,6 +104,18 @@ pub enum PlanError {
         /// Why not.
         why: Unfit,
     },
+    /// A shared folder cannot go to the guest as asked.
+    #[error("share {path} (fs={fs}): {problem}")]
+    Share {
+        /// The host folder.
+        path: String,
+        /// The transport asked for.
+        fs: ShareFs,
+        /// Why not.
+        problem: String,
+        /// What to do, where we know.
+        hint: Option<String>,
+    },
     /// The emulator's capabilities could not be probed.
     #[error("cannot probe the CPU models of {binary} under {accel}")]
     Caps {
@@ -110,6 +138,7 @@ impl PlanError {
             PlanError::QemuCannot { .. } => Some(
                 "install a newer QEMU (or name one with --emulator), or drop the option".into(),
             ),
+            PlanError::Share { hint, .. } => hint.clone(),
             PlanError::NoFirmware { .. } => {
                 Some("qemu-direct firmware lists the firmware descriptors found".into())
             }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::{AgentPlan, MemoryBackend, SharePlan};
 use crate::{
     cpu::Cpu,
     host::firmware::Selected,
@@ -26,6 +27,18 @@ pub struct LaunchPlan {
     /// The QEMU binary.
     #[serde(with = "pathser")]
     pub binary: PathBuf,
+    /// Data folders for QEMU's firmware and ROMs (`-L`), searched before its built-in ones:
+    /// those of a QEMU prefix whose build is not relocatable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_dirs: Vec<PathBuf>,
+    /// The QEMU prefix's module folder, given to QEMU as `QEMU_MODULE_DIR` (see
+    /// [`crate::host::prefix::QemuPrefix::module_dir`]).
+    #[serde(
+        default,
+        with = "pathser::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub module_dir: Option<PathBuf>,
     /// The accelerator.
     pub accel: Accel,
     /// Why that accelerator, in one line.
@@ -64,28 +77,18 @@ pub struct LaunchPlan {
     /// The pvpanic device, which lets the guest report a panic to QEMU.
     #[serde(default)]
     pub panic_device: Option<String>,
-    /// Guest RAM in a file instead of anonymous memory; `None` (every plan `resolve` makes):
-    /// plain `-m`. Snapshots set it (see the `snapshot` module).
+    /// Extra QEMU options from the spec, appended after qemu-direct's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qemu_args: Vec<String>,
+    /// The guest agent's channel; `None` with `--no-agent` (spec `agent = false`).
+    #[serde(default)]
+    pub agent: Option<AgentPlan>,
+    /// Host folders shared with the guest, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SharePlan>,
+    /// Guest RAM as a memory object of its own (shared, for virtiofs); `None`: QEMU's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_file: Option<MemoryFile>,
-}
-
-/// Guest RAM in a file (`-object memory-backend-file`, the machine's `memory-backend`): how a
-/// snapshot's memory is written (shared) and how restores map it (private, copy-on-write, so
-/// clones of one snapshot share the pages none of them wrote).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryFile {
-    /// The file, as big as the guest's memory.
-    #[serde(with = "pathser")]
-    pub path: PathBuf,
-    /// `true`: the guest's writes reach the file (`share=on`); `false`: they stay private to
-    /// the process, copied on write (`share=off`), and the file is only read.
-    pub share: bool,
-    /// The memory backend's id: the machine type's default RAM id (`mach-virt.ram`,
-    /// `pc.ram`), which names the RAM block in the migration stream, so that the RAM of a
-    /// guest started with plain `-m` and this file's are the same block to QEMU.
-    pub id: String,
+    pub memory_backend: Option<MemoryBackend>,
 }
 
 /// A machine type with properties.

@@ -7,10 +7,12 @@
 //!
 //! [`resolve_with`] reads as its steps, each in a file of its own: the profile and emulator
 //! (`binary`), the accelerator (`accel`), the machine (`machine`), memory and vCPUs (`limits`),
-//! the CPU (`cpu`), the kernel (`kernel`), disks and network cards (`devices`), the firmware
-//! (`firmware`) and the console (`console`). [`resolve_probing`] is the one that does I/O.
+//! the CPU (`cpu`), the kernel (`kernel`), disks and network cards (`devices`), the guest
+//! agent's channel (`agent`), shared folders (`shares`), the firmware (`firmware`) and the
+//! console (`console`). [`resolve_probing`] is the one that does I/O.
 
 mod accel;
+mod agent;
 mod binary;
 mod console;
 mod context;
@@ -23,16 +25,20 @@ mod launch_plan;
 mod limits;
 mod machine;
 mod probing;
+mod shares;
 #[cfg(test)]
 mod tests;
 
 pub use crate::cpu::Cpu;
+pub use agent::AgentPlan;
+pub use binary::missing_emulator;
 pub use error::PlanError;
 pub use launch_plan::{
-    ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, MemoryFile, NicPlan,
+    ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan,
 };
 pub use limits::{MAX_MEMORY, MIN_MEMORY};
 pub use probing::resolve_probing;
+pub use shares::{MemoryBackend, SharePlan, ShareTransport};
 
 use crate::{
     host::HostFacts,
@@ -66,6 +72,7 @@ pub fn resolve_with(
     let binary = binary::binary(spec, profile, host)?;
     let (accel, accel_reason) = accel::choose(spec.accel, profile, host)?;
     let mut cx = Context::new(spec, profile, host, accel)?;
+    let (data_dirs, module_dir) = binary::data_dirs(host, &binary, &mut cx.notes);
     let mut machine = machine::machine(&mut cx);
     let accel_options = accel::options(&mut cx)?;
     let memory = limits::memory(&cx)?;
@@ -76,6 +83,8 @@ pub fn resolve_with(
     let kernel = kernel::kernel(&cx);
     let disks = devices::disks(&mut cx);
     let nics = devices::nics(&cx);
+    let agent = agent::agent(&mut cx);
+    let (shares, memory_backend) = shares::shares(&mut cx)?;
     let name = spec.name.clone().unwrap_or_else(|| arch.to_string());
     let bios_file = firmware::user_file(&cx);
     let descriptor_firmware = firmware::descriptor_firmware(&mut cx, &machine, &name)?;
@@ -90,6 +99,8 @@ pub fn resolve_with(
         name,
         arch,
         binary,
+        data_dirs,
+        module_dir,
         accel,
         accel_reason,
         accel_options,
@@ -106,6 +117,9 @@ pub fn resolve_with(
         console,
         notes: cx.notes,
         panic_device: profile.panic_device.clone(),
-        memory_file: None,
+        qemu_args: spec.qemu_args.clone(),
+        agent,
+        shares,
+        memory_backend,
     })
 }

@@ -20,7 +20,8 @@ use super::{
 /// them and the CPU request needs them, or the emulator's QEMU version is unknown (the version
 /// gates the profile's options; a probe that fails then only leaves a note). With `probe` false
 /// (host facts from a file) missing CPU capabilities are an error and an unknown version stays
-/// unknown.
+/// unknown. An `--emulator` inside a QEMU prefix ([`HostFacts::infer_prefix`]) is asked for
+/// the prefix's data folders first.
 pub async fn resolve_probing(
     spec: &VmSpec,
     profiles: &ProfileSet,
@@ -29,6 +30,10 @@ pub async fn resolve_probing(
     cache: &CapsCache,
     probe: bool,
 ) -> Result<LaunchPlan, PlanError> {
+    // An --emulator in a QEMU prefix of its own brings that prefix's data folders.
+    if probe && let Some(path) = &spec.emulator {
+        host.infer_prefix(path);
+    }
     let (accel, unversioned) = match resolve_with(spec, profiles, host, config) {
         Err(PlanError::Cpu(CpuError::NoCaps { accel, .. })) if probe => (accel, None),
         // The QEMU version gates the profile's options; the capabilities (cached) carry it.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     profile::arch::{Arch, Endian},
-    profile::gate::ProfileOption,
+    profile::gate::{ProfileOption, QemuVersion},
     util::size::MemSize,
 };
 
@@ -61,6 +61,10 @@ pub struct MachineProfile {
     pub binary: String,
     /// The Debian package that ships [`Self::binary`], named in "not installed" errors.
     pub package: String,
+    /// Where Debian moved [`Self::binary`] to another package from some QEMU version on
+    /// (QEMU 8.0 split `qemu-system-misc`); see [`MachineProfile::package_for`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub package_from: Vec<PackageFrom>,
     /// How a host of this architecture is recognised from the build target.
     pub host: HostMatch,
     /// Guest memory when the spec gives none.
@@ -94,6 +98,27 @@ pub struct MachineProfile {
     /// os-traits names for this architecture.
     #[serde(default)]
     pub traits: TraitNames,
+    /// The devices of the guest agent's channel and of shared folders.
+    #[serde(default)]
+    pub devices: DeviceNames,
+}
+
+/// Devices (QEMU `-device` spellings) for the guest agent's channel and shared host folders, on
+/// this machine's bus; one left out is not offered for this arch.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceNames {
+    /// The virtio-serial controller whose port carries the guest agent (`virtio-serial-pci`,
+    /// `virtio-serial-ccw`).
+    #[serde(default)]
+    pub virtio_serial: Option<String>,
+    /// The 9p transport of shared folders (`virtio-9p-pci`, `virtio-9p-ccw`).
+    #[serde(default)]
+    pub virtio_9p: Option<String>,
+    /// The vhost-user file system device of virtiofs shared folders (`vhost-user-fs-pci`,
+    /// `vhost-user-fs-ccw`).
+    #[serde(default)]
+    pub vhost_user_fs: Option<String>,
 }
 
 /// How `host-model` is answered for an architecture.
@@ -141,6 +166,16 @@ pub struct PhysBitsRange {
     pub max: u8,
 }
 
+/// The Debian package that ships a profile's binary from a QEMU version on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageFrom {
+    /// The first QEMU version packaged so.
+    pub qemu: QemuVersion,
+    /// The package.
+    pub package: String,
+}
+
 /// Where QEMU places guest RAM and the 64-bit PCI hole on one machine family (QEMU's
 /// `pc_pci_hole64_start` and friends): the highest guest-physical address in use must fit in
 /// `2^phys-bits`, or QEMU refuses to start ("phys-bits too low").
@@ -162,6 +197,9 @@ pub struct MemoryMap {
     /// Where RAM above 4 GiB starts after that move.
     #[serde(default)]
     pub amd_relocate_to: Option<MemSize>,
+    /// The QEMU versions this layout was checked against (a newer QEMU may move things).
+    #[serde(default)]
+    pub checked_on: Vec<QemuVersion>,
 }
 
 impl MemoryMap {
@@ -476,6 +514,31 @@ impl MachineProfile {
         Arch::new_canonical(&self.name)
     }
 
+    /// The Debian package that ships the binary for QEMU `qemu`; for an unknown version, every
+    /// candidate with the versions it serves (`qemu-system-misc (QEMU < 8.0) or
+    /// qemu-system-riscv (QEMU >= 8.0)`).
+    pub fn package_for(&self, qemu: Option<QemuVersion>) -> String {
+        match qemu {
+            Some(v) => self
+                .package_from
+                .iter()
+                .filter(|p| p.qemu <= v)
+                .max_by_key(|p| p.qemu)
+                .map_or(&self.package, |p| &p.package)
+                .clone(),
+            None => {
+                let mut s = self.package.clone();
+                if let Some(first) = self.package_from.iter().map(|p| p.qemu).min() {
+                    s.push_str(&format!(" (QEMU < {first})"));
+                }
+                for p in &self.package_from {
+                    s.push_str(&format!(" or {} (QEMU >= {})", p.package, p.qemu));
+                }
+                s
+            }
+        }
+    }
+
     /// QEMU's name for the guest architecture, as firmware descriptors spell it: the binary's
     /// name after `qemu-system-` (`x86_64`, `i386`, `aarch64`, `ppc64`).
     pub fn qemu_arch(&self) -> &str {
@@ -566,6 +629,26 @@ mod tests {
         assert_eq!(set.iter().count(), on_disk.len());
         let from_dir = ProfileSet::from_dir(&dir).unwrap();
         assert_eq!(from_dir.iter().count(), on_disk.len());
+    }
+
+    #[test]
+    fn packages_follow_the_qemu_version() {
+        let set = ProfileSet::embedded().unwrap();
+        let riscv = set.resolve("arch", "riscv64").unwrap();
+        let v = |s: &str| Some(s.parse::<QemuVersion>().unwrap());
+        assert_eq!(riscv.package_for(v("7.2.22")), "qemu-system-misc");
+        assert_eq!(riscv.package_for(v("8.0")), "qemu-system-riscv");
+        assert_eq!(riscv.package_for(v("10.0.2")), "qemu-system-riscv");
+        assert_eq!(
+            riscv.package_for(None),
+            "qemu-system-misc (QEMU < 8.0) or qemu-system-riscv (QEMU >= 8.0)"
+        );
+        let s390x = set.resolve("arch", "s390x").unwrap();
+        assert_eq!(s390x.package_for(v("10.0")), "qemu-system-s390x");
+        // Where Debian never moved it: the one package, whatever the version.
+        let x86 = set.resolve("arch", "x86_64").unwrap();
+        assert_eq!(x86.package_for(None), "qemu-system-x86");
+        assert_eq!(x86.package_for(v("10.0")), "qemu-system-x86");
     }
 
     #[test]

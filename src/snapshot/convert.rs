@@ -22,7 +22,7 @@ use super::{
     restore::resolved_plan,
 };
 use crate::{
-    plan::{LaunchPlan, MemoryFile},
+    plan::{LaunchPlan, MemoryBackend},
     vm::{Incoming, Vm, VmError},
 };
 
@@ -41,11 +41,7 @@ pub(super) async fn to_memory_file(
     let mut plan = resolved_plan(&manifest.plan, dir);
     plan.name = format!("{}-snapshot", manifest.source);
     let memory = dir.join(MEMORY);
-    plan.memory_file = Some(MemoryFile {
-        path: memory.clone(),
-        share: true,
-        id: ram_id.to_owned(),
-    });
+    plan.memory_backend = Some(MemoryBackend::file(ram_id, &memory, true));
     let (helper, bootless) = launch_helper(plan, dir, runtime_root).await?;
     let devices = dir.join(DEVICES);
     let uri = file_uri(manifest.method.transport, &devices)?;

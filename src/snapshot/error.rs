@@ -145,6 +145,14 @@ pub enum SnapshotError {
         #[source]
         source: QmpError,
     },
+    /// A clone's random pool could not be reseeded through its guest agent.
+    #[error("cannot reseed the random pool of '{name}': {why}")]
+    Reseed {
+        /// The instance.
+        name: String,
+        /// Why.
+        why: String,
+    },
     /// Starting a QEMU (the restored guest, the helper that writes the memory file, the
     /// destination of a migration) failed.
     #[error(transparent)]

@@ -37,6 +37,7 @@ pub mod manifest;
 pub mod method;
 pub mod migrate;
 mod outgoing;
+mod reseed;
 mod restore;
 pub mod save;
 
@@ -47,6 +48,7 @@ pub use manifest::Manifest;
 pub use method::{Memory, Method, Transport};
 pub use migrate::Migrated;
 pub use outgoing::Stats;
+pub use reseed::{RESEED_BYTES, reseed, reseed_through};
 pub use restore::Restore;
 pub use save::{Saved, SnapshotOptions, Source, save};
 
@@ -93,10 +95,16 @@ pub(crate) fn clone_notes(plan: &LaunchPlan) -> Vec<String> {
          generator already seeded, its clock (which jumps to the host's time only if the \
          guest resyncs it)"
             .to_owned(),
-        "not reseeded: the plan has no guest-agent channel to do it through; reseed inside \
-         the guest (e.g. write fresh bytes to /dev/urandom) where clones must differ"
-            .to_owned(),
     ];
+    notes.push(if plan.agent.is_some() {
+        "`run --restore` reseeds the kernel's random pool through the guest agent \
+         (Vm::reseed); the rest stays shared"
+            .to_owned()
+    } else {
+        "not reseeded: the plan has no guest agent channel to do it through; reseed inside \
+         the guest (e.g. write fresh bytes to /dev/urandom) where clones must differ"
+            .to_owned()
+    });
     if !plan.nics.is_empty() {
         notes.push(
             "every clone's network card has the same MAC address; harmless on QEMU's user \

@@ -205,8 +205,8 @@ pub(super) fn resolved_plan(saved: &LaunchPlan, dir: &Path) -> LaunchPlan {
     for d in &mut plan.disks {
         inside(&mut d.disk.path);
     }
-    if let Some(m) = &mut plan.memory_file {
-        inside(&mut m.path);
+    if let Some(p) = plan.memory_backend.as_mut().and_then(|m| m.path.as_mut()) {
+        inside(p);
     }
     if let Some(t) = plan
         .descriptor_firmware

@@ -31,7 +31,7 @@ use super::{
 use crate::{
     argv,
     host::caps::host_cpu_identity,
-    plan::LaunchPlan,
+    plan::{LaunchPlan, MemoryBackend},
     profile::{Accel, gate::QemuVersion},
     qmp::Qmp,
 };
@@ -81,7 +81,12 @@ pub async fn save(
     let folder = Folder::claim(dir)?;
     let dir = folder.path.clone();
     let qemu = qemu_build(src)?;
-    let (machine_type, ram_id) = machine_facts(src).await?;
+    let (machine_type, default_ram_id) = machine_facts(src).await?;
+    // The stream names the RAM block after the guest's memory backend, if it has one.
+    let ram_id = match &src.plan.memory_backend {
+        Some(m) => Some(m.id.clone()),
+        None => default_ram_id,
+    };
     let version = qemu.version.parse::<QemuVersion>().ok();
     let method = method::choose(version, ram_id.as_deref());
     let mut manifest = draft(src, qemu, machine_type, method.clone());
@@ -104,11 +109,7 @@ pub async fn save(
         if convert::to_memory_file(&manifest, &dir, &id, src.runtime_root).await? {
             without_boot_files(&mut manifest);
         }
-        manifest.plan.memory_file = Some(crate::plan::MemoryFile {
-            path: MEMORY.into(),
-            share: false,
-            id,
-        });
+        manifest.plan.memory_backend = Some(MemoryBackend::file(&id, MEMORY, false));
     }
     manifest.argv = Arg::all(argv::build(&manifest.plan));
     manifest.files = sizes(&dir, &method)?;
@@ -168,6 +169,10 @@ fn draft(src: &Source<'_>, qemu: QemuBuild, machine_type: String, method: Method
     let mut restore = plan.clone();
     restore.machine.kind = machine_type.clone();
     restore.notes.clear();
+    // Sockets are placed in each instance's own directory at launch: by file name here.
+    if let Some(a) = restore.agent.as_mut() {
+        a.socket = crate::plan::AgentPlan::SOCKET.into();
+    }
     let built = argv::build(plan);
     let devices = built
         .windows(2)

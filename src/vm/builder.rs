@@ -7,7 +7,7 @@ use super::{
     Vm, VmError,
     console::lock,
     incoming::{Incoming, Opened},
-    launch::{handshake, prepare, spawn, watch},
+    launch::{handshake, prepare, spawn, virtiofs, watch},
     shared::Shared,
 };
 use crate::{instance, plan::LaunchPlan};
@@ -90,6 +90,8 @@ impl VmBuilder {
         )?;
         let events = prepare::events(&inst)?;
         let sup_path = inst.path(instance::SUPERVISOR_QMP);
+        // Until they are supervised, the daemons die with this vector (kill on drop).
+        let daemons = virtiofs::start(&plan, &inst)?;
         let spawned = spawn::qemu(&plan, &inst, opened.as_ref())?;
         let info = spawn::info(&plan, spawned.pid, logs.durable_path());
         let shared = Arc::new(Shared::new(spawned.pid, spawned.pidfd, inst, info));
@@ -97,6 +99,7 @@ impl VmBuilder {
         // Until the Vm exists, a failure, or the caller dropping this future, must not leave
         // QEMU running: the tasks that own it would keep it alive.
         let abort = Abort(Some(&shared));
+        virtiofs::supervise(daemons, &shared);
         // `ps` and `stop` know the pid from now on, even if QMP never answers.
         shared.set_state("prelaunch");
         let (console, errlog) = watch::start(spawned.pipes, logs, self.echo_stderr, &shared);
@@ -106,7 +109,7 @@ impl VmBuilder {
         };
         let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel, start)
             .await
-            .map_err(|e| handshake::explain(e, &plan, &errlog))?;
+            .map_err(|e| handshake::explain(e, &plan, &errlog, &dir))?;
         abort.disarm();
         Ok(Vm {
             plan,

@@ -21,13 +21,30 @@ use super::{Failure, KVM_INTERNAL_ERROR, Shared, console::lock};
 /// Starts QEMU with `argv`, in its own process group (the terminal's Ctrl-C reaches only the
 /// supervisor, which then stops QEMU) and with `PR_SET_PDEATHSIG` = SIGKILL, so it cannot
 /// outlive a supervisor that is killed. `inherit` are descriptors QEMU gets (the QMP listening
-/// sockets, named on its command line by number).
-pub(crate) fn spawn(argv: &[OsString], inherit: &[RawFd]) -> io::Result<Child> {
+/// sockets, named on its command line by number); `env` is added to its environment.
+pub(crate) fn spawn(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    inherit: &[RawFd],
+) -> io::Result<Child> {
+    spawn_with(argv, env, inherit, Stdio::piped(), Stdio::piped())
+}
+
+/// [`spawn`] with its stdout and stderr going to `stdout` and `stderr`: for the helpers a
+/// launch starts beside QEMU (`virtiofsd`), tied to the supervisor the same way.
+pub(crate) fn spawn_with(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    inherit: &[RawFd],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> io::Result<Child> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true)
         .process_group(0);
     let launcher = nix::unistd::getpid();

@@ -3,15 +3,12 @@
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, process::Output};
 
-use qemu_direct::{
-    host::{HostFacts, ProbeOptions},
-    profile::ProfileSet,
-};
+use qemu_direct::profile::ProfileSet;
 
 use crate::common::{
     BOOT_TIMEOUT, Guest, TestEnv, files_under, guest, guest_files,
     guest_proto::{self, HOLD, PANIC},
-    text,
+    probe_host, text,
 };
 
 /// Boots a guest with extra args; returns the output. Logs go into the env's state.
@@ -29,7 +26,7 @@ fn os(s: &str) -> &OsStr {
 /// The accelerator line the launcher must print, from the library's own verdict for this host.
 fn expected_accel_line(arch: &str) -> String {
     let set = ProfileSet::embedded().unwrap();
-    let host = HostFacts::probe(&set, &ProbeOptions::default());
+    let host = probe_host(&set);
     match host.kvm_verdict(set.resolve("arch", arch).unwrap()) {
         Ok(()) => "KVM: /dev/kvm is usable".to_owned(),
         Err(why) => format!("TCG: KVM not used because {why}"),
@@ -129,6 +126,30 @@ fn kernel_panic_is_reported_with_its_own_exit_code() {
         e.contains("guest kernel panicked: ") && e.contains("Kernel panic - not syncing"),
         "{e}"
     );
+}
+
+/// A reboot under `-no-reboot` ends QEMU with exit status 0 and the shutdown reason
+/// `guest-reset`; nobody asked for it, so it is a failure of its own, not a power-off. (Nested
+/// KVM showed the same for an L2 triple fault.) The guest's init is busybox's `reboot -f`.
+#[test]
+fn a_guest_that_resets_itself_is_a_failure_not_a_power_off() {
+    for arch in ["x86_64", "aarch64"] {
+        let Some(g) = guest(arch) else { return };
+        let env = TestEnv::new();
+        let out = boot(
+            &env,
+            &g,
+            &[os("--append"), os("rdinit=/bin/busybox -- reboot -f")],
+        );
+        let (o, e) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{arch}: stderr:\n{e}\nconsole:\n{o}"
+        );
+        assert!(e.contains("guest reset itself (guest-reset"), "{arch}: {e}");
+        assert!(!e.contains("guest powered off"), "{arch}: {e}");
+    }
 }
 
 #[test]

@@ -150,6 +150,7 @@ fn emulator_not_installed() {
     let out = env
         .cmd(["run", "--arch", "s390x"])
         .env("PATH", env.root())
+        .env_remove("QEMU_DIRECT_QEMU_PREFIX")
         .output()
         .unwrap();
     let (_, e) = text(&out);

@@ -15,6 +15,10 @@
 //! - [`pid_gone`] (a zombie counts as gone), [`wait_gone`], [`children_of`], [`wait_until`].
 //! - [`Tripwire`]: an emulator that records whether QEMU was started.
 //! - [`fake_host`]: a made-up host for planning without a probe.
+//! - The QEMU under test: the system's, or the prefix in `QD_QEMU_PREFIX`
+//!   (`scripts/test --qemu 10.0`), which every command of a [`TestEnv`] gets as
+//!   `QEMU_DIRECT_QEMU_PREFIX`: [`qemu_prefix`], [`emulator`], [`qemu_version`],
+//!   [`probe_host`]. Assertions that depend on the version ask these or the profiles' gates.
 
 use std::{
     collections::BTreeMap,
@@ -33,8 +37,9 @@ use nix::{
     unistd::Pid,
 };
 use qemu_direct::{
-    host::{Emulator, HostFacts, KvmState},
+    host::{Emulator, HostFacts, KvmState, ProbeOptions},
     profile::ProfileSet,
+    profile::gate::{Gate, ProfileOption, QemuVersion},
 };
 use serde_json::Value;
 
@@ -85,6 +90,17 @@ pub mod guest_proto {
     /// end, then zeros to 512 bytes).
     pub fn marker(arch: &str) -> Vec<u8> {
         [MARKER, arch.as_bytes()].concat()
+    }
+
+    /// `qd.mount=TAG:PATH`: mount the share TAG at PATH (virtiofs, else 9p), then print
+    /// [`mounted`].
+    pub fn mount(tag: &str, path: &str) -> String {
+        format!("qd.mount={tag}:{path}")
+    }
+
+    /// `qd-mounted: TAG PATH FS` (`virtiofs` or `9p`).
+    pub fn mounted(tag: &str, path: &str, fs: &str) -> String {
+        format!("{} {tag} {path} {fs}", self::tag("mounted"))
     }
 
     /// `qd-NAME:`, the start of a report line (`net`, `uname`, `flags`, `address-sizes`,
@@ -284,6 +300,10 @@ impl TestEnv {
                 self.path("no-system-config.toml"),
             )
             .args(args);
+        match qemu_prefix() {
+            Some(p) => c.env("QEMU_DIRECT_QEMU_PREFIX", p),
+            None => c.env_remove("QEMU_DIRECT_QEMU_PREFIX"),
+        };
         c
     }
 
@@ -709,6 +729,46 @@ pub fn guests_dir() -> PathBuf {
     cache.join("qemu-direct/test-guests")
 }
 
+/// Where the test guests with Debian's generic kernels are (9p, which the cloud kernels of the
+/// standard x86_64 and aarch64 guests lack): `$QD_TEST_GUESTS_GENERIC`, else
+/// [`guests_dir`]`-generic` (`scripts/fetch-test-guests.sh --generic-kernel --arch x86_64
+/// --arch aarch64 DIR`).
+pub fn generic_guests_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("QD_TEST_GUESTS_GENERIC") {
+        return d.into();
+    }
+    let mut d = guests_dir().into_os_string();
+    d.push("-generic");
+    d.into()
+}
+
+/// The generic-kernel test guest of an arch (x86_64, aarch64), for 9p; missing, it fails the
+/// test as [`guest`] does.
+pub fn generic_guest(arch: &str) -> Option<Guest> {
+    let dir = generic_guests_dir().join(arch);
+    let files = ["kernel", "initrd.gz"];
+    if !files.iter().all(|f| dir.join(f).is_file()) {
+        if std::env::var_os("QD_SKIP_BOOT").is_some_and(|v| v == "1") {
+            eprintln!(
+                "SKIPPED: no generic {arch} guest in {} and QD_SKIP_BOOT=1",
+                dir.display()
+            );
+            return None;
+        }
+        panic!(
+            "no generic-kernel {arch} test guest in {}: run scripts/fetch-test-guests.sh \
+             --generic-kernel --arch {arch} {} (or set QD_TEST_GUESTS_GENERIC)",
+            dir.display(),
+            generic_guests_dir().display()
+        );
+    }
+    Some(Guest {
+        arch: arch.to_owned(),
+        kernel: dir.join("kernel"),
+        initrd: dir.join("initrd.gz"),
+    })
+}
+
 /// The test guest of an arch. Missing guests fail the test loudly (run the fetch script, or
 /// `scripts/test`, which does), unless QD_SKIP_BOOT=1 asks to skip boots on purpose.
 pub fn guest(arch: &str) -> Option<Guest> {
@@ -748,7 +808,7 @@ pub fn guest_files(arch: &str, files: &[&str]) -> Option<PathBuf> {
 /// started" is observed, not assumed.
 #[derive(Debug, Clone, Copy)]
 pub enum Tripwire {
-    /// Then runs the real qemu-system-x86_64. A capability probe (`-machine none`, which
+    /// Then runs the real qemu-system-x86_64 ([`emulator`]). A capability probe (`-machine none`, which
     /// planning may run to learn the QEMU version) runs no guest and is not recorded.
     PassThrough,
     /// Records every start, and fails at once (exit 97): a regression then fails fast and
@@ -766,8 +826,9 @@ impl Tripwire {
         let body = match self {
             Tripwire::PassThrough => format!(
                 "#!/bin/sh\ncase \" $* \" in *\" -machine none \"*) ;; *) echo \"$0 $*\" >> '{}' ;; esac\n\
-                 exec qemu-system-x86_64 \"$@\"\n",
-                started.display()
+                 exec '{}' \"$@\"\n",
+                started.display(),
+                emulator("qemu-system-x86_64").display()
             ),
             Tripwire::Fail => format!(
                 "#!/bin/sh\necho \"$0 $*\" >> '{}'\nexit 97\n",
@@ -778,6 +839,70 @@ impl Tripwire {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         script
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The QEMU under test
+
+/// The QEMU prefix under test (`QD_QEMU_PREFIX`, set by `scripts/test --qemu VERSION`); `None`:
+/// the system QEMU on `PATH`.
+pub fn qemu_prefix() -> Option<PathBuf> {
+    std::env::var_os("QD_QEMU_PREFIX")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The path of an emulator (or `qemu-img`) of the QEMU under test.
+pub fn emulator(binary: &str) -> PathBuf {
+    match qemu_prefix() {
+        Some(p) => ["usr/bin", "bin"]
+            .iter()
+            .map(|b| p.join(b).join(binary))
+            .find(|e| e.is_file())
+            .unwrap_or_else(|| panic!("no {binary} in QD_QEMU_PREFIX {}", p.display())),
+        None => which::which(binary).unwrap_or_else(|_| panic!("{binary} is not on PATH")),
+    }
+}
+
+/// The version of an emulator of the QEMU under test, as it says (`--version`).
+pub fn qemu_version(binary: &str) -> QemuVersion {
+    let out = Command::new(emulator(binary))
+        .arg("--version")
+        .output()
+        .expect("run the emulator");
+    let text = String::from_utf8_lossy(&out.stdout);
+    qemu_direct::host::parse_version(&text)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{binary} --version: {text}"))
+}
+
+/// This host as the library probes it, with the emulators of the QEMU under test.
+pub fn probe_host(set: &ProfileSet) -> HostFacts {
+    let mut host = HostFacts::probe(set, &ProbeOptions::default());
+    if let Some(p) = qemu_prefix() {
+        host.use_prefix(&p, set)
+            .expect("QD_QEMU_PREFIX is a usable QEMU prefix");
+    }
+    host
+}
+
+/// The `key=value` options of a profile's list that its gates pass for the QEMU under test
+/// on this host: what a plan for it must carry.
+pub fn gated(options: &[ProfileOption], binary: &str) -> Vec<String> {
+    let (rust_arch, endian) = qemu_direct::profile::arch::build_target();
+    let host = ProfileSet::embedded()
+        .unwrap()
+        .for_host(rust_arch, endian)
+        .map(|p| p.name.clone());
+    let gate = Gate {
+        qemu: Some(qemu_version(binary)),
+        host: host.as_deref(),
+    };
+    options
+        .iter()
+        .filter(|o| gate.check(o).is_ok())
+        .map(|o| o.option.clone())
+        .collect()
 }
 
 /// A made-up host with every emulator "installed" under /usr/bin.
@@ -804,6 +929,8 @@ pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
             .collect::<BTreeMap<_, _>>(),
         phys_bits: Some(48),
         firmware: None,
+        qemu_prefix: None,
+        virtiofsd: None,
     }
 }
 

@@ -6,11 +6,13 @@ use std::{path::Path, time::SystemTime};
 
 use qemu_direct::{
     host::caps::{CacheUse, Caps, CapsCache},
-    profile::Accel,
+    profile::{Accel, ProfileSet},
 };
 use serde_json::Value;
 
-use crate::common::{BOOT_TIMEOUT, TestEnv, guest, guest_proto, qd, text};
+use crate::common::{
+    BOOT_TIMEOUT, TestEnv, emulator, files_under, gated, guest, guest_proto, qd, text,
+};
 
 fn boot_x86(extra: &[&str]) -> Option<(String, String)> {
     let g = guest("x86_64")?;
@@ -91,7 +93,17 @@ fn aarch64_maximum_mode_boots() {
     let (o, e) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{e}\n{o}");
     assert!(o.contains(&guest_proto::ready("aarch64")), "{o}");
-    assert!(e.contains("-cpu 'max,pauth-impdef=on'"), "{e}");
+    // pauth-impdef=on only where the profile's gate keeps it for this QEMU (before 10.0).
+    let set = ProfileSet::embedded().unwrap();
+    let tcg = &set.resolve("arch", "aarch64").unwrap().accel[&Accel::Tcg];
+    let want = [
+        vec!["max".to_owned()],
+        gated(&tcg.cpu_options, "qemu-system-aarch64"),
+    ]
+    .concat()
+    .join(",");
+    let cpu_arg = format!("-cpu {}", shlex::try_quote(&want).unwrap());
+    assert!(e.contains(&cpu_arg), "want {cpu_arg}: {e}");
 }
 
 /// The real probe of this host, as `probe --json` writes it.
@@ -236,10 +248,7 @@ fn baseline_of_three_hosts_runs_on_each_and_boots_here() {
 
 #[test]
 fn the_capability_cache_is_reprobed_when_the_binary_changes() {
-    let Ok(real) = which::which("qemu-system-x86_64") else {
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-        return;
-    };
+    let real = emulator("qemu-system-x86_64");
     let env = TestEnv::new();
     // A copy of Debian's binary cannot load its accelerator modules from elsewhere, so the
     // "binary" here is a program that runs the real one: replaced and touched like any other.
@@ -329,4 +338,26 @@ fn traits_and_check_answer_like_novas_prefilter() {
     let (code, v) = check(&["--property", "hw_architecture=aarch64"]);
     assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("no")), "{v}");
     assert!(v["why"].to_string().contains("natively"), "{v}");
+}
+
+/// A probe that runs into its time limit names the emulator, the limit and the knob a slow host
+/// turns (`QEMU_DIRECT_PROBE_TIMEOUT`); it exits 3, as any emulator that fails its probe.
+#[test]
+fn a_probe_out_of_time_names_the_emulator_and_the_knob() {
+    let env = TestEnv::with_own_cache();
+    let out = env
+        .cmd(["cpu", "models", "--arch", "x86_64"])
+        .env("QEMU_DIRECT_PROBE_TIMEOUT", "1ms")
+        .output()
+        .unwrap();
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(
+        e.contains("qemu-system-x86_64 under tcg did not answer the capability probe within 1ms"),
+        "{e}"
+    );
+    assert!(e.contains("QEMU_DIRECT_PROBE_TIMEOUT"), "{e}");
+    // Nothing was cached from a probe that did not finish.
+    let cached = files_under(&env.cache());
+    assert!(cached.is_empty(), "{cached:?}");
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::{
     cli::refused,
     common::{
-        BOOT_TIMEOUT, Detached, Guest, TestEnv, Tripwire, files_under, guest,
+        BOOT_TIMEOUT, Detached, Guest, TestEnv, Tripwire, emulator, files_under, guest,
         guest_proto::{self, HEARTBEAT, HOLD, MARKER},
         sha256, text,
     },
@@ -393,7 +393,7 @@ fn overlays_need_a_working_qemu_img() {
     std::fs::create_dir(&bin_dir).unwrap();
     // Only what the tripwire runs on PATH: no qemu-img.
     std::os::unix::fs::symlink(
-        which("qemu-system-x86_64"),
+        emulator("qemu-system-x86_64"),
         bin_dir.join("qemu-system-x86_64"),
     )
     .unwrap();
@@ -449,13 +449,6 @@ fn overlays_need_a_working_qemu_img() {
     let out = run(&[os("--disk-writable"), os("--timeout"), os("2s")]);
     assert_eq!(out.status.code(), Some(5), "{:?}", text(&out));
     assert!(env.qemu_started());
-}
-
-fn which(name: &str) -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not on PATH"))
 }
 
 /// Formats come from headers, not names; a spec file mixes `disk` and `[[disks]]` and names

@@ -21,6 +21,11 @@
 //! - `snapshot`: snapshots, restores (the heartbeat goes on), 8 clones at once, disks frozen
 //!   and clones' writes kept apart, the restore and snapshot refusals, `migrate`, the harness
 //!   example.
+//! - `prefix`: a QEMU in a prefix of its own (`--qemu-prefix`: `-L` data folders, firmware
+//!   descriptors, bad prefixes), extra QEMU options (`--qemu-arg`), and what differs between
+//!   QEMU versions, asked of the QEMU under test (`QD_QEMU_PREFIX`).
+//! - `share`: shared folders over 9p and virtiofs read and written by real guests through their
+//!   agent, read-only shares, `--no-agent`, virtiofsd dying with its supervisor.
 //! - `shape`: the layering of `src/` folders, and the length of files and functions.
 //! - `docs`: every command shown in README.md and docs/ runs as written.
 //! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
@@ -40,7 +45,9 @@ mod golden;
 mod kvm;
 mod libvirt;
 mod lifecycle;
+mod prefix;
 mod reliability;
 mod shape;
+mod share;
 mod signals;
 mod snapshot;

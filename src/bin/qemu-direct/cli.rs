@@ -22,6 +22,17 @@ pub struct Cli {
     /// ~/.config/qemu-direct/config.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Use the QEMU installed under this prefix (PREFIX/usr/bin or PREFIX/bin) instead of the
+    /// one on PATH: its emulators, qemu-img, data folders (passed as -L when the build is not
+    /// relocatable) and firmware descriptors. Recorded --host-facts keep their own emulators.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "QEMU_DIRECT_QEMU_PREFIX",
+        value_hint = clap::ValueHint::DirPath
+    )]
+    pub qemu_prefix: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -278,6 +289,15 @@ pub struct SpecArgs {
     /// RULE being [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22.
     #[arg(long, value_name = "none|user[,hostfwd=RULE]...")]
     pub net: Option<String>,
+    /// A host folder shared with the guest, repeatable: the guest mounts it by TAG (default:
+    /// the folder's name), over virtiofs where a virtiofsd can serve it, else 9p (fs= chooses);
+    /// ro: the guest may only read. Write a comma in HOSTDIR as ',,'.
+    #[arg(long, value_name = "HOSTDIR[:TAG][,ro][,fs=9p|virtiofs|auto]")]
+    pub share: Vec<OsString>,
+    /// No guest agent channel (by default the guest gets a virtio-serial port
+    /// org.qemu.guest_agent.0 for qemu-ga, on agent.sock in the instance directory).
+    #[arg(long)]
+    pub no_agent: bool,
     /// Firmware: uefi or bios (chosen from QEMU's firmware descriptors; bios falls back to the
     /// machine's own SeaBIOS), or an image file for QEMU -bios (write ./uefi for a file of
     /// that name).
@@ -313,6 +333,11 @@ pub struct SpecArgs {
     /// Guest physical-address bits: emulate:N, passthrough or passthrough:LIMIT (x86_64).
     #[arg(long, value_name = "MODE[:BITS]")]
     pub maxphysaddr: Option<String>,
+    /// An extra QEMU option, repeatable, appended after qemu-direct's own: one argument each
+    /// (`--qemu-arg=-device --qemu-arg=virtio-rng-pci`). Options qemu-direct manages (-qmp,
+    /// -monitor, -serial, -S, -daemonize, -incoming, -m, -cpu, ...) are refused with the reason.
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub qemu_args: Vec<String>,
     /// A Nova image property or flavor extra spec, KEY=VALUE (hw_emulation_architecture,
     /// hw_architecture, hw_machine_type, hw:maxphysaddr_mode, hw:maxphysaddr_bits).
     #[arg(long = "property", value_name = "KEY=VALUE")]

@@ -50,11 +50,7 @@ fn models(
     let profile = models_profile(profiles, &facts, arch)?;
     let accel = models_accel(&facts, profile, accel);
     if !facts.emulators.contains_key(&profile.binary) {
-        return Err(Usage(format!(
-            "{} is not installed (Debian package {})",
-            profile.binary, profile.package
-        ))
-        .into());
+        return Err(Error::from(plan::missing_emulator(&facts, profile)).into());
     }
     if cli.host_facts.is_none() {
         probe_caps(&mut facts, profile, accel)?;
@@ -122,7 +118,7 @@ fn probe_caps(facts: &mut HostFacts, profile: &MachineProfile, accel: Accel) -> 
             .into_iter()
             .next()
     {
-        return Err(e.into());
+        return Err(qemu_direct::Error::from(e).into());
     }
     Ok(())
 }

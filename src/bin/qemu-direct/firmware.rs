@@ -6,6 +6,7 @@ use std::io::Write;
 use qemu_direct::{
     Error, ExitCode,
     host::firmware::{Descriptors, FirmwareRequest, Listing},
+    host::prefix::QemuPrefix,
     profile::{Accel, MachineProfile, ProfileSet},
 };
 use serde_json::{Value, json};
@@ -19,11 +20,12 @@ type Pick = (String, String, &'static str, Value);
 /// `firmware`.
 pub fn command(
     profiles: &ProfileSet,
+    prefix: Option<&QemuPrefix>,
     arch: Option<&str>,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let descriptors = Descriptors::system().map_err(|e| Usage(error_chain(&e)))?;
+    let descriptors = Descriptors::with_prefix(prefix).map_err(|e| Usage(error_chain(&e)))?;
     let chosen: Vec<&MachineProfile> = match arch {
         Some(a) => vec![profiles.resolve("arch", a).map_err(Error::from)?],
         None => profiles.iter().collect(),
@@ -35,7 +37,7 @@ pub fn command(
         print_json(out, &listing, &picks)?;
         return Ok(ExitCode::Success);
     }
-    print_listing(out, &listing)?;
+    print_listing(out, &listing, prefix)?;
     writeln!(out)?;
     print_picks(out, &picks)?;
     Ok(ExitCode::Success)
@@ -95,12 +97,16 @@ fn print_json(out: &mut impl Write, listing: &[Listing], picks: &[Pick]) -> anyh
 }
 
 /// The descriptors, a paragraph each; where none are, where they were looked for.
-fn print_listing(out: &mut impl Write, listing: &[Listing]) -> std::io::Result<()> {
+fn print_listing(
+    out: &mut impl Write,
+    listing: &[Listing],
+    prefix: Option<&QemuPrefix>,
+) -> std::io::Result<()> {
     if listing.is_empty() {
         writeln!(
             out,
             "no firmware descriptors in {}",
-            qemu_direct::host::firmware::search_dirs()
+            qemu_direct::host::firmware::search_dirs_with(prefix)
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()

@@ -178,6 +178,14 @@ fn print_probe(
         Some(Err(why)) => writeln!(out, "kvm:       not usable: {why}")?,
         None => writeln!(out, "kvm:       no profile for this host arch")?,
     }
+    if let Some(prefix) = &facts.qemu_prefix {
+        writeln!(out, "qemu:      prefix {prefix}")?;
+    }
+    let qemu = facts
+        .emulators
+        .values()
+        .filter_map(|e| e.version.as_deref()?.parse().ok())
+        .max();
     writeln!(out, "emulators:")?;
     for p in profiles.iter() {
         match facts.emulators.get(&p.binary) {
@@ -191,7 +199,8 @@ fn print_probe(
             None => writeln!(
                 out,
                 "  {:<8} not installed (Debian package {})",
-                p.name, p.package
+                p.name,
+                p.package_for(qemu)
             )?,
         }
     }

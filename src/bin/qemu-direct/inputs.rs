@@ -6,12 +6,14 @@ use qemu_direct::{
     Error,
     host::caps::CapsCache,
     host::firmware::Descriptors,
+    host::prefix::QemuPrefix,
     host::{HostFacts, ProbeOptions},
     plan::{self, LaunchPlan},
     profile::ProfileSet,
     spec::SpecInput,
     spec::config::Config,
     spec::disk::DiskInput,
+    spec::share::ShareInput,
 };
 
 use crate::{
@@ -50,14 +52,28 @@ pub fn host_facts(cli: &Cli, profiles: &ProfileSet, versions: bool) -> anyhow::R
             facts.firmware = Descriptors::system().ok();
             Ok(facts)
         }
-        None => Ok(HostFacts::probe(
-            profiles,
-            &ProbeOptions {
-                kvm_device: cli.kvm_device.clone(),
-                versions,
-            },
-        )),
+        None => {
+            let mut facts = HostFacts::probe(
+                profiles,
+                &ProbeOptions {
+                    kvm_device: cli.kvm_device.clone(),
+                    versions,
+                },
+            );
+            if let Some(dir) = &cli.qemu_prefix {
+                facts.use_prefix(dir, profiles).map_err(Error::from)?;
+            }
+            Ok(facts)
+        }
     }
+}
+
+/// The QEMU prefix of --qemu-prefix, opened, for the commands that need no host facts.
+pub fn qemu_prefix(cli: &Cli) -> anyhow::Result<Option<QemuPrefix>> {
+    Ok(match &cli.qemu_prefix {
+        Some(dir) => Some(QemuPrefix::open(dir, None).map_err(Error::from)?),
+        None => None,
+    })
 }
 
 /// The guest description from --spec or --libvirt-xml, with the flags over it. Notes from a
@@ -90,6 +106,10 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
             .transpose()?,
         disk_writable: args.disk_writable.then_some(true),
         net: args.net.clone(),
+        agent: args.no_agent.then_some(false),
+        shares: (!args.share.is_empty())
+            .then(|| args.share.iter().map(|s| ShareInput::parse(s)).collect())
+            .transpose()?,
         firmware: args.firmware.clone(),
         secure_boot: args.secure_boot.then_some(true),
         tb_size: args.tb_size,
@@ -99,6 +119,7 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
         cpu_model_extra_flags: (!args.cpu_flags.is_empty()).then(|| args.cpu_flags.clone()),
         cpu_check: args.cpu_check.clone(),
         maxphysaddr: args.maxphysaddr.clone(),
+        qemu_args: (!args.qemu_args.is_empty()).then(|| args.qemu_args.clone()),
         properties: Default::default(),
     };
     for p in &args.properties {

@@ -76,7 +76,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             host::check(&cli, spec, &profiles, probe()?, *json, &mut out)
         }
         Command::Firmware { arch, json } => {
-            firmware::command(&profiles, arch.as_deref(), *json, &mut out)
+            let prefix = inputs::qemu_prefix(&cli)?;
+            firmware::command(&profiles, prefix.as_ref(), arch.as_deref(), *json, &mut out)
         }
         Command::Ps { json } => {
             drop(out);

@@ -47,7 +47,7 @@ pub fn show(
     match view {
         View::Json => writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?,
         View::DryRun => {
-            out.write_all(&argv::shell_line(&argv::build(&plan)))?;
+            out.write_all(&argv::shell_line_with_env(&plan, &argv::build(&plan)))?;
             out.write_all(b"\n")?;
         }
         View::Text => print_plan(out, &plan)?,
@@ -102,11 +102,28 @@ fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
         writeln!(out, "cpu:     {} ({})", cpu.qemu_value(), cpu.mode)?;
     }
     writeln!(out, "memory:  {}  smp: {}", plan.memory, plan.smp)?;
+    match &plan.agent {
+        Some(a) => writeln!(
+            out,
+            "agent:   {} port {} on {} ({})",
+            a.port,
+            a.name,
+            a.controller,
+            a.socket.display()
+        )?,
+        None => writeln!(out, "agent:   none")?,
+    }
+    if !plan.qemu_args.is_empty() {
+        out.write_all(b"extra:   ")?;
+        let extra: Vec<std::ffi::OsString> = plan.qemu_args.iter().map(Into::into).collect();
+        out.write_all(&argv::shell_line(&extra))?;
+        out.write_all(b"\n")?;
+    }
     for note in &plan.notes {
         writeln!(out, "note:    {note}")?;
     }
     out.write_all(b"argv:    ")?;
-    out.write_all(&argv::shell_line(&argv::build(plan)))?;
+    out.write_all(&argv::shell_line_with_env(plan, &argv::build(plan)))?;
     out.write_all(b"\n")?;
     Ok(())
 }

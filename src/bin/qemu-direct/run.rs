@@ -50,7 +50,7 @@ pub fn run(
     }
     if args.dry_run {
         let mut out = std::io::stdout().lock();
-        out.write_all(&argv::shell_line(&argv))?;
+        out.write_all(&argv::shell_line_with_env(&plan, &argv))?;
         out.write_all(b"\n")?;
         return Ok(ExitCode::Success);
     }
@@ -76,7 +76,7 @@ fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
     if verbose {
         eprintln!(
             "qemu-direct: {}",
-            String::from_utf8_lossy(&argv::shell_line(argv))
+            String::from_utf8_lossy(&argv::shell_line_with_env(plan, argv))
         );
     }
 }
@@ -174,10 +174,14 @@ pub fn foreground(
     incoming: Option<Incoming>,
 ) -> anyhow::Result<ExitCode> {
     let report = runtime()?.block_on(async {
+        let restored = is_restore(incoming.as_ref());
         let vm = builder(plan, opts, incoming)
             .echo_stderr(true)
             .launch()
             .await?;
+        if restored {
+            snapshot::reseed_in_background(&vm);
+        }
         eprintln!(
             "qemu-direct: instance '{}' in {}, QEMU pid {}, accelerator {} (as QEMU reports it)",
             vm.name(),
@@ -190,6 +194,11 @@ pub fn foreground(
     let report = report.map_err(Error::from)?;
     print_report(&report);
     Ok(report.outcome.exit_code())
+}
+
+/// Whether the guest's state comes from a snapshot (a clone to reseed), not a migration.
+fn is_restore(incoming: Option<&Incoming>) -> bool {
+    incoming.is_some_and(|i| matches!(i.from, vm::IncomingFrom::File(_)))
 }
 
 fn builder(plan: &LaunchPlan, opts: &RunOptions, incoming: Option<Incoming>) -> vm::VmBuilder {
@@ -310,6 +319,7 @@ pub fn supervise() -> anyhow::Result<ExitCode> {
     let req: SuperviseRequest = serde_json::from_slice(&text).context("invalid request")?;
     let (plan, opts, incoming) = req.into_parts();
     let report = runtime()?.block_on(async {
+        let restored = is_restore(incoming.as_ref());
         let vm = builder(&plan, &opts, incoming)
             .launch()
             .await
@@ -317,6 +327,9 @@ pub fn supervise() -> anyhow::Result<ExitCode> {
         say_ready(&vm)?;
         // From here on nobody reads our stdout and stderr: the launcher has returned.
         quiet(&vm)?;
+        if restored {
+            snapshot::reseed_in_background(&vm);
+        }
         anyhow::Ok(
             vm::run_vm(&vm, &opts, &mut tokio::io::sink())
                 .await

@@ -204,6 +204,26 @@ pub fn migrate(name: &str, to: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
+/// How long a restored guest's agent gets to answer the reseed.
+const RESEED_WAIT: Duration = Duration::from_secs(60);
+
+/// Reseeds a restored guest's random pool through its agent, on a task of its own (the guest
+/// runs meanwhile); says how that went on stderr. Nothing without an agent channel.
+pub fn reseed_in_background(vm: &Vm) {
+    let Some(agent) = &vm.plan().agent else {
+        return;
+    };
+    let (name, socket) = (vm.name().to_owned(), agent.socket.clone());
+    tokio::spawn(async move {
+        match snapshot::reseed(&name, &socket, RESEED_WAIT).await {
+            Ok(()) => eprintln!(
+                "qemu-direct: reseeded the random pool of '{name}' through its guest agent"
+            ),
+            Err(e) => eprintln!("qemu-direct: {e}"),
+        }
+    });
+}
+
 /// An instance's plan as launched.
 fn read_plan(inst: &InstanceRef) -> anyhow::Result<LaunchPlan> {
     let path = inst.path(instance::PLAN);

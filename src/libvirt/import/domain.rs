@@ -1,8 +1,11 @@
 //! `<domain>` itself: the accelerator, name, memory, vCPUs and lifecycle, and the order in which
 //! its parts are read (`<os>` first among the parts that need the guest's profile).
 
-use super::{Cx, Element, cpu, devices, features, os};
+use std::path::Path;
+
+use super::{Cx, Element, channels, cpu, devices, features, os};
 use crate::{
+    host::prefix::QemuPrefix,
     profile::{Accel, MachineProfile, ProfileSet},
     spec::AccelRequest,
 };
@@ -14,6 +17,7 @@ pub(super) fn domain(d: &Element, profiles: &ProfileSet, cx: &mut Cx) {
     let accel = accel(d, cx);
     identity(d, cx);
     memory(d, cx);
+    channels::memory_backing(d, cx);
     let smp = vcpu(d, cx);
     let profile = os::os(d, profiles, cx);
     if let (Some(f), Some(p)) = (d.child("features"), profile) {
@@ -26,6 +30,55 @@ pub(super) fn domain(d: &Element, profiles: &ProfileSet, cx: &mut Cx) {
     seclabel(d, cx);
     if let (Some(devs), Some(p)) = (d.child("devices"), profile) {
         devices::devices(devs, p, cx);
+    }
+    commandline(d, cx);
+}
+
+/// `<qemu:commandline>`: its `<qemu:arg>`s become extra QEMU options (`qemu_args`), checked
+/// like `--qemu-arg`; an environment (`<qemu:env>`) qemu-direct does not pass.
+///
+/// What an export adds for an emulator in a QEMU prefix (`-L` folders and `QEMU_MODULE_DIR`
+/// under that prefix) is accepted and dropped: the emulator's path brings the prefix again.
+fn commandline(d: &Element, cx: &mut Cx) {
+    let Some(cl) = d.child("qemu:commandline") else {
+        return;
+    };
+    let prefix = cx
+        .spec
+        .emulator
+        .as_deref()
+        .and_then(QemuPrefix::of_emulator);
+    let in_prefix = |v: &str| prefix.as_ref().is_some_and(|p| Path::new(v).starts_with(p));
+    let why = "the emulator's QEMU prefix gives its data and modules folders again";
+    let mut args = Vec::new();
+    let elements: Vec<&Element> = cl.children_named("qemu:arg").collect();
+    let mut i = 0;
+    while i < elements.len() {
+        let value = |j: usize| elements.get(j).and_then(|e| e.attr("value"));
+        match (value(i), value(i + 1)) {
+            (Some("-L"), Some(dir)) if in_prefix(dir) => {
+                cx.accept(elements[i], why);
+                cx.accept(elements[i + 1], why);
+                i += 2;
+                continue;
+            }
+            (Some(v), _) => args.push(v.to_owned()),
+            (None, _) => cx.missing(elements[i], "<qemu:arg> needs value='...'"),
+        }
+        i += 1;
+    }
+    for env in cl.children_named("qemu:env") {
+        if env.attr("name") == Some("QEMU_MODULE_DIR") && env.attr("value").is_some_and(in_prefix) {
+            cx.accept(env, why);
+        } else {
+            cx.bad(
+                env,
+                "qemu-direct gives QEMU no environment of its own (but a prefix's modules folder)",
+            );
+        }
+    }
+    if !args.is_empty() {
+        cx.spec.qemu_args = Some(args);
     }
 }
 

@@ -7,6 +7,7 @@ mod devices;
 mod files;
 mod name;
 mod platform;
+mod qemu_args;
 mod resources;
 
 pub use name::check_name;
@@ -28,10 +29,12 @@ impl SpecInput {
         let kernel = self.kernel_boot()?;
         let disks = self.disks()?;
         let net = self.net()?;
+        let shares = self.shares()?;
         let firmware = self.firmware()?;
         let tb_size = self.tb_size()?;
         let emulator = self.emulator()?;
         let cpu = self.cpu_request(&nova)?;
+        let qemu_args = self.qemu_args()?;
         Ok(VmSpec {
             name,
             arch,
@@ -42,10 +45,13 @@ impl SpecInput {
             kernel,
             disks,
             net,
+            agent: self.agent.unwrap_or(true),
+            shares,
             firmware,
             tb_size,
             emulator,
             cpu,
+            qemu_args,
         })
     }
 }
