@@ -40,6 +40,7 @@ mod builder;
 mod console;
 mod error;
 mod events;
+mod expect;
 mod launch;
 mod outcome;
 mod overlay;
@@ -52,7 +53,10 @@ mod stop;
 use std::time::Duration;
 
 pub use builder::VmBuilder;
-pub use console::{Console, ConsoleError, Expect, LogReader, MAX_LINE, Matcher, Verdict};
+pub use console::{Console, LogReader, MAX_LINE};
+pub use expect::{
+    ConsoleContext, ConsoleError, ConsoleMatch, Expect, MAX_BETWEEN, Matcher, Origin, Verdict,
+};
 pub use error::VmError;
 pub use run::{Outcome, Report, RunOptions, run, run_vm};
 pub use running::Vm;

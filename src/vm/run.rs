@@ -11,7 +11,7 @@ use tokio::{
 
 use super::{
     STOP_TIMEOUT, Vm, VmError,
-    console::{Expect, Verdict},
+    expect::{Expect, Verdict},
 };
 use crate::{ExitCode, plan::LaunchPlan};
 

@@ -163,8 +163,9 @@ pub fn qmp(args: &QmpArgs) -> anyhow::Result<ExitCode> {
 /// `wait`.
 pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
     let inst = find(&args.name)?;
+    let info = inst.info().ok().flatten();
     // Still starting: assume the slower accelerator.
-    let accel = inst.info().ok().flatten().map_or(Accel::Tcg, |i| i.accel);
+    let accel = info.as_ref().map_or(Accel::Tcg, |i| i.accel);
     let timeout = args.timeout.unwrap_or(vm::scale(accel, WAIT_DEFAULT));
     let mut expect = Expect::new(&args.pattern).map_err(Error::from)?;
     for f in args
@@ -175,7 +176,8 @@ pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
     {
         expect = expect.fail_on(f).map_err(Error::from)?;
     }
-    let r = reader(&inst, instance::CONSOLE, true)?;
+    let r = reader(&inst, instance::CONSOLE, true)?
+        .describing(&inst.name, info.and_then(|i| i.console_log));
     let line = runtime()?
         .block_on(expect.run(r, timeout))
         .map_err(Error::from)?;
