@@ -1,7 +1,7 @@
 //! The library's one error type, the exit codes of the `qemu-direct` command, and the map
 //! between them.
 
-use crate::{cpu, instance, libvirt, plan, profile, qmp, spec, vm};
+use crate::{agent, cpu, instance, libvirt, plan, profile, qmp, spec, vm};
 
 /// Process exit codes of the `qemu-direct` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +61,21 @@ pub enum Error {
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
+    /// Acting inside a guest: its agent, copies.
+    #[error(transparent)]
+    Guest(#[from] vm::GuestError),
 }
 
 impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Plan(plan::PlanError::Caps { .. }) => ExitCode::QemuFailed,
+            Error::Plan(plan::PlanError::Caps { .. })
+            | Error::Vm(vm::VmError::Plan(plan::PlanError::Caps { .. })) => ExitCode::QemuFailed,
+            Error::Vm(vm::VmError::Profile(_) | vm::VmError::Spec(_) | vm::VmError::Plan(_)) => {
+                ExitCode::BadInput
+            }
+            Error::Guest(g) => guest_exit_code(g),
             Error::Profile(_)
             | Error::Spec(_)
             | Error::Plan(_)
@@ -101,6 +109,7 @@ impl Error {
     /// What the user could do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
+            Error::Guest(g) => g.hint(),
             Error::Plan(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
             Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
@@ -114,5 +123,19 @@ impl Error {
             ),
             _ => None,
         }
+    }
+}
+
+/// The exit code of a failure to act inside a guest: bad input (no agent channel, a missing
+/// folder, a directory to `cp`), a timeout (the agent, or the command, took too long), or the
+/// code of the error inside.
+fn guest_exit_code(e: &vm::GuestError) -> ExitCode {
+    match e {
+        e if e.is_bad_input() => ExitCode::BadInput,
+        vm::GuestError::Agent(
+            agent::AgentError::NotAnswering { .. } | agent::AgentError::ExecTimeout { .. },
+        ) => ExitCode::Timeout,
+        vm::GuestError::Ended { .. } => ExitCode::QemuFailed,
+        _ => ExitCode::Failure,
     }
 }

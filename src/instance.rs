@@ -10,6 +10,8 @@
 //!     qmp-supervisor.sock  QMP held by the supervisor for events and run state
 //!     console.log          the whole serial console so far
 //!     events.jsonl         every QMP event, one JSON object a line
+//!     agent.sock           the guest agent's channel (virtio-serial port org.qemu.guest_agent.0);
+//!                          absent when the guest was launched without one (--no-agent)
 //!     diskN.qcow2          the overlay taking the guest's writes to disk N, unless it persists
 //!     <name>_VARS.fd       with UEFI firmware: the VM's own variable store (firmware::copy_vars)
 //! ```
@@ -47,6 +49,9 @@ pub const SUPERVISOR_QMP: &str = "qmp-supervisor.sock";
 pub const CONSOLE: &str = "console.log";
 /// QMP events, JSON lines.
 pub const EVENTS: &str = "events.jsonl";
+/// The guest agent's socket (QEMU's end of the virtio-serial port `org.qemu.guest_agent.0`);
+/// absent when the guest was launched without an agent channel.
+pub const AGENT_SOCKET: &str = "agent.sock";
 /// A Unix socket path holds at most this many bytes (`sun_path` is 108 with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 /// How many `NAME-N` candidates a generated name tries.
@@ -200,6 +205,17 @@ pub fn runtime_root() -> Result<PathBuf, InstanceError> {
     };
     private_dir(&root)?;
     Ok(root)
+}
+
+/// Where console logs that outlive their instance go by default, as `NAME.log`:
+/// `$XDG_STATE_HOME/qemu-direct/logs`, else `~/.local/state/qemu-direct/logs`; `None` with
+/// neither variable set.
+pub fn log_dir() -> Option<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))?;
+    Some(state.join("qemu-direct/logs"))
 }
 
 /// Creates `path` with mode 0700 if missing, then checks that it is a real directory owned by
