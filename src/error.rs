@@ -132,7 +132,8 @@ impl Error {
 fn guest_exit_code(e: &vm::GuestError) -> ExitCode {
     match e {
         e if e.is_bad_input() => ExitCode::BadInput,
-        vm::GuestError::Agent(
+        vm::GuestError::NotAnswering { .. }
+        | vm::GuestError::Agent(
             agent::AgentError::NotAnswering { .. } | agent::AgentError::ExecTimeout { .. },
         ) => ExitCode::Timeout,
         vm::GuestError::Ended { .. } => ExitCode::QemuFailed,

@@ -120,7 +120,8 @@ impl VmBuilder {
         let abort = Abort(Some(&shared));
         // `ps` and `stop` know the pid from now on, even if QMP never answers.
         shared.set_state("prelaunch");
-        let (console, errlog) = watch::start(&plan.name, spawned.pipes, logs, self.echo_stderr, &shared);
+        let (console, errlog) =
+            watch::start(&plan.name, spawned.pipes, logs, self.echo_stderr, &shared);
         let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel)
             .await
             .map_err(|e| handshake::explain(e, &plan, &errlog))?;

@@ -138,7 +138,8 @@ impl Console {
     }
 
     /// Waits for the literal text `start`, then for `end` after it, and returns what the
-    /// console printed between them (it may span lines; `\r\n` comes back as `\n`). Like
+    /// console printed between them (it may span lines; carriage returns are dropped, so
+    /// `"\n"` as `end` means the end of the line). Like
     /// [`Console::wait_for`] it reads from the console's first byte, and fails on a kernel
     /// panic line, at `timeout`, or when the console ends.
     pub async fn between(

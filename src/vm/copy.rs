@@ -97,11 +97,7 @@ pub async fn copy_to_guest(agent: &Agent, src: &Path, dst: &str) -> Result<Copie
 ///
 /// Fails with [`AgentError::MissingFile`] if `src` does not exist, and with
 /// [`GuestError::Usage`] for a directory or a relative guest path.
-pub async fn copy_from_guest(
-    agent: &Agent,
-    src: &str,
-    dst: &Path,
-) -> Result<Copied, GuestError> {
+pub async fn copy_from_guest(agent: &Agent, src: &str, dst: &Path) -> Result<Copied, GuestError> {
     absolute(src)?;
     let Some(found) = stat(agent, src).await? else {
         return Err(AgentError::MissingFile { path: src.into() }.into());

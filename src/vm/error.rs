@@ -3,8 +3,8 @@
 use std::{path::PathBuf, time::Duration};
 
 use crate::{
-    host::firmware::FirmwareError, instance::InstanceError, plan::PlanError,
-    profile::ProfileError, qmp::QmpError, spec::SpecError,
+    host::firmware::FirmwareError, instance::InstanceError, plan::PlanError, profile::ProfileError,
+    qmp::QmpError, spec::SpecError,
 };
 
 /// Why a guest could not be launched or watched.

@@ -449,7 +449,9 @@ impl Scanner for Between<'_> {
     type Out = String;
 
     fn step(&mut self, chunk: &[u8]) -> Option<Result<String, ConsoleError>> {
-        self.buf.extend_from_slice(chunk);
+        // A serial console ends its lines in `\r\n`; the carriage returns are noise here, and
+        // `"\n"` as a marker should mean the end of the line.
+        self.buf.extend(chunk.iter().filter(|&&b| b != b'\r'));
         if !self.started {
             match find(&self.buf, self.start.as_bytes()) {
                 Some(i) => {
@@ -464,8 +466,7 @@ impl Scanner for Between<'_> {
             }
         }
         if let Some(j) = find(&self.buf, self.end.as_bytes()) {
-            let text = String::from_utf8_lossy(&self.buf[..j]).replace("\r\n", "\n");
-            return Some(Ok(text));
+            return Some(Ok(String::from_utf8_lossy(&self.buf[..j]).into_owned()));
         }
         (self.buf.len() > MAX_BETWEEN).then(|| {
             Err(ConsoleError::TooLong {
@@ -490,7 +491,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The text between the first `start` and the first `end` after it (literal texts, which may
-/// span lines), with `\r\n` turned into `\n`; a kernel panic line fails the wait.
+/// span lines), carriage returns dropped; a kernel panic line fails the wait.
 pub(super) async fn between(
     reader: LogReader,
     start: &str,

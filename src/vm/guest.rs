@@ -31,6 +31,7 @@ pub struct GuestBuilder {
     pool: Option<Pool>,
     background: bool,
     echo_stderr: bool,
+    caps_cache: CapsCache,
 }
 
 impl Vm {
@@ -65,6 +66,7 @@ impl Vm {
             pool: None,
             background: false,
             echo_stderr: false,
+            caps_cache: CapsCache::user(),
         }
     }
 }
@@ -131,6 +133,13 @@ impl GuestBuilder {
         self
     }
 
+    /// Where the emulator's probed capabilities (and so its version) are cached, instead of
+    /// the user's cache ([`CapsCache::user`]).
+    pub fn caps_cache(mut self, cache: CapsCache) -> Self {
+        self.caps_cache = cache;
+        self
+    }
+
     /// Writes the console log that outlives the instance to this file instead.
     pub fn console_log(mut self, path: impl Into<PathBuf>) -> Self {
         self.console_log = Some(path.into());
@@ -173,8 +182,8 @@ impl GuestBuilder {
         let profiles = ProfileSet::embedded()?;
         let spec = self.spec.clone().validate(&profiles)?;
         let mut host = HostFacts::probe(&profiles, &ProbeOptions::default());
-        let cache = CapsCache::user();
-        Ok(plan::resolve_probing(&spec, &profiles, &mut host, &self.config, &cache, true).await?)
+        let cache = &self.caps_cache;
+        Ok(plan::resolve_probing(&spec, &profiles, &mut host, &self.config, cache, true).await?)
     }
 
     /// The [`VmBuilder`] of the step-by-step path, with this guest's plan and settings.

@@ -29,10 +29,15 @@ pub enum GuestError {
         instance: String,
     },
     /// QEMU exited (or the instance was stopped) before or while the agent was asked.
-    #[error("instance '{instance}' ended while its guest agent was asked{context}")]
+    #[error(
+        "instance '{instance}' ended{} while its guest agent was asked{context}",
+        how.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
     Ended {
         /// The instance.
         instance: String,
+        /// How, where known: `guest kernel panicked: ...`.
+        how: Option<String>,
         /// Its console log and last console lines.
         context: ConsoleContext,
     },
@@ -79,9 +84,7 @@ impl GuestError {
                  virtio-serial port org.qemu.guest_agent.0)"
                     .into(),
             ),
-            GuestError::Ended { .. } => {
-                Some("`qemu-direct ps` lists the running instances".into())
-            }
+            GuestError::Ended { .. } => Some("`qemu-direct ps` lists the running instances".into()),
             GuestError::NotAnswering { source, .. } => source.hint(),
             GuestError::Vm(e) => e.hint(),
             GuestError::Agent(e) => e.hint(),
@@ -161,12 +164,7 @@ impl Vm {
                 if self.shared.runtime_gone() {
                     return Err(gone().into());
                 }
-                // Give the console a moment to take QEMU's last words, for the tail.
-                let _ = tokio::time::timeout(super::DRAIN, self.console.closed()).await;
-                return Err(GuestError::Ended {
-                    instance: self.plan.name.clone(),
-                    context: self.console_context(),
-                });
+                return Err(self.ended().await);
             }
         };
         joined.map_err(|e| match e {
@@ -177,6 +175,18 @@ impl Vm {
             },
             e => e.into(),
         })
+    }
+
+    /// [`GuestError::Ended`] for this guest, whose QEMU has exited: how, and what the console
+    /// said last.
+    pub async fn ended(&self) -> GuestError {
+        // Give the console a moment to take QEMU's last words, for the tail.
+        let _ = tokio::time::timeout(super::DRAIN, self.console.closed()).await;
+        GuestError::Ended {
+            instance: self.plan.name.clone(),
+            how: self.outcome().map(|o| o.to_string()),
+            context: self.console_context(),
+        }
     }
 
     /// The instance, its console log and the console's last lines, for errors.
@@ -211,6 +221,7 @@ pub async fn connect_agent(
     let reply_timeout = super::scale(accel, DEFAULT_REPLY_TIMEOUT);
     let ended_err = || GuestError::Ended {
         instance: inst.name.clone(),
+        how: None,
         context: instance_context(inst),
     };
     tokio::select! {
@@ -270,6 +281,7 @@ async fn socket_of(inst: &InstanceRef) -> Result<(), GuestError> {
         if !inst.alive() {
             return Err(GuestError::Ended {
                 instance: inst.name.clone(),
+                how: None,
                 context: ConsoleContext {
                     instance: inst.name.clone(),
                     ..ConsoleContext::default()

@@ -59,11 +59,11 @@ use std::time::Duration;
 
 pub use builder::VmBuilder;
 pub use console::{Console, LogReader, MAX_LINE};
+pub use copy::{Copied, GuestPath, copy_from_guest, copy_to_guest};
+pub use error::VmError;
 pub use expect::{
     ConsoleContext, ConsoleError, ConsoleMatch, Expect, MAX_BETWEEN, Matcher, Origin, Verdict,
 };
-pub use copy::{Copied, GuestPath, copy_from_guest, copy_to_guest};
-pub use error::VmError;
 pub use guest::GuestBuilder;
 pub use guest_agent::{GuestError, agent_answers, connect_agent};
 pub use pool::{Pool, PoolPermit};

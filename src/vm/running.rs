@@ -140,6 +140,12 @@ impl Vm {
         let _ = tokio::time::timeout(DRAIN, drained).await;
     }
 
+    /// How the run ended, once QEMU has exited.
+    pub(super) fn outcome(&self) -> Option<super::Outcome> {
+        let exit = self.shared.exit.borrow().clone()?;
+        Some(self.ending().outcome(&exit))
+    }
+
     /// What was seen of the run, for its outcome.
     fn ending(&self) -> Ending {
         Ending {

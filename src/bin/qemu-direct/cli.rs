@@ -243,8 +243,9 @@ pub struct GuestCommandArgs {
 pub struct ExecArgs {
     /// Instance name.
     pub name: String,
-    /// Give up after this long (waiting for the agent included): the command is killed in the
-    /// guest and we exit 5.
+    /// Give up waiting for the guest agent after this long, and kill the command in the guest
+    /// once it has run this long; either way exit 5 [default: wait 30s for the agent under
+    /// KVM, 5 times that under TCG; no limit for the command].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]

@@ -68,14 +68,22 @@ pub fn ps(json: bool, agent: bool) -> anyhow::Result<ExitCode> {
                 i.state,
                 humantime::format_duration(Duration::from_secs(i.uptime_secs()))
             )?,
-            None => writeln!(out, "{:<20} {:<8} {:<5} {:>8} {:<14} {a}", r.name, "", "", "", "starting")?,
+            None => writeln!(
+                out,
+                "{:<20} {:<8} {:<5} {:>8} {:<14} {a}",
+                r.name, "", "", "", "starting"
+            )?,
         }
     }
     Ok(ExitCode::Success)
 }
 
 /// `ps --json`'s row of an instance; `agent` if it was asked.
-fn ps_row(r: &InstanceRef, info: Option<&instance::InstanceInfo>, agent: Option<&str>) -> serde_json::Value {
+fn ps_row(
+    r: &InstanceRef,
+    info: Option<&instance::InstanceInfo>,
+    agent: Option<&str>,
+) -> serde_json::Value {
     let mut row = match info {
         Some(i) => serde_json::json!({
             "name": r.name,
@@ -104,9 +112,7 @@ fn ps_row(r: &InstanceRef, info: Option<&instance::InstanceInfo>, agent: Option<
 
 /// Whether each instance's guest agent answers: `answers`, `no answer` or `none` (no agent
 /// channel), in the order of `all`.
-async fn agents(
-    all: &[(InstanceRef, Option<instance::InstanceInfo>)],
-) -> Vec<&'static str> {
+async fn agents(all: &[(InstanceRef, Option<instance::InstanceInfo>)]) -> Vec<&'static str> {
     let mut set = tokio::task::JoinSet::new();
     for (n, (r, _)) in all.iter().enumerate() {
         let r = r.clone();

@@ -81,6 +81,12 @@ fn accel_of(inst: &InstanceRef) -> Accel {
     inst.info().ok().flatten().map_or(Accel::Tcg, |i| i.accel)
 }
 
+/// `d` in whole milliseconds, so that the messages naming what is left of a timeout stay
+/// readable.
+fn ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 fn lib(e: impl Into<Error>) -> anyhow::Error {
     anyhow::Error::from(e.into())
 }
@@ -91,11 +97,11 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
     let inst = find(&args.name)?;
     let accel = accel_of(&inst);
     runtime()?.block_on(async {
-        let started = Instant::now();
+        // The same limit for the agent to answer and for the command to end: a message then
+        // names the limit given, not what was left of it.
         let wait = args.timeout.unwrap_or(vm::scale(accel, AGENT_WAIT));
         let agent = vm::connect_agent(&inst, wait, accel).await.map_err(lib)?;
-        let left = args.timeout.map(|t| t.saturating_sub(started.elapsed()));
-        run_in_guest(&agent, &prepared.request(&args.command, left)).await
+        run_in_guest(&agent, &prepared.request(&args.command, args.timeout)).await
     })
 }
 
@@ -125,7 +131,9 @@ async fn run_in_guest(agent: &Agent, request: &ExecRequest) -> anyhow::Result<u8
                 stdout_truncated,
                 stderr_truncated,
             } => {
-                for (truncated, which) in [(stdout_truncated, "stdout"), (stderr_truncated, "stderr")] {
+                for (truncated, which) in
+                    [(stdout_truncated, "stdout"), (stderr_truncated, "stderr")]
+                {
                     if truncated {
                         eprintln!("qemu-direct: the guest agent kept only the start of {which}");
                     }
@@ -234,8 +242,9 @@ async fn one_shot(
     let started = Instant::now();
     let vm = builder(plan, opts).launch().await.map_err(lib)?;
     let left = |default: Duration| {
-        opts.timeout
-            .map_or(default, |t| t.saturating_sub(started.elapsed()))
+        ms(opts
+            .timeout
+            .map_or(default, |t| t.saturating_sub(started.elapsed())))
     };
     let work = async {
         let agent = vm.agent_within(left(vm.scale(vm::AGENT_WAIT))).await?;
@@ -249,18 +258,18 @@ async fn one_shot(
             Ok(Ok(ExitCode::Interrupted as u8))
         }
     };
-    let ended = vm.exited();
+    // QEMU went away under the command: say so, with the console.
+    let ended = match vm.exited() {
+        true => Some(vm.ended().await),
+        false => None,
+    };
     vm.quit().await;
     let _ = vm.wait().await;
-    match outcome {
-        Ok(Ok(code)) => Ok(code),
-        // QEMU went away under the command: say so, with the console.
-        Ok(Err(_)) if ended => Err(lib(GuestError::Ended {
-            instance: vm.name().to_owned(),
-            context: vm.console_context(),
-        })),
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(lib(e)),
+    match (outcome, ended) {
+        (Ok(Ok(code)), _) => Ok(code),
+        (Ok(Err(_)), Some(ended)) => Err(lib(ended)),
+        (Ok(Err(e)), None) => Err(e),
+        (Err(e), _) => Err(lib(e)),
     }
 }
 

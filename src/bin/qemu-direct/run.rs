@@ -12,8 +12,8 @@ use std::{
 use anyhow::Context;
 use qemu_direct::{
     Error, ExitCode, argv,
-    instance,
     host::HostFacts,
+    instance,
     plan::LaunchPlan,
     profile::{Accel, ProfileSet},
     vm::{self, Report, RunOptions, Vm},

@@ -110,7 +110,17 @@ async fn the_text_between_two_markers_spans_lines_and_chunks() {
             break;
         }
     }
-    assert_eq!(out.as_deref(), Some("\r\none\r\ntwo\r\n".replace("\r\n", "\n").as_str()));
+    assert_eq!(out.as_deref(), Some("\none\ntwo\n"));
+    // "\n" as the end marker ends the line, whatever the console's line ends.
+    let got = between(
+        log_reader(dir.path(), b"qd-uname: aarch64\r\nnext\r\n"),
+        "qd-uname: ",
+        "\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, "aarch64");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -134,13 +144,19 @@ async fn a_failed_wait_names_the_instance_the_log_and_shows_the_tail() {
     assert_eq!(context.tail.len(), crate::vm::TAIL_LINES);
     assert_eq!(context.tail.last().unwrap(), "half");
     let shown = e.to_string();
-    assert!(shown.starts_with("the console ended without 'GUEST-READY' (instance 'vm0', console log "), "{shown}");
+    assert!(
+        shown.starts_with("the console ended without 'GUEST-READY' (instance 'vm0', console log "),
+        "{shown}"
+    );
     assert!(shown.contains("\n    line 29\n    half"), "{shown}");
     assert!(!shown.contains("line 9\n"), "only the tail: {shown}");
 
     // A panic ends `between` as a failure, with the panic line.
     let e = between(
-        log_reader(dir.path(), b"START\r\n[ 1.2] Kernel panic - not syncing: x\r\n"),
+        log_reader(
+            dir.path(),
+            b"START\r\n[ 1.2] Kernel panic - not syncing: x\r\n",
+        ),
         "START",
         "END",
         Duration::from_secs(5),
@@ -154,13 +170,20 @@ async fn a_failed_wait_names_the_instance_the_log_and_shows_the_tail() {
 
     // A wait that times out says so, with what it saw.
     let path = dir.path().join("live.log");
-    File::create(&path).unwrap().write_all(b"still booting\n").unwrap();
+    File::create(&path)
+        .unwrap()
+        .write_all(b"still booting\n")
+        .unwrap();
     let reader = LogReader::follow(File::open(&path).unwrap(), || true);
     let e = Expect::text("READY")
         .run(reader, Duration::from_millis(300))
         .await
         .unwrap_err();
     assert!(matches!(e, ConsoleError::TimedOut { .. }), "{e:?}");
-    assert!(e.to_string().ends_with("; last 1 console lines:\n    still booting"), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("; last 1 console lines:\n    still booting"),
+        "{e}"
+    );
     assert_eq!(e.context().unwrap().instance, "");
 }
