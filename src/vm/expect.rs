@@ -81,7 +81,7 @@ pub enum ConsoleError {
         /// The line that matched.
         line: String,
         /// What had been seen.
-        context: ConsoleContext,
+        context: Box<ConsoleContext>,
     },
     /// The time ran out.
     #[error(
@@ -94,7 +94,7 @@ pub enum ConsoleError {
         /// The timeout.
         after: Duration,
         /// What had been seen.
-        context: ConsoleContext,
+        context: Box<ConsoleContext>,
     },
     /// The console ended (QEMU exited) without the pattern.
     #[error("the console ended without '{pattern}'{context}")]
@@ -102,7 +102,7 @@ pub enum ConsoleError {
         /// The pattern (or text) waited for.
         pattern: String,
         /// What had been seen.
-        context: ConsoleContext,
+        context: Box<ConsoleContext>,
     },
     /// More than [`MAX_BETWEEN`] bytes came after the start marker without the end marker.
     #[error("no '{end}' within {limit} bytes after '{start}'{context}")]
@@ -114,7 +114,7 @@ pub enum ConsoleError {
         /// The limit.
         limit: usize,
         /// What had been seen.
-        context: ConsoleContext,
+        context: Box<ConsoleContext>,
     },
     /// Reading the log failed.
     #[error("cannot read the console log")]
@@ -336,7 +336,7 @@ async fn scan<S: Scanner>(
         }
         Err(ConsoleError::Ended {
             pattern: scanner.waiting_for(),
-            context: ConsoleContext::default(),
+            context: Box::default(),
         })
     };
     let outcome = match tokio::time::timeout(timeout, read).await {
@@ -344,7 +344,7 @@ async fn scan<S: Scanner>(
         Err(_) => Err(ConsoleError::TimedOut {
             pattern: scanner.waiting_for(),
             after: timeout,
-            context: ConsoleContext::default(),
+            context: Box::default(),
         }),
     };
     outcome.map_err(|mut e| {
@@ -353,7 +353,7 @@ async fn scan<S: Scanner>(
         | ConsoleError::Ended { context, .. }
         | ConsoleError::TooLong { context, .. } = &mut e
         {
-            *context = ConsoleContext {
+            **context = ConsoleContext {
                 instance: reader.origin().instance.clone(),
                 log: reader.origin().log.clone(),
                 tail: seen.tail(),
@@ -368,7 +368,7 @@ fn failed(pattern: String, line: String) -> ConsoleError {
     ConsoleError::Failed {
         pattern,
         line,
-        context: ConsoleContext::default(),
+        context: Box::default(),
     }
 }
 
@@ -473,7 +473,7 @@ impl Scanner for Between<'_> {
                 start: self.start.to_owned(),
                 end: self.end.to_owned(),
                 limit: MAX_BETWEEN,
-                context: ConsoleContext::default(),
+                context: Box::default(),
             })
         })
     }

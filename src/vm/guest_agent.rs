@@ -39,7 +39,7 @@ pub enum GuestError {
         /// How, where known: `guest kernel panicked: ...`.
         how: Option<String>,
         /// Its console log and last console lines.
-        context: ConsoleContext,
+        context: Box<ConsoleContext>,
     },
     /// The agent did not answer in time: no qemu-ga in the guest, or the guest is still
     /// booting (or hung).
@@ -48,7 +48,7 @@ pub enum GuestError {
         /// The instance.
         instance: String,
         /// Its console log and last console lines.
-        context: ConsoleContext,
+        context: Box<ConsoleContext>,
         /// How long was waited ([`AgentError::NotAnswering`]).
         #[source]
         source: AgentError,
@@ -170,7 +170,7 @@ impl Vm {
         joined.map_err(|e| match e {
             AgentError::NotAnswering { .. } => GuestError::NotAnswering {
                 instance: self.plan.name.clone(),
-                context: self.console_context(),
+                context: Box::new(self.console_context()),
                 source: e,
             },
             e => e.into(),
@@ -185,7 +185,7 @@ impl Vm {
         GuestError::Ended {
             instance: self.plan.name.clone(),
             how: self.outcome().map(|o| o.to_string()),
-            context: self.console_context(),
+            context: Box::new(self.console_context()),
         }
     }
 
@@ -222,7 +222,7 @@ pub async fn connect_agent(
     let ended_err = || GuestError::Ended {
         instance: inst.name.clone(),
         how: None,
-        context: instance_context(inst),
+        context: Box::new(instance_context(inst)),
     };
     tokio::select! {
         r = Agent::connect(&path, wait) => match r {
@@ -231,7 +231,7 @@ pub async fn connect_agent(
             Err(AgentError::NoChannel { .. }) if !inst.alive() => Err(ended_err()),
             Err(e @ AgentError::NotAnswering { .. }) => Err(GuestError::NotAnswering {
                 instance: inst.name.clone(),
-                context: instance_context(inst),
+                context: Box::new(instance_context(inst)),
                 source: e,
             }),
             Err(e) => Err(e.into()),
@@ -282,10 +282,10 @@ async fn socket_of(inst: &InstanceRef) -> Result<(), GuestError> {
             return Err(GuestError::Ended {
                 instance: inst.name.clone(),
                 how: None,
-                context: ConsoleContext {
+                context: Box::new(ConsoleContext {
                     instance: inst.name.clone(),
                     ..ConsoleContext::default()
-                },
+                }),
             });
         }
         let starting = inst
