@@ -230,7 +230,8 @@ pub fn run_command(
     }
     let prepared = Prepared::from(&args.guest_command)?;
     let opts = options(args, unique_name);
-    runtime()?.block_on(one_shot(&plan, &opts, &args.command, &prepared))
+    let verbose = args.verbose;
+    runtime()?.block_on(one_shot(&plan, &opts, &args.command, &prepared, verbose))
 }
 
 async fn one_shot(
@@ -238,8 +239,17 @@ async fn one_shot(
     opts: &RunOptions,
     command: &[String],
     prepared: &Prepared,
+    verbose: bool,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
+    // With --verbose, where the time went: booting to an answering agent, the command, the
+    // stop (scripts/bench reads these).
+    let took = |what: &str, since: Instant| {
+        if verbose {
+            eprintln!("qemu-direct: {what} after {:.3} s", since.elapsed().as_secs_f64());
+        }
+        Instant::now()
+    };
     let vm = builder(plan, opts).launch().await.map_err(lib)?;
     let left = |default: Duration| {
         ms(opts
@@ -248,8 +258,11 @@ async fn one_shot(
     };
     let work = async {
         let agent = vm.agent_within(left(vm.scale(vm::AGENT_WAIT))).await?;
+        let answered = took("the guest agent answered", started);
         let request = prepared.request(command, opts.timeout.map(|_| left(Duration::ZERO)));
-        Ok::<_, GuestError>(run_in_guest(agent, &request).await)
+        let status = run_in_guest(agent, &request).await;
+        took("the command ended", answered);
+        Ok::<_, GuestError>(status)
     };
     let outcome = tokio::select! {
         r = work => r,
@@ -263,8 +276,10 @@ async fn one_shot(
         true => Some(vm.ended().await),
         false => None,
     };
+    let stopping = Instant::now();
     vm.quit().await;
     let _ = vm.wait().await;
+    took("the guest stopped", stopping);
     match (outcome, ended) {
         (Ok(Ok(code)), _) => Ok(code),
         (Ok(Err(_)), Some(ended)) => Err(lib(ended)),
