@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # fetch-test-guests.sh - build tiny QEMU test guests from Debian bookworm packages.
 #
-# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--refresh] [--rebuild] [DIR]
+# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--generic-kernel] [--refresh] [--rebuild] [DIR]
 #
 # The packages are downloaded (never installed) through a private apt
-# configuration under DIR/.apt and unpacked with dpkg-deb. Layout of DIR:
+# configuration under DIR/.apt and unpacked with dpkg-deb. What the guests are is data in
+# tests/guest/: arches.tsv (per guest: Debian arch, kernel packages, UEFI arch, console,
+# guest agent package), modules.list (kernel modules for the initramfs) and init.sh (the
+# initramfs /init, copied as it is; per-guest values go to /etc/qd-guest.conf, which it
+# sources); this script only orchestrates. Layout of DIR:
 #
-#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel
+#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel; the initramfs has
+#                                     busybox, the kernel modules of modules.list, and
+#                                     qemu-ga (qemu-guest-agent) with the shared libraries it
+#                                     needs and nothing else of their packages
 #   <arch>/uefi.img                   x86_64 aarch64: FAT disk (no partition table) that
 #                                     UEFI firmware (OVMF, AAVMF) boots as removable media:
 #                                     EFI/BOOT/BOOT{X64,AA64}.EFI is systemd-boot, whose
@@ -17,27 +24,46 @@
 #   riscv64/fw_jump.bin               OpenSBI generic fw_jump (-bios)
 #   riscv64/u-boot.bin                U-Boot qemu-riscv64_smode (-kernel)
 #   riscv64/boot/boot.scr.uimg        U-Boot script; serve the folder as fat:DIR/riscv64/boot
-#   manifest.txt                      "name version arch sha256" per .deb,
+#                                     (riscv64: no kernel, no agent; bookworm has neither)
+#   manifest.txt                      "name version arch sha256" per .deb (kernel, busybox,
+#                                     systemd-boot, qemu-guest-agent and its dependencies),
 #                                     "file <relative path> <sha256>" per output
 #
-# The initramfs /init prints "GUEST-READY <arch>", then qd-uptime: (the guest's
-# /proc/uptime seconds at the marker), qd-uname:, qd-address-sizes:, qd-flags:,
-# qd-cmdline: lines, and powers off. Kernel command line switches:
-# qd.hold=1 (print "qd-heartbeat N" every second forever), qd.panic=1 (kernel panic),
-# qd.write=DEV (write the 512-byte block "QD-MARKER <arch>" at the start of block device
-# DEV, e.g. /dev/vda, synced, then print "qd-wrote: DEV", or "qd-error: ..." if it fails).
-# Before those it prints "qd-net: <name>(<driver>)..." for each network interface but lo,
-# or "qd-net: none".
+# The kernels: Debian's cloud flavour for x86_64 and aarch64 (small, quick to boot, but no
+# 9p), the generic ones elsewhere; --generic-kernel gives x86_64 and aarch64 the generic
+# flavour too (9p as modules; see tests/guest/README.md for what it costs).
+#
+# The initramfs /init (tests/guest/init.sh), in this order:
+# - loads the "boot" modules of modules.list (virtio pci/mmio/blk/net/console);
+# - for each qd.mount=TAG:/path on the kernel command line (repeatable): loads the "mount"
+#   modules once, creates /path, mounts TAG there with virtiofs, or else 9p (trans=virtio,
+#   version=9p2000.L), and prints "qd-mounted: TAG /path virtiofs|9p", or
+#   "qd-error: cannot mount TAG on /path (virtiofs: ...; 9p: ...)";
+# - when a virtio-serial port named org.qemu.guest_agent.0 is there (waiting up to 2 s for
+#   the host to name the ports, only if a virtio console device is there), links
+#   /dev/virtio-ports/org.qemu.guest_agent.0 to it, starts
+#   "qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0" in the background
+#   (log: /var/log/qemu-ga.log) and prints "qd-agent: qemu-ga on <path> (<vportNpM>)".
+#   It serves guest-exec (busybox sh and applets in /bin) and guest-file-*; a client
+#   should guest-sync-delimited first (it starts while the marker is printed);
+# - prints "GUEST-READY <arch>", then qd-uptime: (the guest's /proc/uptime seconds at the
+#   marker; always the line right after it), qd-uname:, qd-address-sizes:, qd-flags:,
+#   qd-cmdline:, and "qd-net: <name>(<driver>)..." for each network interface but lo, or
+#   "qd-net: none";
+# - qd.write=DEV: writes the 512-byte block "QD-MARKER <arch>" at the start of block device
+#   DEV, e.g. /dev/vda, synced, then prints "qd-wrote: DEV", or "qd-error: ..." if it fails;
+# - qd.panic=1: kernel panic; qd.hold=1: prints "qd-heartbeat N" every second forever;
+#   otherwise powers off.
 #
 # Re-runs are cached by package version: when the versions resolved from the apt
-# lists (refreshed when older than a day, or with --refresh) match the manifest
-# and the outputs are intact, nothing is done.
+# lists (refreshed when older than a day, or with --refresh) match the manifest, the
+# recipe (this script and tests/guest/*) is unchanged and the outputs are intact,
+# nothing is done.
 set -euo pipefail
 set -o errtrace
 umask 022
 
 readonly PROG=fetch-test-guests
-readonly ALL_ARCHES=(x86_64 aarch64 ppc64le s390x mipsel riscv64)
 readonly MIRROR=http://deb.debian.org/debian
 readonly SUITE=bookworm
 readonly KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -58,13 +84,17 @@ trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 usage() {
 	cat <<EOF
-Usage: $0 [--arch ARCH]... [--refresh] [--rebuild] [DIR]
+Usage: $0 [--arch ARCH]... [--generic-kernel] [--refresh] [--rebuild] [DIR]
 
 Build small QEMU test guests from Debian $SUITE packages into DIR
 (default: \${XDG_CACHE_HOME:-\$HOME/.cache}/qemu-direct/test-guests).
 
   --arch ARCH   only this guest (repeatable, or comma-separated);
                 one of: ${ALL_ARCHES[*]} (default: all)
+  --generic-kernel
+                x86_64 and aarch64 get Debian's generic kernel (linux-image-amd64,
+                -arm64), which has 9p, instead of the cloud one, which has not
+                (virtiofs works with both); the other guests' kernels are generic already
   --refresh     run apt-get update on the private apt lists even if they are fresh
   --rebuild     rebuild the selected guests even if they are up to date
   -h, --help    show this help
@@ -73,56 +103,109 @@ EOF
 
 # --- per-arch facts ---------------------------------------------------------
 
-debarch_of() {
-	case $1 in
-	x86_64) echo amd64 ;;
-	aarch64) echo arm64 ;;
-	ppc64le) echo ppc64el ;;
-	s390x) echo s390x ;;
-	mipsel) echo mipsel ;;
-	riscv64) echo all ;;
-	*) return 1 ;;
-	esac
+# They live in tests/guest/ (arches.tsv, modules.list, init.sh); this script only orchestrates.
+GUEST_SRC=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../tests/guest" 2>/dev/null && pwd) ||
+	die "no tests/guest folder beside scripts/ (it holds arches.tsv, modules.list, init.sh)"
+readonly GUEST_SRC ARCHES_FILE=$GUEST_SRC/arches.tsv MODULES_FILE=$GUEST_SRC/modules.list \
+	INIT_FILE=$GUEST_SRC/init.sh
+for f in "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE"; do
+	[[ -r $f ]] || die "missing $f"
+done
+
+# arches.tsv: arch debarch kernel generic efi console agent ("-" is none); # starts a comment.
+ALL_ARCHES=()
+declare -A DEBARCH=() KERNEL_META=() GENERIC_META=() EFI_ARCH=() CONSOLE=() AGENT_PKG=()
+read_arches() {
+	local line n=0 cols
+	while IFS= read -r line || [[ -n $line ]]; do
+		n=$((n + 1))
+		line=${line%%#*}
+		read -r -a cols <<<"$line"
+		((${#cols[@]})) || continue
+		((${#cols[@]} == 7)) ||
+			die "$ARCHES_FILE:$n: expected 7 columns (arch debarch kernel generic efi console agent), got ${#cols[@]}"
+		[[ -z ${DEBARCH[${cols[0]}]:-} ]] || die "$ARCHES_FILE:$n: arch ${cols[0]} listed twice"
+		ALL_ARCHES+=("${cols[0]}")
+		DEBARCH[${cols[0]}]=${cols[1]}
+		KERNEL_META[${cols[0]}]=${cols[2]}
+		GENERIC_META[${cols[0]}]=${cols[3]}
+		EFI_ARCH[${cols[0]}]=${cols[4]}
+		CONSOLE[${cols[0]}]=${cols[5]}
+		AGENT_PKG[${cols[0]}]=${cols[6]}
+	done <"$ARCHES_FILE"
+	((${#ALL_ARCHES[@]})) || die "$ARCHES_FILE lists no arch"
+}
+read_arches
+readonly ALL_ARCHES
+
+# Debian architectures of all guests, each once (the private apt's APT::Architectures).
+ALL_DEBARCHES=()
+for a in "${ALL_ARCHES[@]}"; do
+	[[ " ${ALL_DEBARCHES[*]} " == *" ${DEBARCH[$a]} "* ]] || ALL_DEBARCHES+=("${DEBARCH[$a]}")
+done
+readonly ALL_DEBARCHES
+
+debarch_of() { echo "${DEBARCH[$1]}"; }
+
+# Kernel metapackage (the generic flavour's with --generic-kernel); fails for a guest without
+# a kernel (riscv64).
+kernel_meta_of() {
+	[[ ${KERNEL_META[$1]:--} != - ]] || return 1
+	if ((GENERIC_KERNEL)) && [[ ${GENERIC_META[$1]:--} != - ]]; then
+		echo "${GENERIC_META[$1]}"
+	else
+		echo "${KERNEL_META[$1]}"
+	fi
 }
 
-kernel_meta_of() {
-	case $1 in
-	x86_64) echo linux-image-cloud-amd64 ;;
-	aarch64) echo linux-image-cloud-arm64 ;;
-	ppc64le) echo linux-image-powerpc64le ;;
-	s390x) echo linux-image-s390x ;;
-	mipsel) echo linux-image-4kc-malta ;;
-	*) return 1 ;;
-	esac
+# The guest agent package of a kernel guest; fails where it gets none.
+agent_of() {
+	kernel_meta_of "$1" >/dev/null || return 1
+	[[ ${AGENT_PKG[$1]:--} != - ]] || return 1
+	echo "${AGENT_PKG[$1]}"
 }
 
 # UEFI arch name (as in BOOT<NAME>.EFI, systemd-boot<name>.efi) and serial console of
 # the guests that get a uefi.img.
 uefi_of() {
-	case $1 in
-	x86_64) echo "x64 ttyS0" ;;
-	aarch64) echo "aa64 ttyAMA0" ;;
-	*) return 1 ;;
-	esac
+	[[ ${EFI_ARCH[$1]:--} != - ]] || return 1
+	echo "${EFI_ARCH[$1]} ${CONSOLE[$1]}"
 }
 
 # Output files (relative to DIR) of one guest.
 outputs_of() {
-	case $1 in
-	riscv64) printf '%s\n' riscv64/fw_jump.bin riscv64/u-boot.bin riscv64/boot/boot.scr.uimg ;;
-	x86_64 | aarch64) printf '%s\n' "$1/kernel" "$1/initrd.gz" "$1/uefi.img" ;;
-	*) printf '%s\n' "$1/kernel" "$1/initrd.gz" ;;
-	esac
+	if ! kernel_meta_of "$1" >/dev/null; then
+		printf '%s\n' "$1/fw_jump.bin" "$1/u-boot.bin" "$1/boot/boot.scr.uimg"
+	elif uefi_of "$1" >/dev/null; then
+		printf '%s\n' "$1/kernel" "$1/initrd.gz" "$1/uefi.img"
+	else
+		printf '%s\n' "$1/kernel" "$1/initrd.gz"
+	fi
 }
 
-# Virtio drivers loaded by /init when they are modules (plus their dependencies).
-readonly GUEST_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_net)
+# Drivers loaded by /init when they are modules (plus their dependencies): BOOT_MODULES
+# always, MOUNT_MODULES when the kernel command line asks for a shared folder (qd.mount=).
+BOOT_MODULES=() MOUNT_MODULES=()
+n=0
+while IFS= read -r line || [[ -n $line ]]; do
+	n=$((n + 1))
+	line=${line%%#*}
+	read -r -a cols <<<"$line"
+	((${#cols[@]})) || continue
+	case ${#cols[@]}:${cols[1]:-} in
+	2:boot) BOOT_MODULES+=("${cols[0]}") ;;
+	2:mount) MOUNT_MODULES+=("${cols[0]}") ;;
+	*) die "$MODULES_FILE:$n: expected 'MODULE boot' or 'MODULE mount', got '$line'" ;;
+	esac
+done <"$MODULES_FILE"
+readonly BOOT_MODULES MOUNT_MODULES
 
 # --- arguments --------------------------------------------------------------
 
 ARCHES=()
 REFRESH=0
 REBUILD=0
+GENERIC_KERNEL=0
 DIR=""
 add_arch() {
 	local a known=0 k
@@ -146,6 +229,10 @@ while (($#)); do
 		;;
 	--refresh)
 		REFRESH=1
+		shift
+		;;
+	--generic-kernel)
+		GENERIC_KERNEL=1
 		shift
 		;;
 	--rebuild)
@@ -198,13 +285,14 @@ if [[ $(id -u) == 0 ]]; then IS_ROOT=1; fi
 
 STAGE="checking host tools"
 ensure_host_tools() {
-	local missing_pkgs=() missing_cmds=() entry cmd pkg a uefi_tools=()
+	local missing_pkgs=() missing_cmds=() entry cmd pkg a uefi_tools=() agent_tools=()
 	for a in "${ARCHES[@]}"; do
 		if uefi_of "$a" >/dev/null; then uefi_tools=(mformat:mtools mmd:mtools mcopy:mtools); fi
+		if agent_of "$a" >/dev/null; then agent_tools=(readelf:binutils); fi
 	done
 	for entry in apt-get:apt apt-cache:apt dpkg-deb:dpkg cpio:cpio gzip:gzip \
 		sha256sum:coreutils tr:coreutils od:coreutils find:findutils awk:mawk sed:sed \
-		tar:tar flock:util-linux realpath:coreutils "${uefi_tools[@]}"; do
+		tar:tar flock:util-linux realpath:coreutils "${uefi_tools[@]}" "${agent_tools[@]}"; do
 		cmd=${entry%%:*} pkg=${entry#*:}
 		if ! command -v "$cmd" >/dev/null 2>&1; then
 			missing_cmds+=("$cmd")
@@ -271,8 +359,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The recipe (this script) is part of the cache key: a changed /init rebuilds.
-RECIPE=$(sha256sum <"${BASH_SOURCE[0]}")
+# The recipe (this script and the files of tests/guest it reads) is part of the cache key:
+# a changed /init rebuilds.
+RECIPE=$(cat -- "${BASH_SOURCE[0]}" "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE" | sha256sum)
 RECIPE=${RECIPE%% *}
 
 # --- private apt ------------------------------------------------------------
@@ -307,7 +396,7 @@ Dir::Cache::archives \"$APTDIR/cache/archives\";
 Dir::Cache::pkgcache \"pkgcache.bin\";
 Dir::Cache::srcpkgcache \"\";
 #clear APT::Architectures;
-APT::Architectures { \"amd64\"; \"arm64\"; \"ppc64el\"; \"s390x\"; \"mipsel\"; \"all\"; };
+APT::Architectures { $(printf '\"%s\"; ' "${ALL_DEBARCHES[@]}")};
 $sandbox_line
 Acquire::Languages \"none\";
 Acquire::IndexTargets::deb::DEP-11::DefaultEnabled \"false\";
@@ -340,7 +429,7 @@ LISTS_STAMP=$APTDIR/lists-updated
 UPDATED=0
 apt_update() {
 	STAGE="updating the private apt lists ($MIRROR $SUITE main)"
-	log "apt-get update ($SUITE main; amd64 arm64 ppc64el s390x mipsel all)"
+	log "apt-get update ($SUITE main; ${ALL_DEBARCHES[*]})"
 	if run_logged "apt-get update" apt_ apt-get -q update; then
 		touch "$LISTS_STAMP"
 		UPDATED=1
@@ -384,14 +473,16 @@ apt_show() {
 		}'
 }
 
-# WANT[arch] = "name:debarch=version ..." (kernel guests: the kernel, busybox-static and,
-# for the uefi_of arches, systemd-boot-efi, in this order)
+# WANT[arch] = "name:debarch=version ..." (kernel guests: the kernel, busybox-static,
+# for the uefi_of arches systemd-boot-efi, then for the agent_of arches the agent and the
+# packages it depends on; riscv64: opensbi, u-boot-qemu)
+# KERNEL_SPEC, BUSYBOX_SPEC, SDBOOT_SPEC[arch] = the one spec; AGENT_SPECS[arch] = "spec ..."
 # DEB_SHA[name:debarch=version] = SHA256 of the .deb from the (signed) Packages index
-declare -A WANT DEB_SHA
+declare -A WANT DEB_SHA KERNEL_SPEC BUSYBOX_SPEC SDBOOT_SPEC AGENT_SPECS
 SPEC=""
 resolve() {
 	STAGE="resolving package versions"
-	local a da meta specs=() shown kernel_specs=() line name ver deps
+	local a da meta specs=() agents=() shown kernel_specs=() closure=() line name deps
 	for a in "${ARCHES[@]}"; do
 		da=$(debarch_of "$a")
 		if [[ $a == riscv64 ]]; then
@@ -400,8 +491,18 @@ resolve() {
 			meta=$(kernel_meta_of "$a")
 			specs+=("$meta:$da" "busybox-static:$da")
 			if uefi_of "$a" >/dev/null; then specs+=("systemd-boot-efi:$da"); fi
+			if agent_of "$a" >/dev/null; then agents+=("$(agent_of "$a"):$da"); fi
 		fi
 	done
+	# The agents' dependency closure (Depends only: its shared libraries come from these
+	# packages; Pre-Depends on init-system-helpers would pull in perl), by apt-cache in the
+	# background meanwhile.
+	local depsf=$TMP/agent-deps pid=""
+	if ((${#agents[@]})); then
+		apt_ apt-cache depends --recurse --no-pre-depends --no-recommends --no-suggests \
+			--no-conflicts --no-breaks --no-replaces --no-enhances "${agents[@]}" >"$depsf" &
+		pid=$!
+	fi
 	shown=$(apt_show "${specs[@]}") || die "apt-cache could not resolve: ${specs[*]} (try --refresh)"
 	# lookup helper: version/depends of name+arch
 	find_pkg() { awk -v n="$1" -v a="$2" '$1 == n && $2 == a { print; exit }' <<<"$shown"; }
@@ -433,14 +534,30 @@ resolve() {
 		[[ -n $name ]] || die "cannot find the linux-image-<abi>-<flavour> dependency of $meta:$da (Depends: $deps)"
 		kernel_specs+=("$name:$da")
 		want_pkg busybox-static "$da"
-		WANT[$a]="KERNEL $SPEC "
+		BUSYBOX_SPEC[$a]=$SPEC
+		SDBOOT_SPEC[$a]=""
 		if uefi_of "$a" >/dev/null; then
 			want_pkg systemd-boot-efi "$da"
-			WANT[$a]+="$SPEC "
+			SDBOOT_SPEC[$a]=$SPEC
 		fi
 	done
-	if ((${#kernel_specs[@]})); then
-		shown=$(apt_show "${kernel_specs[@]}") || die "apt-cache could not resolve: ${kernel_specs[*]} (try --refresh)"
+	# apt-cache names packages of the host's own architecture without ":arch".
+	if [[ -n $pid ]]; then
+		local native
+		native=$(dpkg --print-architecture)
+		wait "$pid" || die "apt-cache could not resolve the dependencies of: ${agents[*]} (try --refresh)"
+		deps=$(grep -v '^ ' "$depsf")
+		while read -r name; do
+			case $name in
+			"<"* | "") continue ;;
+			*:*) closure+=("$name") ;;
+			*) closure+=("$name:$native") ;;
+			esac
+		done <<<"$deps"
+	fi
+	if ((${#kernel_specs[@]} + ${#closure[@]})); then
+		shown=$(apt_show "${kernel_specs[@]}" "${closure[@]}") ||
+			die "apt-cache could not resolve: ${kernel_specs[*]} ${closure[*]} (try --refresh)"
 		for a in "${ARCHES[@]}"; do
 			if [[ $a == riscv64 ]]; then continue; fi
 			da=$(debarch_of "$a")
@@ -449,7 +566,20 @@ resolve() {
 				if [[ ${line#*:} == "$da" ]]; then name=${line%:*}; fi
 			done
 			want_pkg "$name" "$da"
-			WANT[$a]=${WANT[$a]/KERNEL/$SPEC}
+			KERNEL_SPEC[$a]=$SPEC
+			WANT[$a]="${KERNEL_SPEC[$a]} ${BUSYBOX_SPEC[$a]} ${SDBOOT_SPEC[$a]} "
+			AGENT_SPECS[$a]=""
+			if agent_of "$a" >/dev/null; then
+				# the agent first, then its dependencies by name
+				want_pkg "$(agent_of "$a")" "$da"
+				AGENT_SPECS[$a]="$SPEC "
+				for line in $(printf '%s\n' "${closure[@]}" | LC_ALL=C sort); do
+					[[ ${line#*:} == "$da" && ${line%:*} != "$(agent_of "$a")" ]] || continue
+					want_pkg "${line%:*}" "$da"
+					AGENT_SPECS[$a]+="$SPEC "
+				done
+			fi
+			WANT[$a]+=${AGENT_SPECS[$a]}
 		done
 	fi
 }
@@ -593,81 +723,89 @@ make_uboot_script() {
 	[[ $(stat -c %s "$out") == $((64 + plen)) ]] || die "bad U-Boot script image size for $out"
 }
 
-# Guest /init; the generated header sets QD_ARCH and QD_MODULES.
+# Guest /init is tests/guest/init.sh as it is; what differs per guest is in /etc/qd-guest.conf,
+# which it sources.
 write_init() {
-	local arch=$1 mods=$2 out=$3
+	local arch=$1 boot_mods=$2 mount_mods=$3 root=$4
+	cp -- "$INIT_FILE" "$root/init"
+	chmod 0755 "$root/init"
 	{
-		printf '#!/bin/busybox sh\n'
-		printf '# qemu-direct test guest init (generated by scripts/fetch-test-guests.sh)\n'
+		printf '# written by scripts/fetch-test-guests.sh, read by /init (tests/guest/init.sh)\n'
 		printf 'QD_ARCH=%s\n' "$arch"
-		printf 'QD_MODULES="%s"\n' "$mods"
-		cat <<'INIT'
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
-[ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-cmdline=$(cat /proc/cmdline)
-qd_opt() {
-	case " $cmdline " in *" $1 "*) return 0 ;; esac
-	return 1
+		printf 'QD_MODULES="%s"\n' "$boot_mods"
+		printf 'QD_MOUNT_MODULES="%s"\n' "$mount_mods"
+	} >"$root/etc/qd-guest.conf"
 }
-for m in $QD_MODULES; do
-	insmod "/lib/modules/$m.ko" >/dev/null 2>&1 || true
-done
-read -r up _ </proc/uptime
-echo "GUEST-READY $QD_ARCH"
-echo "qd-uptime: $up"
-echo "qd-uname: $(uname -m)"
-echo "qd-address-sizes: $(grep -m1 '^address sizes' /proc/cpuinfo)"
-echo "qd-flags: $(grep -m1 -iE '^(flags|features)[[:space:]]*:' /proc/cpuinfo)"
-echo "qd-cmdline: $cmdline"
-nics=""
-for n in /sys/class/net/*; do
-	n=${n##*/}
-	case $n in lo | "*") continue ;; esac
-	drv=$(readlink "/sys/class/net/$n/device/driver" 2>/dev/null) || drv=none
-	nics="$nics $n(${drv##*/})"
-done
-echo "qd-net:${nics:- none}"
-qd_write=""
-for w in $cmdline; do
-	case $w in qd.write=*) qd_write=${w#qd.write=} ;; esac
-done
-if [ -n "$qd_write" ]; then
-	i=0
-	# Block devices of modules loaded above may appear a moment later.
-	while [ ! -b "$qd_write" ] && [ $i -lt 10 ]; do
-		sleep 1
-		i=$((i + 1))
+
+# Path RELative to a sysroot SYS after following its symlinks inside SYS (an absolute link
+# target is taken from SYS's root); fails unless it ends at a regular file.
+sys_resolve() {
+	local sys=$1 rel=$2 t n=0
+	while [[ -L $sys/$rel ]]; do
+		((n++ < 40)) || return 1
+		t=$(readlink -- "$sys/$rel")
+		if [[ $t == /* ]]; then rel=$t; else rel=$(dirname -- "$rel")/$t; fi
+		rel=$(realpath -s -m -- "/$rel")
+		rel=${rel#/}
 	done
-	if printf 'QD-MARKER %s\n' "$QD_ARCH" | dd of="$qd_write" bs=512 count=1 conv=sync,notrunc,fsync 2>/dev/null; then
-		sync
-		echo "qd-wrote: $qd_write"
-	else
-		echo "qd-error: cannot write $qd_write"
+	[[ -f $sys/$rel ]] || return 1
+	printf '%s\n' "$rel"
+}
+
+# Puts ELF file REL of sysroot SYS (unpacked .debs) at the same path into ROOT, then, the same
+# way, its program interpreter and the shared libraries it needs (DT_NEEDED, looked up in
+# SYS's library folders as the dynamic loader does: multiarch folders first). A file met
+# again under another name becomes a symlink. Uses the caller's ELF_DONE, ELF_SRC, LIBDIRS.
+install_elf() {
+	local sys=$1 root=$2 rel=$3 src interp lib dir found
+	[[ -z ${ELF_DONE[$rel]:-} ]] || return 0
+	ELF_DONE[$rel]=1
+	src=$(sys_resolve "$sys" "$rel") || die "$rel: not a file in the unpacked agent packages"
+	mkdir -p -- "$root/$(dirname -- "$rel")"
+	if [[ -n ${ELF_SRC[$src]:-} ]]; then
+		ln -s -- "/${ELF_SRC[$src]}" "$root/$rel"
+		return 0
 	fi
-fi
-if qd_opt qd.panic=1; then
-	# PID 1 exiting makes the kernel panic ("Attempted to kill init!").
-	echo "qd-panic: exiting init"
-	exit 1
-fi
-if qd_opt qd.hold=1; then
-	n=0
-	while :; do
-		n=$((n + 1))
-		echo "qd-heartbeat $n"
-		sleep 1
+	ELF_SRC[$src]=$rel
+	cp -- "$sys/$src" "$root/$rel"
+	interp=$(LC_ALL=C readelf -lW -- "$sys/$src" | sed -n 's/.*\[Requesting program interpreter: \(.*\)\]$/\1/p')
+	if [[ -n $interp ]]; then install_elf "$sys" "$root" "${interp#/}"; fi
+	for lib in $(LC_ALL=C readelf -dW -- "$sys/$src" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+		found=""
+		for dir in "${LIBDIRS[@]}"; do
+			if [[ -e $sys/$dir/$lib || -L $sys/$dir/$lib ]]; then
+				found=$dir/$lib
+				break
+			fi
+		done
+		[[ -n $found ]] || die "$rel needs $lib, which none of the agent's packages has (${LIBDIRS[*]})"
+		install_elf "$sys" "$root" "$found"
 	done
-fi
-poweroff -f
-echo "qd-error: poweroff -f failed"
-exit 1
-INIT
-	} >"$out"
-	chmod 0755 "$out"
+}
+
+# The guest agent (AGENT_SPECS: its package first, then those it depends on) into the
+# initramfs ROOT: /usr/sbin/qemu-ga and the shared libraries it needs, nothing else.
+install_agent() {
+	local arch=$1 agent_specs=$2 root=$3 sys=$4 spec deb d pat
+	local -A ELF_DONE=() ELF_SRC=()
+	local LIBDIRS=()
+	mkdir -p "$sys"
+	for spec in $agent_specs; do
+		deb=$DEBS/$(deb_file_of "$spec")
+		STAGE="unpacking $(basename "$deb") for $arch"
+		dpkg-deb -x "$deb" "$sys" || die "dpkg-deb -x failed for $deb"
+	done
+	STAGE="putting the guest agent into the $arch initramfs"
+	[[ -f $sys/usr/sbin/qemu-ga ]] || die "no usr/sbin/qemu-ga in ${agent_specs%% *}"
+	for pat in 'lib/*-linux-gnu*' 'usr/lib/*-linux-gnu*' lib64 lib usr/lib64 usr/lib; do
+		for d in "$sys"/$pat; do
+			if [[ -d $d ]]; then LIBDIRS+=("${d#"$sys"/}"); fi
+		done
+	done
+	install_elf "$sys" "$root" usr/sbin/qemu-ga
+	# qemu-ga keeps its state (fsfreeze) in /var/run
+	mkdir -p "$root/run" "$root/var/log"
+	ln -s ../run "$root/var/run"
 }
 
 # Decompress/copy a kernel module to $2.
@@ -689,7 +827,7 @@ copy_module() {
 }
 
 build_kernel_guest() {
-	local arch=$1 kspec=$2 bbspec=$3 out=$4 sdbspec=${5:-}
+	local arch=$1 kspec=$2 bbspec=$3 out=$4 sdbspec=${5:-} agentspecs=${6:-}
 	local x=$TMP/x/$arch root kdeb bbdeb kernel moddirs moddir
 	kdeb=$DEBS/$(deb_file_of "$kspec")
 	bbdeb=$DEBS/$(deb_file_of "$bbspec")
@@ -719,7 +857,7 @@ build_kernel_guest() {
 	moddirs=("$x"/k/lib/modules/*/kernel "$x"/k/usr/lib/modules/*/kernel)
 	moddir=""
 	for d in "${moddirs[@]}"; do if [[ -d $d ]]; then moddir=$d; fi; done
-	local order=() loaded=""
+	local order=() loaded="" boot_order=""
 	if [[ -n $moddir ]]; then
 		local -A modpath=()
 		local p n
@@ -739,11 +877,15 @@ build_kernel_guest() {
 			for dep in ${deps//,/ }; do add_module "$dep"; done
 			order+=("$m")
 		}
-		for n in "${GUEST_MODULES[@]}"; do add_module "$n"; done
+		for n in "${BOOT_MODULES[@]}"; do add_module "$n"; done
+		boot_order="${order[*]}"
+		order=()
+		for n in "${MOUNT_MODULES[@]}"; do add_module "$n"; done
 	fi
-	write_init "$arch" "${order[*]}" "$root/init"
-	if ((${#order[@]})); then
-		log "$arch: modules loaded by /init: ${order[*]}"
+	write_init "$arch" "$boot_order" "${order[*]}" "$root"
+	log "$arch: modules loaded by /init: ${boot_order:-none}; for qd.mount=: ${order[*]:-none}"
+	if [[ -n $agentspecs ]]; then
+		install_agent "$arch" "$agentspecs" "$root" "$x/agent"
 	fi
 
 	STAGE="packing the $arch initramfs"
@@ -853,7 +995,8 @@ if ((${#STALE[@]})); then
 		if [[ $a == riscv64 ]]; then
 			build_riscv_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a"
 		else
-			build_kernel_guest "$a" "${specs[0]}" "${specs[1]}" "$TMP/out/$a" "${specs[2]:-}"
+			build_kernel_guest "$a" "${KERNEL_SPEC[$a]}" "${BUSYBOX_SPEC[$a]}" "$TMP/out/$a" \
+				"${SDBOOT_SPEC[$a]}" "${AGENT_SPECS[$a]}"
 		fi
 	}
 	wait_builds() {

@@ -1,7 +1,7 @@
 //! The library's one error type, the exit codes of the `qemu-direct` command, and the map
 //! between them.
 
-use crate::{agent, cpu, instance, libvirt, plan, profile, qmp, spec, vm};
+use crate::{agent, cpu, host::caps::CapsError, instance, libvirt, plan, profile, qmp, spec, vm};
 
 /// Process exit codes of the `qemu-direct` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub enum ExitCode {
     Timeout = 5,
     /// The hypervisor stopped the guest (e.g. KVM internal error).
     GuestCrashed = 6,
+    /// The guest reset itself (reboot, triple fault) when nobody asked; QEMU runs with
+    /// `-no-reboot`, so the run ended there.
+    GuestReset = 7,
     /// SIGINT or SIGTERM stopped the run.
     Interrupted = 130,
 }
@@ -58,6 +61,9 @@ pub enum Error {
     /// Waiting for console text.
     #[error(transparent)]
     Console(#[from] vm::ConsoleError),
+    /// An emulator did not answer its capability probe.
+    #[error(transparent)]
+    Caps(Box<CapsError>),
     /// Reading or writing libvirt domain XML.
     #[error(transparent)]
     Libvirt(#[from] libvirt::LibvirtError),
@@ -66,12 +72,20 @@ pub enum Error {
     Guest(#[from] vm::GuestError),
 }
 
+impl From<CapsError> for Error {
+    fn from(e: CapsError) -> Self {
+        // Boxed: a probe error carries QEMU's stderr line and keeps every `Result` small.
+        Error::Caps(Box::new(e))
+    }
+}
+
 impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Plan(plan::PlanError::Caps { .. })
-            | Error::Vm(vm::VmError::Plan(plan::PlanError::Caps { .. })) => ExitCode::QemuFailed,
+            | Error::Vm(vm::VmError::Plan(plan::PlanError::Caps { .. }))
+            | Error::Caps(_) => ExitCode::QemuFailed,
             Error::Vm(vm::VmError::Profile(_) | vm::VmError::Spec(_) | vm::VmError::Plan(_)) => {
                 ExitCode::BadInput
             }
@@ -85,6 +99,8 @@ impl Error {
             Error::Vm(vm::VmError::NoQemuImg { .. }) => ExitCode::BadInput,
             Error::Vm(
                 vm::VmError::Spawn { .. }
+                | vm::VmError::Virtiofsd { .. }
+                | vm::VmError::VirtiofsdFailed { .. }
                 | vm::VmError::Overlay { .. }
                 | vm::VmError::ImageLocked { .. }
                 | vm::VmError::Startup { .. }

@@ -10,8 +10,7 @@
 //!     qmp-supervisor.sock  QMP held by the supervisor for events and run state
 //!     console.log          the whole serial console so far
 //!     events.jsonl         every QMP event, one JSON object a line
-//!     agent.sock           the guest agent's channel (virtio-serial port org.qemu.guest_agent.0);
-//!                          absent when the guest was launched without one (--no-agent)
+//!     agent.sock           the guest agent's channel (virtio-serial port org.qemu.guest_agent.0)
 //!     diskN.qcow2          the overlay taking the guest's writes to disk N, unless it persists
 //!     <name>_VARS.fd       with UEFI firmware: the VM's own variable store (firmware::copy_vars)
 //! ```
@@ -49,9 +48,9 @@ pub const SUPERVISOR_QMP: &str = "qmp-supervisor.sock";
 pub const CONSOLE: &str = "console.log";
 /// QMP events, JSON lines.
 pub const EVENTS: &str = "events.jsonl";
-/// The guest agent's socket (QEMU's end of the virtio-serial port `org.qemu.guest_agent.0`);
-/// absent when the guest was launched without an agent channel.
-pub const AGENT_SOCKET: &str = "agent.sock";
+/// The guest agent's socket (the plan's [`AgentPlan::socket`](crate::plan::AgentPlan)), unless
+/// launched with `--no-agent`: one client at a time talks to `qemu-ga` in the guest through it.
+pub const AGENT_SOCKET: &str = crate::plan::AgentPlan::SOCKET;
 /// A Unix socket path holds at most this many bytes (`sun_path` is 108 with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 /// How many `NAME-N` candidates a generated name tries.

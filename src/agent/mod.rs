@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+use crate::util::json::command_arguments;
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -214,15 +215,10 @@ impl Agent {
         &self,
         command: C,
     ) -> Result<T, AgentError> {
-        let arguments = serde_json::to_value(&command).map_err(|source| AgentError::Encode {
+        let arguments = command_arguments(&command).map_err(|source| AgentError::Encode {
             command: C::NAME.to_owned(),
             source,
         })?;
-        let arguments = match arguments {
-            Value::Object(m) if m.is_empty() => None,
-            Value::Null => None,
-            a => Some(a),
-        };
         let reply = self.execute(C::NAME, arguments).await?;
         serde_json::from_value(reply).map_err(|source| AgentError::Decode {
             command: C::NAME.to_owned(),

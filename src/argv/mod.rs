@@ -16,13 +16,29 @@ use crate::{
     util::qemu_opt::escape,
 };
 
+mod channels;
 pub mod firmware;
+
+pub use channels::{AGENT_CHARDEV, AGENT_SERIAL, virtiofsd};
 
 /// The chardev id of the guest console.
 pub const CONSOLE_CHARDEV: &str = "con0";
 
-/// The whole command line, binary first.
+/// Listening descriptors a launch hands QEMU in place of socket paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fds {
+    /// The guest agent's socket.
+    pub agent: Option<i32>,
+}
+
+/// The whole command line, binary first, with sockets named by their paths (for `--dry-run`
+/// and anyone starting QEMU by hand).
 pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
+    build_with(plan, Fds::default())
+}
+
+/// [`build`], with the sockets in `fds` given as the launcher's listening descriptors.
+pub fn build_with(plan: &LaunchPlan, fds: Fds) -> Vec<OsString> {
     let mut argv = vec![plan.binary.clone().into_os_string()];
     for group in [
         common(),
@@ -30,10 +46,13 @@ pub fn build(plan: &LaunchPlan) -> Vec<OsString> {
         machine(plan),
         cpu(plan),
         resources(plan),
+        channels::memory_backend(plan),
         console(plan),
         boot(plan),
         disks(plan),
         nics(plan),
+        channels::agent(plan, fds.agent),
+        channels::shares(plan),
         panic_device(plan),
     ] {
         argv.extend(group);
@@ -76,9 +95,13 @@ fn name(plan: &LaunchPlan) -> Vec<OsString> {
 }
 
 fn machine(plan: &LaunchPlan) -> Vec<OsString> {
+    let mut options = plan.machine.options.clone();
+    if let Some(m) = &plan.memory_backend {
+        options.push(format!("memory-backend={}", m.id));
+    }
     vec![
         os("-machine"),
-        list(&plan.machine.kind, &plan.machine.options),
+        list(&plan.machine.kind, &options),
         os("-accel"),
         list(plan.accel.as_str(), &plan.accel_options),
     ]

@@ -1,11 +1,12 @@
-//! What the host offers: its architecture, whether KVM is usable (and exactly why not), and
-//! which QEMU emulators are installed.
+//! What the host offers: its architecture, whether KVM is usable (and exactly why not), which
+//! QEMU emulators are installed, and its `virtiofsd`.
 //!
 //! [`HostFacts`] is a plain value. [`HostFacts::probe`] fills it from the machine; tests and
 //! `--host-facts FILE` fill it by hand, so every verdict can be checked without touching a host.
 
 pub mod caps;
 pub mod firmware;
+pub mod virtiofsd;
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     host::caps::{Caps, CapsCache, CapsError},
     host::firmware::Descriptors,
+    host::virtiofsd::Virtiofsd,
     profile::arch::{self, Arch},
     profile::{Accel, MachineProfile, ProfileSet},
 };
@@ -167,6 +169,9 @@ pub struct HostFacts {
     /// the command line reads this machine's descriptors for them too.
     #[serde(skip)]
     pub firmware: Option<Descriptors>,
+    /// The `virtiofsd` that serves shared folders over virtiofs, if one is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<Virtiofsd>,
 }
 
 /// What to probe.
@@ -333,6 +338,7 @@ impl HostFacts {
             // A descriptor directory that cannot be listed leaves this unset; `qemu-direct
             // firmware` shows why.
             firmware: Descriptors::system().ok(),
+            virtiofsd: Virtiofsd::find(),
         }
     }
 
@@ -499,6 +505,7 @@ mod tests {
             emulators: BTreeMap::new(),
             phys_bits: None,
             firmware: None,
+            virtiofsd: None,
         }
     }
 

@@ -12,6 +12,8 @@ use quick_xml::{
 };
 use uuid::Uuid;
 
+mod channels;
+
 use super::{LibvirtError, MACHINE_FEATURES, machine_feature};
 use crate::{
     cpu::{Cpu, CpuCheck, CpuMode, MaxPhysAddr},
@@ -64,8 +66,11 @@ pub fn export(plan: &LaunchPlan, profiles: &ProfileSet) -> Result<Export, Libvir
             Node::new("vcpu")
                 .attr("placement", "static")
                 .text(plan.smp.to_string()),
-        )
-        .child(os(plan, profile)?);
+        );
+    if let Some(m) = channels::memory_backing(plan) {
+        domain.push(m);
+    }
+    domain.push(os(plan, profile)?);
     if let Some(f) = features(plan, profile, &mut un) {
         domain.push(f);
     }
@@ -292,8 +297,8 @@ fn maxphysaddr(c: &Cpu, accel: Accel, un: &mut Vec<String>) -> Option<Node> {
     }
 }
 
-/// `<devices>`, group by group: the emulator, disks, NICs, the console, what libvirt would add
-/// unasked, the panic device.
+/// `<devices>`, group by group: the emulator, disks, NICs, shared folders, the console, the
+/// guest agent's channel, what libvirt would add unasked, the panic device.
 fn devices(
     plan: &LaunchPlan,
     profile: &MachineProfile,
@@ -303,7 +308,9 @@ fn devices(
         Node::new("devices").child(Node::new("emulator").text(xml_path("emulator", &plan.binary)?));
     disks(plan, &mut d, un)?;
     nics(plan, &mut d, un);
+    channels::shares(plan, &mut d, un)?;
     console(plan, profile, &mut d, un);
+    channels::agent(plan, &mut d)?;
     // libvirt adds a USB controller and a memory balloon unless told not to; the plan has
     // neither.
     d.push(

@@ -14,7 +14,7 @@
 //!
 //! Export then import gives back the same plan. How the argv libvirt makes of an exported domain
 //! compares with ours (measured against libvirt 9.0 with `virsh domxml-to-native`) is listed in
-//! the README, with every deliberate divergence.
+//! docs/libvirt.md, with every deliberate divergence.
 
 mod export;
 mod import;

@@ -105,6 +105,7 @@ fn host(dir: &Path, arch: &str, kvm: KvmState) -> HostFacts {
         emulators,
         phys_bits: Some(48),
         firmware: None,
+        virtiofsd: None,
     }
 }
 
@@ -125,6 +126,9 @@ fn files(dir: &Path) -> BTreeMap<&'static str, PathBuf> {
     let d = dir.join("share");
     std::fs::create_dir_all(&d).unwrap();
     m.insert("dir", d);
+    let d = dir.join("share2");
+    std::fs::create_dir_all(&d).unwrap();
+    m.insert("dir2", d);
     m
 }
 
@@ -138,6 +142,9 @@ fn plan_of(input: SpecInput, host: &HostFacts) -> LaunchPlan {
 fn decisions(mut p: LaunchPlan) -> LaunchPlan {
     p.notes.clear();
     p.accel_reason.clear();
+    for s in &mut p.shares {
+        s.why.clear();
+    }
     p
 }
 
@@ -251,6 +258,18 @@ fn matrix(f: &BTreeMap<&str, PathBuf>) -> Vec<Case> {
     v.push(with("machine-pc", "x86_64", &|i| {
         i.machine = Some("pc".into())
     }));
+    let shares = |i: &mut SpecInput| {
+        let share = |s: String| crate::spec::share::ShareInput::parse(s.as_ref()).unwrap();
+        i.shares = Some(vec![
+            share(f["dir"].display().to_string()),
+            share(format!("{}:ro-data,ro,fs=9p", f["dir2"].display())),
+        ]);
+    };
+    v.push(with("shares", "x86_64", &shares));
+    v.push(with("shares", "s390x", &shares));
+    // With a virtiofsd on the host (host_for): the first share goes over virtiofs.
+    v.push(with("shares-virtiofs", "aarch64", &shares));
+    v.push(with("no-agent", "x86_64", &|i| i.agent = Some(false)));
     for (label, arch, g) in [
         (
             "kvm-host",
@@ -280,7 +299,7 @@ fn matrix(f: &BTreeMap<&str, PathBuf>) -> Vec<Case> {
 }
 
 fn host_for(dir: &Path, c: &Case) -> HostFacts {
-    host(
+    let mut h = host(
         dir,
         c.host_arch,
         if c.kvm {
@@ -288,7 +307,17 @@ fn host_for(dir: &Path, c: &Case) -> HostFacts {
         } else {
             KvmState::Missing
         },
-    )
+    );
+    if c.label.contains("virtiofs") {
+        h.virtiofsd = Some(crate::host::virtiofsd::Virtiofsd {
+            path: "/usr/lib/qemu/virtiofsd".into(),
+            kind: crate::host::virtiofsd::VirtiofsdKind::C,
+            readonly: false,
+            unusable: None,
+            sandbox_none: false,
+        });
+    }
+    h
 }
 
 #[test]
@@ -458,7 +487,7 @@ fn a_minimal_domain_imports() {
 fn everything_unsupported_is_listed_at_once() {
     let xml = MINIMAL.replace(
         "</os>",
-        "</os><memoryBacking/><cpu mode='host-model' match='minimum'><vendor>Intel</vendor></cpu>\
+        "</os><memoryBacking><hugepages/></memoryBacking><cpu mode='host-model' match='minimum'><vendor>Intel</vendor></cpu>\
          <devices><interface type='bridge'/><graphics type='vnc'/><disk type='block'>\
          <source dev='/dev/sda'/></disk><serial type='tcp'/><panic model='hyperv'/></devices>\
          <on_reboot>restart</on_reboot>",
@@ -466,7 +495,7 @@ fn everything_unsupported_is_listed_at_once() {
     let items = refused(&xml);
     let paths: Vec<&str> = items.iter().map(|i| i.path.as_str()).collect();
     for want in [
-        "/domain/memoryBacking",
+        "/domain/memoryBacking/hugepages",
         "/domain/cpu/@match",
         "/domain/cpu/vendor",
         "/domain/devices/interface/@type",

@@ -2,7 +2,7 @@
 
 use crate::{
     cpu::CpuError, host::KvmBlocker, host::caps::CapsError, host::firmware::FirmwareError,
-    profile::Accel, profile::arch::Arch, profile::gate::Unfit,
+    profile::Accel, profile::arch::Arch, profile::gate::Unfit, spec::ShareFs,
 };
 
 /// Why a plan cannot be made.
@@ -88,6 +88,18 @@ pub enum PlanError {
         /// Why not.
         why: Unfit,
     },
+    /// A shared folder cannot go to the guest as asked.
+    #[error("share {path} (fs={fs}): {problem}")]
+    Share {
+        /// The host folder.
+        path: String,
+        /// The transport asked for.
+        fs: ShareFs,
+        /// Why not.
+        problem: String,
+        /// What to do, where we know.
+        hint: Option<String>,
+    },
     /// The emulator's capabilities could not be probed.
     #[error("cannot probe the CPU models of {binary} under {accel}")]
     Caps {
@@ -110,6 +122,7 @@ impl PlanError {
             PlanError::QemuCannot { .. } => Some(
                 "install a newer QEMU (or name one with --emulator), or drop the option".into(),
             ),
+            PlanError::Share { hint, .. } => hint.clone(),
             PlanError::NoFirmware { .. } => {
                 Some("qemu-direct firmware lists the firmware descriptors found".into())
             }

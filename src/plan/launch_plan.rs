@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::{AgentPlan, MemoryBackend, SharePlan};
 use crate::{
     cpu::Cpu,
     host::firmware::Selected,
@@ -64,6 +65,15 @@ pub struct LaunchPlan {
     /// The pvpanic device, which lets the guest report a panic to QEMU.
     #[serde(default)]
     pub panic_device: Option<String>,
+    /// The guest agent's channel; `None` with `--no-agent` (spec `agent = false`).
+    #[serde(default)]
+    pub agent: Option<AgentPlan>,
+    /// Host folders shared with the guest, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SharePlan>,
+    /// Guest RAM as a memory object of its own (shared, for virtiofs); `None`: QEMU's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_backend: Option<MemoryBackend>,
 }
 
 /// A machine type with properties.

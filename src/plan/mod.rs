@@ -7,10 +7,12 @@
 //!
 //! [`resolve_with`] reads as its steps, each in a file of its own: the profile and emulator
 //! (`binary`), the accelerator (`accel`), the machine (`machine`), memory and vCPUs (`limits`),
-//! the CPU (`cpu`), the kernel (`kernel`), disks and network cards (`devices`), the firmware
-//! (`firmware`) and the console (`console`). [`resolve_probing`] is the one that does I/O.
+//! the CPU (`cpu`), the kernel (`kernel`), disks and network cards (`devices`), the guest
+//! agent's channel (`agent`), shared folders (`shares`), the firmware (`firmware`) and the
+//! console (`console`). [`resolve_probing`] is the one that does I/O.
 
 mod accel;
+mod agent;
 mod binary;
 mod console;
 mod context;
@@ -23,16 +25,19 @@ mod launch_plan;
 mod limits;
 mod machine;
 mod probing;
+mod shares;
 #[cfg(test)]
 mod tests;
 
 pub use crate::cpu::Cpu;
+pub use agent::AgentPlan;
 pub use error::PlanError;
 pub use launch_plan::{
     ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan,
 };
 pub use limits::{MAX_MEMORY, MIN_MEMORY};
 pub use probing::resolve_probing;
+pub use shares::{MemoryBackend, SharePlan, ShareTransport};
 
 use crate::{
     host::HostFacts,
@@ -76,6 +81,8 @@ pub fn resolve_with(
     let kernel = kernel::kernel(&cx);
     let disks = devices::disks(&mut cx);
     let nics = devices::nics(&cx);
+    let agent = agent::agent(&mut cx);
+    let (shares, memory_backend) = shares::shares(&mut cx)?;
     let name = spec.name.clone().unwrap_or_else(|| arch.to_string());
     let bios_file = firmware::user_file(&cx);
     let descriptor_firmware = firmware::descriptor_firmware(&mut cx, &machine, &name)?;
@@ -106,5 +113,8 @@ pub fn resolve_with(
         console,
         notes: cx.notes,
         panic_device: profile.panic_device.clone(),
+        agent,
+        shares,
+        memory_backend,
     })
 }

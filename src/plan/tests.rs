@@ -32,6 +32,7 @@ fn host(arch: &str, kvm: KvmState) -> HostFacts {
             .collect::<BTreeMap<_, _>>(),
         phys_bits: Some(48),
         firmware: None,
+        virtiofsd: None,
     }
 }
 
@@ -419,4 +420,123 @@ fn plans_round_trip_through_json() {
     let p = plan(arch("s390x"), &host("x86_64", KvmState::Missing)).unwrap();
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(serde_json::from_str::<LaunchPlan>(&json).unwrap(), p);
+}
+
+fn virtiofsd(kind: crate::host::virtiofsd::VirtiofsdKind, readonly: bool) -> HostFacts {
+    let mut h = host("x86_64", KvmState::Missing);
+    h.virtiofsd = Some(crate::host::virtiofsd::Virtiofsd {
+        path: "/usr/libexec/virtiofsd".into(),
+        kind,
+        readonly,
+        unusable: None,
+        sandbox_none: false,
+    });
+    h
+}
+
+fn with_share(dir: &std::path::Path, opts: &str) -> SpecInput {
+    let mut i = arch("x86_64");
+    let arg = format!("{}{opts}", dir.display());
+    i.shares = Some(vec![
+        crate::spec::share::ShareInput::parse(std::ffi::OsStr::new(&arg)).unwrap(),
+    ]);
+    i
+}
+
+#[test]
+fn the_agent_channel_is_on_the_arch_bus_unless_turned_off() {
+    let h = host("x86_64", KvmState::Missing);
+    let a = plan(arch("s390x"), &h).unwrap().agent.unwrap();
+    assert_eq!(
+        (a.controller.as_str(), a.name.as_str(), a.socket.to_str()),
+        (
+            "virtio-serial-ccw",
+            "org.qemu.guest_agent.0",
+            Some("agent.sock")
+        )
+    );
+    let mut off = arch("x86_64");
+    off.agent = Some(false);
+    assert_eq!(plan(off, &h).unwrap().agent, None);
+}
+
+#[test]
+fn auto_shares_take_virtiofs_where_a_virtiofsd_can_serve_them() {
+    use crate::host::virtiofsd::VirtiofsdKind::{C, Rust};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = |input, h: &HostFacts| {
+        let p = plan(input, h).unwrap();
+        let note = p.notes.iter().find(|n| n.starts_with("share ")).cloned();
+        (p.shares[0].fs(), p.memory_backend.is_some(), note.unwrap())
+    };
+    use crate::spec::ShareFs::{NineP, Virtiofs};
+    // No virtiofsd: 9p, saying why and with no shared memory.
+    let (f, mem, note) = fs(
+        with_share(dir.path(), ""),
+        &host("x86_64", KvmState::Missing),
+    );
+    assert_eq!((f, mem), (NineP, false));
+    assert!(
+        note.contains("9p: not virtiofs: no virtiofsd is installed"),
+        "{note}"
+    );
+    let (f, mem, note) = fs(with_share(dir.path(), ""), &virtiofsd(C, false));
+    assert_eq!((f, mem), (Virtiofs, true));
+    assert!(note.contains("virtiofs: virtiofs, faster than 9p, can run: QEMU's C virtiofsd"));
+    // Read-only: the C virtiofsd has no such mode; a Rust one with --readonly does.
+    let (f, _, note) = fs(with_share(dir.path(), ",ro"), &virtiofsd(C, false));
+    assert_eq!(f, NineP);
+    assert!(note.contains("has no read-only mode"), "{note}");
+    assert_eq!(
+        fs(with_share(dir.path(), ",ro"), &virtiofsd(Rust, true)).0,
+        Virtiofs
+    );
+    assert_eq!(
+        fs(with_share(dir.path(), ",fs=9p"), &virtiofsd(Rust, true)).0,
+        NineP
+    );
+    // A tag too long for 9p still fits virtiofs.
+    let tag = format!(":{}", "t".repeat(36));
+    assert_eq!(
+        fs(with_share(dir.path(), &tag), &virtiofsd(C, false)).0,
+        Virtiofs
+    );
+}
+
+#[test]
+fn shares_that_cannot_go_as_asked_are_refused_with_the_way_out() {
+    use crate::host::virtiofsd::VirtiofsdKind::C;
+    let dir = tempfile::tempdir().unwrap();
+    let err = |input, h: &HostFacts| {
+        let e = plan(input, h).unwrap_err();
+        (e.to_string(), e.hint().unwrap_or_default())
+    };
+    let (e, hint) = err(
+        with_share(dir.path(), ",fs=virtiofs"),
+        &host("x86_64", KvmState::Missing),
+    );
+    assert!(e.ends_with("(fs=virtiofs): no virtiofsd is installed (looked on PATH, in /usr/libexec and /usr/lib/qemu)"), "{e}");
+    assert!(
+        hint.contains("virtiofsd") && hint.contains("qemu-system-common"),
+        "{hint}"
+    );
+    let (e, hint) = err(
+        with_share(dir.path(), ",ro,fs=virtiofs"),
+        &virtiofsd(C, false),
+    );
+    assert!(
+        e.contains("a read-only share, and QEMU's C virtiofsd"),
+        "{e}"
+    );
+    assert!(hint.contains("fs=9p"), "{hint}");
+    let mut h = virtiofsd(C, false);
+    h.virtiofsd.as_mut().unwrap().unusable = Some("runs only as root".into());
+    let (e, _) = err(with_share(dir.path(), ",fs=virtiofs"), &h);
+    assert!(e.ends_with("runs only as root"), "{e}");
+    let (e, hint) = err(
+        with_share(dir.path(), &format!(":{},fs=9p", "t".repeat(32))),
+        &h,
+    );
+    assert!(e.contains("is 32 bytes, over 9p's 31"), "{e}");
+    assert!(hint.contains("shorter tag"), "{hint}");
 }

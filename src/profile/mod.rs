@@ -94,6 +94,27 @@ pub struct MachineProfile {
     /// os-traits names for this architecture.
     #[serde(default)]
     pub traits: TraitNames,
+    /// The devices of the guest agent's channel and of shared folders.
+    #[serde(default)]
+    pub devices: DeviceNames,
+}
+
+/// Devices (QEMU `-device` spellings) for the guest agent's channel and shared host folders, on
+/// this machine's bus; one left out is not offered for this arch.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceNames {
+    /// The virtio-serial controller whose port carries the guest agent (`virtio-serial-pci`,
+    /// `virtio-serial-ccw`).
+    #[serde(default)]
+    pub virtio_serial: Option<String>,
+    /// The 9p transport of shared folders (`virtio-9p-pci`, `virtio-9p-ccw`).
+    #[serde(default)]
+    pub virtio_9p: Option<String>,
+    /// The vhost-user file system device of virtiofs shared folders (`vhost-user-fs-pci`,
+    /// `vhost-user-fs-ccw`).
+    #[serde(default)]
+    pub vhost_user_fs: Option<String>,
 }
 
 /// How `host-model` is answered for an architecture.

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::util::json::command_arguments;
 use std::{
     path::Path,
     sync::{
@@ -225,15 +226,10 @@ impl Qmp {
         &self,
         command: C,
     ) -> Result<T, QmpError> {
-        let arguments = serde_json::to_value(&command).map_err(|source| QmpError::Encode {
+        let arguments = command_arguments(&command).map_err(|source| QmpError::Encode {
             command: C::NAME.to_owned(),
             source,
         })?;
-        let arguments = match arguments {
-            Value::Object(m) if m.is_empty() => None,
-            Value::Null => None,
-            a => Some(a),
-        };
         let reply = self.execute(C::NAME, arguments).await?;
         serde_json::from_value(reply).map_err(|source| QmpError::Decode {
             command: C::NAME.to_owned(),

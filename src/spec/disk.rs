@@ -13,13 +13,10 @@
 //! `qcow2` for a file without the header. A directory is shown read-only as a FAT disk.
 
 use std::{
-    ffi::{OsStr, OsString},
+    ffi::OsStr,
     fs::File,
     io::Read,
-    os::unix::{
-        ffi::{OsStrExt, OsStringExt},
-        fs::MetadataExt,
-    },
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -92,33 +89,14 @@ impl DiskInput {
             value: arg.to_string_lossy().into_owned(),
             expected,
         };
-        let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
-        let bytes = arg.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            match (bytes[i], bytes.get(i + 1)) {
-                (b',', Some(b',')) => {
-                    parts.last_mut().expect("never empty").push(b',');
-                    i += 2;
-                }
-                (b',', _) => {
-                    parts.push(Vec::new());
-                    i += 1;
-                }
-                (b, _) => {
-                    parts.last_mut().expect("never empty").push(b);
-                    i += 1;
-                }
-            }
-        }
-        let mut parts = parts.into_iter();
+        let mut parts = crate::util::qemu_opt::split(arg).into_iter();
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
             return Err(invalid(format!("a path comes first; {OPTIONS}")));
         }
-        let mut disk = DiskInput::plain(PathBuf::from(OsString::from_vec(path)));
+        let mut disk = DiskInput::plain(PathBuf::from(path));
         for opt in parts {
-            let opt = String::from_utf8_lossy(&opt);
+            let opt = opt.to_string_lossy();
             match opt.split_once('=') {
                 _ if opt == "persist" => {
                     if disk.persist {
@@ -249,6 +227,7 @@ pub fn check_distinct(disks: &[Disk]) -> Result<(), SpecError> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
 
     fn parse(s: &str) -> Result<DiskInput, String> {
         DiskInput::parse(OsStr::new(s)).map_err(|e| e.to_string())

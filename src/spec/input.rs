@@ -12,6 +12,7 @@ use crate::{
     spec::{
         disk::DiskInput,
         error::SpecError,
+        share::ShareInput,
         vm_spec::{AccelRequest, FirmwareChoice},
     },
     util::pathser,
@@ -53,6 +54,12 @@ pub struct SpecInput {
     pub disk_writable: Option<bool>,
     /// The network: `none` (default) or `user[,hostfwd=RULE]...`; see [`crate::spec::net`].
     pub net: Option<String>,
+    /// The guest agent's channel (a virtio-serial port `org.qemu.guest_agent.0` on a socket in
+    /// the instance directory); default on, `false` leaves it out (`--no-agent`).
+    pub agent: Option<bool>,
+    /// Host folders shared with the guest (`[[shares]]` tables: `path`, `tag`, `readonly`,
+    /// `fs`); see [`crate::spec::share`].
+    pub shares: Option<Vec<ShareInput>>,
     /// `uefi` or `bios` (chosen from QEMU's firmware descriptors), or a firmware image passed as
     /// `-bios`.
     #[serde(default, with = "pathser::option")]
@@ -105,6 +112,7 @@ impl SpecInput {
         .into_iter()
         .flatten()
         .chain(input.disks.iter_mut().flatten().map(|d| &mut d.path))
+        .chain(input.shares.iter_mut().flatten().map(|s| &mut s.path))
         .chain(firmware_file)
         {
             if p.is_relative() {
@@ -131,6 +139,8 @@ impl SpecInput {
             append,
             disk_writable,
             net,
+            agent,
+            shares,
             firmware,
             secure_boot,
             tb_size,

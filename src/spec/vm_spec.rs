@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cpu::CpuRequest,
     profile::arch::Arch,
-    spec::{disk::Disk, net::Net},
+    spec::{disk::Disk, net::Net, share::Share},
     util::{pathser, size::MemSize},
 };
 
@@ -119,6 +119,10 @@ pub struct KernelBoot {
     pub append: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// A validated guest description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -141,6 +145,12 @@ pub struct VmSpec {
     /// The network.
     #[serde(default)]
     pub net: Net,
+    /// Whether the guest gets the guest agent's channel.
+    #[serde(default = "yes")]
+    pub agent: bool,
+    /// Host folders shared with the guest.
+    #[serde(default)]
+    pub shares: Vec<Share>,
     /// Firmware asked for; `None`: the machine's default.
     #[serde(default)]
     pub firmware: Option<FirmwareChoice>,

@@ -16,3 +16,29 @@ pub fn escape(value: &OsStr) -> OsString {
     }
     OsString::from_vec(out)
 }
+
+/// Splits a value written the way QEMU's option lists are: a single `,` starts the next part
+/// and `,,` is a literal comma (`my,,disk.img,persist` is `my,disk.img` and `persist`). Always
+/// at least one part.
+pub fn split(value: &OsStr) -> Vec<OsString> {
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (b',', Some(b',')) => {
+                parts.last_mut().expect("never empty").push(b',');
+                i += 2;
+            }
+            (b',', _) => {
+                parts.push(Vec::new());
+                i += 1;
+            }
+            (b, _) => {
+                parts.last_mut().expect("never empty").push(b);
+                i += 1;
+            }
+        }
+    }
+    parts.into_iter().map(OsString::from_vec).collect()
+}

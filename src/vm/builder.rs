@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc};
 use super::{
     Pool, Vm, VmError, background,
     console::lock,
-    launch::{handshake, prepare, spawn, watch},
+    launch::{handshake, prepare, spawn, virtiofs, watch},
     shared::Shared,
 };
 use crate::{instance, plan::LaunchPlan};
@@ -111,6 +111,8 @@ impl VmBuilder {
         )?;
         let events = prepare::events(&inst)?;
         let sup_path = inst.path(instance::SUPERVISOR_QMP);
+        // Until they are supervised, the daemons die with this vector (kill on drop).
+        let daemons = virtiofs::start(&plan, &inst)?;
         let spawned = spawn::qemu(&plan, &inst)?;
         let info = spawn::info(&plan, spawned.pid, logs.durable_path());
         let shared = Arc::new(Shared::new(spawned.pid, spawned.pidfd, inst, info));
@@ -118,13 +120,14 @@ impl VmBuilder {
         // Until the Vm exists, a failure, or the caller dropping this future, must not leave
         // QEMU running: the tasks that own it would keep it alive.
         let abort = Abort(Some(&shared));
+        virtiofs::supervise(daemons, &shared);
         // `ps` and `stop` know the pid from now on, even if QMP never answers.
         shared.set_state("prelaunch");
         let (console, errlog) =
             watch::start(&plan.name, spawned.pipes, logs, self.echo_stderr, &shared);
         let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel)
             .await
-            .map_err(|e| handshake::explain(e, &plan, &errlog))?;
+            .map_err(|e| handshake::explain(e, &plan, &errlog, &dir))?;
         abort.disarm();
         Ok(Vm {
             plan,

@@ -52,6 +52,27 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// A share's `virtiofsd` could not be started.
+    #[error("cannot start {} for share {tag}", binary.display())]
+    Virtiofsd {
+        /// The share's tag.
+        tag: String,
+        /// The daemon.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU could not start because a share's `virtiofsd` failed.
+    #[error("the virtiofsd of share {tag} failed: {said}; QEMU exited while starting ({status})")]
+    VirtiofsdFailed {
+        /// The share's tag.
+        tag: String,
+        /// The daemon's last line.
+        said: String,
+        /// QEMU's exit status.
+        status: String,
+    },
     /// QEMU exited before it answered on QMP, usually over its command line.
     #[error("QEMU exited while starting ({status}){}", stderr.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
     Startup {

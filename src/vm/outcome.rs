@@ -64,6 +64,40 @@ fn clean(reason: Option<&str>, step: Option<StopStep>) -> Outcome {
         (Some("host-signal"), None) => Outcome::Stopped {
             by: "QEMU was sent a signal".into(),
         },
+        (Some("host-qmp-system-reset"), None) => Outcome::Stopped {
+            by: "a reset asked for over QMP (under -no-reboot a reset ends the run)".into(),
+        },
+        (Some(r @ ("guest-reset" | "subsystem-reset")), None) => Outcome::GuestReset {
+            reason: r.to_owned(),
+        },
         _ => Outcome::PoweredOff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_nobody_asked_for_is_not_a_power_off() {
+        let reset = clean(Some("guest-reset"), None);
+        assert_eq!(
+            reset,
+            Outcome::GuestReset {
+                reason: "guest-reset".into()
+            }
+        );
+        assert!(reset.is_failure());
+        assert_ne!(reset.exit_code(), crate::ExitCode::Success);
+        assert_eq!(clean(Some("guest-shutdown"), None), Outcome::PoweredOff);
+        // A stop the user asked for stays a stop, whatever QEMU calls it.
+        assert!(matches!(
+            clean(Some("guest-reset"), Some(StopStep::Quit)),
+            Outcome::Stopped { .. }
+        ));
+        assert!(matches!(
+            clean(Some("host-qmp-system-reset"), None),
+            Outcome::Stopped { .. }
+        ));
     }
 }

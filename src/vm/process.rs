@@ -23,11 +23,22 @@ use super::{Failure, KVM_INTERNAL_ERROR, Shared, console::lock};
 /// outlive a supervisor that is killed. `inherit` are descriptors QEMU gets (the QMP listening
 /// sockets, named on its command line by number).
 pub(crate) fn spawn(argv: &[OsString], inherit: &[RawFd]) -> io::Result<Child> {
+    spawn_with(argv, inherit, Stdio::piped(), Stdio::piped())
+}
+
+/// [`spawn`] with its stdout and stderr going to `stdout` and `stderr`: for the helpers a
+/// launch starts beside QEMU (`virtiofsd`), tied to the supervisor the same way.
+pub(crate) fn spawn_with(
+    argv: &[OsString],
+    inherit: &[RawFd],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> io::Result<Child> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true)
         .process_group(0);
     let launcher = nix::unistd::getpid();

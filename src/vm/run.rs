@@ -74,6 +74,12 @@ pub enum Outcome {
         /// The timeout.
         after: Duration,
     },
+    /// The guest reset itself (a reboot, or a triple fault) although nobody asked: QEMU runs
+    /// with `-no-reboot`, so a reset ends the run, and an unexpected one is a failure.
+    GuestReset {
+        /// QEMU's shutdown reason (`guest-reset`, `subsystem-reset`).
+        reason: String,
+    },
     /// The launcher got SIGINT or SIGTERM and stopped QEMU.
     Interrupted {
         /// The signal.
@@ -89,6 +95,7 @@ impl Outcome {
             Outcome::Panicked { .. } => ExitCode::GuestPanicked,
             Outcome::QemuFailed { .. } => ExitCode::QemuFailed,
             Outcome::Crashed { .. } => ExitCode::GuestCrashed,
+            Outcome::GuestReset { .. } => ExitCode::GuestReset,
             Outcome::TimedOut { .. } => ExitCode::Timeout,
             Outcome::Interrupted { .. } => ExitCode::Interrupted,
         }
@@ -98,7 +105,10 @@ impl Outcome {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            Outcome::Panicked { .. } | Outcome::QemuFailed { .. } | Outcome::Crashed { .. }
+            Outcome::Panicked { .. }
+                | Outcome::QemuFailed { .. }
+                | Outcome::Crashed { .. }
+                | Outcome::GuestReset { .. }
         )
     }
 }
@@ -112,6 +122,11 @@ impl std::fmt::Display for Outcome {
             Outcome::Panicked { line } => write!(f, "guest kernel panicked: {line}"),
             Outcome::QemuFailed { status } => write!(f, "QEMU failed: {status}"),
             Outcome::Crashed { reason } => write!(f, "guest crashed: {reason}"),
+            Outcome::GuestReset { reason } => write!(
+                f,
+                "guest reset itself ({reason}: a reboot or a triple fault), which ends the run \
+                 under -no-reboot"
+            ),
             Outcome::TimedOut { after } => {
                 write!(
                     f,

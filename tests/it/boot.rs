@@ -131,6 +131,30 @@ fn kernel_panic_is_reported_with_its_own_exit_code() {
     );
 }
 
+/// A reboot under `-no-reboot` ends QEMU with exit status 0 and the shutdown reason
+/// `guest-reset`; nobody asked for it, so it is a failure of its own, not a power-off. (Nested
+/// KVM showed the same for an L2 triple fault.) The guest's init is busybox's `reboot -f`.
+#[test]
+fn a_guest_that_resets_itself_is_a_failure_not_a_power_off() {
+    for arch in ["x86_64", "aarch64"] {
+        let Some(g) = guest(arch) else { return };
+        let env = TestEnv::new();
+        let out = boot(
+            &env,
+            &g,
+            &[os("--append"), os("rdinit=/bin/busybox -- reboot -f")],
+        );
+        let (o, e) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{arch}: stderr:\n{e}\nconsole:\n{o}"
+        );
+        assert!(e.contains("guest reset itself (guest-reset"), "{arch}: {e}");
+        assert!(!e.contains("guest powered off"), "{arch}: {e}");
+    }
+}
+
 #[test]
 fn timeout_stops_a_guest_that_never_finishes() {
     let Some(g) = guest("x86_64") else { return };

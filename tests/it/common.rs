@@ -78,6 +78,17 @@ pub mod guest_proto {
         [MARKER, arch.as_bytes()].concat()
     }
 
+    /// `qd.mount=TAG:PATH`: mount the share TAG at PATH (virtiofs, else 9p), then print
+    /// [`mounted`].
+    pub fn mount(tag: &str, path: &str) -> String {
+        format!("qd.mount={tag}:{path}")
+    }
+
+    /// `qd-mounted: TAG PATH FS` (`virtiofs` or `9p`).
+    pub fn mounted(tag: &str, path: &str, fs: &str) -> String {
+        format!("{} {tag} {path} {fs}", self::tag("mounted"))
+    }
+
     /// `qd-NAME:`, the start of a report line (`net`, `uname`, `flags`, `address-sizes`,
     /// `cmdline`, `wrote`, `uptime`, `error`).
     pub fn tag(name: &str) -> String {
@@ -685,6 +696,46 @@ pub fn guests_dir() -> PathBuf {
     cache.join("qemu-direct/test-guests")
 }
 
+/// Where the test guests with Debian's generic kernels are (9p, which the cloud kernels of the
+/// standard x86_64 and aarch64 guests lack): `$QD_TEST_GUESTS_GENERIC`, else
+/// [`guests_dir`]`-generic` (`scripts/fetch-test-guests.sh --generic-kernel --arch x86_64
+/// --arch aarch64 DIR`).
+pub fn generic_guests_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("QD_TEST_GUESTS_GENERIC") {
+        return d.into();
+    }
+    let mut d = guests_dir().into_os_string();
+    d.push("-generic");
+    d.into()
+}
+
+/// The generic-kernel test guest of an arch (x86_64, aarch64), for 9p; missing, it fails the
+/// test as [`guest`] does.
+pub fn generic_guest(arch: &str) -> Option<Guest> {
+    let dir = generic_guests_dir().join(arch);
+    let files = ["kernel", "initrd.gz"];
+    if !files.iter().all(|f| dir.join(f).is_file()) {
+        if std::env::var_os("QD_SKIP_BOOT").is_some_and(|v| v == "1") {
+            eprintln!(
+                "SKIPPED: no generic {arch} guest in {} and QD_SKIP_BOOT=1",
+                dir.display()
+            );
+            return None;
+        }
+        panic!(
+            "no generic-kernel {arch} test guest in {}: run scripts/fetch-test-guests.sh \
+             --generic-kernel --arch {arch} {} (or set QD_TEST_GUESTS_GENERIC)",
+            dir.display(),
+            generic_guests_dir().display()
+        );
+    }
+    Some(Guest {
+        arch: arch.to_owned(),
+        kernel: dir.join("kernel"),
+        initrd: dir.join("initrd.gz"),
+    })
+}
+
 /// The test guest of an arch. Missing guests fail the test loudly (run the fetch script, or
 /// `scripts/test`, which does), unless QD_SKIP_BOOT=1 asks to skip boots on purpose.
 pub fn guest(arch: &str) -> Option<Guest> {
@@ -816,6 +867,7 @@ pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
             .collect::<BTreeMap<_, _>>(),
         phys_bits: Some(48),
         firmware: None,
+        virtiofsd: None,
     }
 }
 

@@ -10,7 +10,7 @@ use qemu_direct::{
 };
 use serde_json::Value;
 
-use crate::common::{BOOT_TIMEOUT, TestEnv, guest, guest_proto, qd, text};
+use crate::common::{BOOT_TIMEOUT, TestEnv, files_under, guest, guest_proto, qd, text};
 
 fn boot_x86(extra: &[&str]) -> Option<(String, String)> {
     let g = guest("x86_64")?;
@@ -329,4 +329,26 @@ fn traits_and_check_answer_like_novas_prefilter() {
     let (code, v) = check(&["--property", "hw_architecture=aarch64"]);
     assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("no")), "{v}");
     assert!(v["why"].to_string().contains("natively"), "{v}");
+}
+
+/// A probe that runs into its time limit names the emulator, the limit and the knob a slow host
+/// turns (`QEMU_DIRECT_PROBE_TIMEOUT`); it exits 3, as any emulator that fails its probe.
+#[test]
+fn a_probe_out_of_time_names_the_emulator_and_the_knob() {
+    let env = TestEnv::with_own_cache();
+    let out = env
+        .cmd(["cpu", "models", "--arch", "x86_64"])
+        .env("QEMU_DIRECT_PROBE_TIMEOUT", "1ms")
+        .output()
+        .unwrap();
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert!(
+        e.contains("qemu-system-x86_64 under tcg did not answer the capability probe within 1ms"),
+        "{e}"
+    );
+    assert!(e.contains("QEMU_DIRECT_PROBE_TIMEOUT"), "{e}");
+    // Nothing was cached from a probe that did not finish.
+    let cached = files_under(&env.cache());
+    assert!(cached.is_empty(), "{cached:?}");
 }

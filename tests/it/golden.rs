@@ -7,11 +7,15 @@ use std::{ffi::OsString, os::unix::ffi::OsStrExt, path::PathBuf};
 use qemu_direct::{
     argv,
     host::firmware::Descriptors,
+    host::virtiofsd::{Virtiofsd, VirtiofsdKind},
     host::{HostFacts, KvmState},
     plan::{self, LaunchPlan},
     profile::{Accel, ProfileSet},
     spec::net::Net,
-    spec::{AccelRequest, ArchChoice, Disk, DiskFormat, FirmwareChoice, KernelBoot, VmSpec},
+    spec::{
+        AccelRequest, ArchChoice, Disk, DiskFormat, FirmwareChoice, KernelBoot, Share, ShareFs,
+        VmSpec,
+    },
 };
 
 use crate::common::fake_host;
@@ -36,6 +40,8 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         }),
         disks: Vec::new(),
         net: Net::None,
+        agent: true,
+        shares: Vec::new(),
         firmware: None,
         tb_size: None,
         emulator: None,
@@ -187,6 +193,81 @@ fn network_cards_per_arch() {
         assert!(argv.iter().any(|a| *a == *want), "{}: {argv:?}", p.name);
         check(&format!("{}-net", p.name), &argv);
     }
+}
+
+/// Shares over 9p (read-only too) and virtiofs, with the shared memory virtiofs needs; the
+/// agent's channel on the arch's bus; no channel with `agent = false`.
+#[test]
+fn shares_and_the_agent_channel() {
+    let mut host = fake_host("x86_64", KvmState::Missing);
+    host.virtiofsd = Some(Virtiofsd {
+        path: "/usr/lib/qemu/virtiofsd".into(),
+        kind: VirtiofsdKind::C,
+        readonly: false,
+        unusable: None,
+        sandbox_none: false,
+    });
+    let share = |path: &str, tag: &str, readonly, fs| Share {
+        path: path.into(),
+        tag: tag.into(),
+        readonly,
+        fs,
+    };
+    for arch in ["x86_64", "s390x"] {
+        let mut s = spec(arch, AccelRequest::Tcg);
+        s.shares = vec![
+            share("/srv/a,b", "ab", false, ShareFs::NineP),
+            // auto, read-only: the C virtiofsd cannot, so 9p.
+            share("/srv/ro", "ro", true, ShareFs::Auto),
+            share("/srv/fast", "fast", false, ShareFs::Auto),
+        ];
+        let plan = plan_for(&s, &host);
+        let fs: Vec<_> = plan.shares.iter().map(|s| s.fs()).collect();
+        check(&format!("{arch}-shares"), &argv::build(&plan));
+        assert_eq!(argv::virtiofsd(&plan, 0, 7), None);
+        if arch == "s390x" {
+            // The profile offers no virtiofs for a big-endian guest: all 9p, no shared RAM.
+            assert_eq!(fs, [ShareFs::NineP; 3]);
+            assert!(plan.memory_backend.is_none());
+            continue;
+        }
+        assert_eq!(fs, [ShareFs::NineP, ShareFs::NineP, ShareFs::Virtiofs]);
+        assert!(plan.memory_backend.is_some());
+        let daemon = argv::virtiofsd(&plan, 2, 7).unwrap();
+        assert_eq!(
+            render(&daemon),
+            "/usr/lib/qemu/virtiofsd\n--fd=7\n-o\nsource=/srv/fast\n"
+        );
+    }
+    // The Rust virtiofsd, read-only, run by a user: its own spelling, and no sandbox.
+    let mut rust = host.clone();
+    rust.virtiofsd = Some(Virtiofsd {
+        path: "/usr/libexec/virtiofsd".into(),
+        kind: VirtiofsdKind::Rust,
+        readonly: true,
+        unusable: None,
+        sandbox_none: true,
+    });
+    let mut s = spec("x86_64", AccelRequest::Tcg);
+    s.shares = vec![share("/srv/a,b", "ab", true, ShareFs::Auto)];
+    let plan = plan_for(&s, &rust);
+    assert_eq!(
+        render(&argv::virtiofsd(&plan, 0, 3).unwrap()),
+        "/usr/libexec/virtiofsd\n--fd=3\n--shared-dir\n/srv/a,b\n--readonly\n--sandbox\nnone\n"
+    );
+    let mut s = spec("x86_64", AccelRequest::Tcg);
+    s.agent = false;
+    let argv = render(&argv::build(&plan_for(&s, &host)));
+    assert!(!argv.contains("virtserialport"), "{argv}");
+    // Launched: the agent's socket is the launcher's descriptor.
+    let plan = plan_for(&spec("aarch64", AccelRequest::Tcg), &host);
+    let argv = render(&argv::build_with(&plan, argv::Fds { agent: Some(9) }));
+    assert!(
+        argv.contains(
+            "\nsocket,id=qd-agent,fd=9,server=on,wait=off\n-device\nvirtio-serial-pci,id=qd-vser0\n"
+        ),
+        "{argv}"
+    );
 }
 
 #[test]

@@ -21,6 +21,8 @@
 //! - `reliability`: the bad-input corpus (`tests/corpus/bad-input/`), odd paths reaching QEMU
 //!   literally on a real boot, and faults: a deleted QMP socket, a full runtime directory,
 //!   racing launches, a guest that never prints what is awaited.
+//! - `share`: shared folders over 9p and virtiofs read and written by real guests through their
+//!   agent, read-only shares, `--no-agent`, virtiofsd dying with its supervisor.
 //! - `shape`: the layering of `src/` folders, and the length of files and functions.
 //! - `docs`: every command shown in README.md and docs/ runs as written.
 //! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
@@ -43,4 +45,5 @@ mod libvirt;
 mod lifecycle;
 mod reliability;
 mod shape;
+mod share;
 mod signals;

@@ -318,6 +318,15 @@ pub struct SpecArgs {
     /// RULE being [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT, e.g. tcp::2222-:22.
     #[arg(long, value_name = "none|user[,hostfwd=RULE]...")]
     pub net: Option<String>,
+    /// A host folder shared with the guest, repeatable: the guest mounts it by TAG (default:
+    /// the folder's name), over virtiofs where a virtiofsd can serve it, else 9p (fs= chooses);
+    /// ro: the guest may only read. Write a comma in HOSTDIR as ',,'.
+    #[arg(long, value_name = "HOSTDIR[:TAG][,ro][,fs=9p|virtiofs|auto]")]
+    pub share: Vec<OsString>,
+    /// No guest agent channel (by default the guest gets a virtio-serial port
+    /// org.qemu.guest_agent.0 for qemu-ga, on agent.sock in the instance directory).
+    #[arg(long)]
+    pub no_agent: bool,
     /// Firmware: uefi or bios (chosen from QEMU's firmware descriptors; bios falls back to the
     /// machine's own SeaBIOS), or an image file for QEMU -bios (write ./uefi for a file of
     /// that name).

@@ -122,7 +122,7 @@ fn probe_caps(facts: &mut HostFacts, profile: &MachineProfile, accel: Accel) -> 
             .into_iter()
             .next()
     {
-        return Err(e.into());
+        return Err(qemu_direct::Error::from(e).into());
     }
     Ok(())
 }

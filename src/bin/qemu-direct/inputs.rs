@@ -12,6 +12,7 @@ use qemu_direct::{
     spec::SpecInput,
     spec::config::Config,
     spec::disk::DiskInput,
+    spec::share::ShareInput,
 };
 
 use crate::{
@@ -90,6 +91,10 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
             .transpose()?,
         disk_writable: args.disk_writable.then_some(true),
         net: args.net.clone(),
+        agent: args.no_agent.then_some(false),
+        shares: (!args.share.is_empty())
+            .then(|| args.share.iter().map(|s| ShareInput::parse(s)).collect())
+            .transpose()?,
         firmware: args.firmware.clone(),
         secure_boot: args.secure_boot.then_some(true),
         tb_size: args.tb_size,

@@ -102,6 +102,17 @@ fn print_plan(out: &mut impl Write, plan: &LaunchPlan) -> std::io::Result<()> {
         writeln!(out, "cpu:     {} ({})", cpu.qemu_value(), cpu.mode)?;
     }
     writeln!(out, "memory:  {}  smp: {}", plan.memory, plan.smp)?;
+    match &plan.agent {
+        Some(a) => writeln!(
+            out,
+            "agent:   {} port {} on {} ({})",
+            a.port,
+            a.name,
+            a.controller,
+            a.socket.display()
+        )?,
+        None => writeln!(out, "agent:   none")?,
+    }
     for note in &plan.notes {
         writeln!(out, "note:    {note}")?;
     }

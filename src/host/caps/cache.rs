@@ -10,8 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{CACHE_FORMAT, Caps, CapsError, probe};
+use super::{CACHE_FORMAT, Caps, CapsError, probe, probe_timeout};
 use crate::profile::Accel;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// What identifies a cache entry: when any of it changes, the emulator is probed again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,19 +189,25 @@ fn write_entry(dir: &Path, key: CacheKey, caps: &Caps) -> std::io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
-/// Probes several emulators at once (each under its accelerators), through the cache.
-/// Results come back in the order asked.
+/// Probes several emulators (each under its accelerators) through the cache, as many at once
+/// as there are CPUs: all at once, nine emulators on two cores each took several times their
+/// own time and ran into the limit. Results come back in the order asked.
 pub async fn get_many(
     cache: &CapsCache,
     wanted: &[(PathBuf, Accel)],
 ) -> Vec<Result<(Caps, CacheUse), CapsError>> {
-    // Spawned, so every emulator starts at once; awaited in order, so results line up.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slots = Arc::new(Semaphore::new(cpus));
+    // Spawned, so the probes overlap up to the slots; awaited in order, so results line up.
     let handles: Vec<_> = wanted
         .iter()
         .cloned()
         .map(|(binary, accel)| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get(&binary, accel).await })
+            let (cache, slots) = (cache.clone(), slots.clone());
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                cache.get(&binary, accel).await
+            })
         })
         .collect();
     let mut out = Vec::with_capacity(handles.len());
@@ -208,6 +216,7 @@ pub async fn get_many(
             Err(CapsError::Timeout {
                 binary: binary.clone(),
                 accel: *accel,
+                after: probe_timeout(),
             })
         }));
     }

@@ -30,6 +30,20 @@ pub use probe::probe;
 
 /// How long one emulator may take to answer everything; a healthy one takes well under a second.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Replaces [`PROBE_TIMEOUT`] (a duration such as `90s`), for hosts that are slow on purpose:
+/// a host that is itself an emulated guest (nested tests) probes tens of times slower.
+pub const PROBE_TIMEOUT_ENV: &str = "QEMU_DIRECT_PROBE_TIMEOUT";
+
+/// The time limit of one probe: [`PROBE_TIMEOUT_ENV`] where set and valid, else
+/// [`PROBE_TIMEOUT`]. Probes run at most one per CPU at a time ([`get_many`]), so the limit
+/// measures one emulator's own work, not a queue behind the others.
+pub fn probe_timeout() -> Duration {
+    std::env::var(PROBE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(PROBE_TIMEOUT)
+}
 /// Bumped when [`Caps`] changes shape, so old cache files are ignored rather than misread.
 const CACHE_FORMAT: u32 = 2;
 
@@ -167,12 +181,18 @@ pub enum CapsError {
         #[source]
         source: QmpError,
     },
-    /// The emulator took longer than [`PROBE_TIMEOUT`].
-    #[error("{binary} under {accel} did not answer within {PROBE_TIMEOUT:?}")]
+    /// The emulator took longer than [`probe_timeout`].
+    #[error(
+        "{binary} under {accel} did not answer the capability probe within {} (a slow host \
+         may set {PROBE_TIMEOUT_ENV})",
+        humantime::format_duration(*after)
+    )]
     Timeout {
         /// The binary.
         binary: PathBuf,
         /// The accelerator.
         accel: Accel,
+        /// The limit it ran into.
+        after: Duration,
     },
 }

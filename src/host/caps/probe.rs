@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::Path, process::Stdio};
 use serde_json::{Value, json};
 use tokio::{io::AsyncReadExt, process::Command};
 
-use super::{Caps, CapsError, CpuFeatures, CpuModel, KvmInfo, MachineInfo, PROBE_TIMEOUT};
+use super::{Caps, CapsError, CpuFeatures, CpuModel, KvmInfo, MachineInfo, probe_timeout};
 use crate::{
     profile::Accel,
     qmp::{Qmp, QmpError},
@@ -47,7 +47,8 @@ pub async fn probe(binary: &Path, accel: Accel) -> Result<Caps, CapsError> {
         let _ = qmp.quit().await;
         caps
     };
-    let result = tokio::time::timeout(PROBE_TIMEOUT, work).await;
+    let limit = probe_timeout();
+    let result = tokio::time::timeout(limit, work).await;
     let _ = child.start_kill();
     let _ = child.wait().await;
     match result {
@@ -65,6 +66,7 @@ pub async fn probe(binary: &Path, accel: Accel) -> Result<Caps, CapsError> {
         Err(_) => Err(CapsError::Timeout {
             binary: binary.to_owned(),
             accel,
+            after: limit,
         }),
     }
 }

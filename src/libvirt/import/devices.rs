@@ -1,5 +1,5 @@
-//! `<devices>`: the emulator, disks, the console, a user-mode network card, and what the machine
-//! has anyway.
+//! `<devices>`: the emulator, disks, the console, a user-mode network card, the guest agent's
+//! channel and shared folders (`channels`), and what the machine has anyway.
 
 use std::{
     fs,
@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Cx, Element};
+use super::{Cx, Element, channels};
 use crate::profile::MachineProfile;
 use crate::spec::disk::{DiskInput, QCOW2_MAGIC};
 
@@ -19,9 +19,11 @@ const SERIAL_TARGETS: &[&str] = &[
     "sclp-serial",
 ];
 
-/// Reads `<devices>`, each device by its kind; what the guest gets one of, it gets once.
+/// Reads `<devices>`, each device by its kind; what the guest gets one of, it gets once. A
+/// domain without the guest agent's channel gets none.
 pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
     d.take();
+    cx.spec.agent = None;
     let (mut nics, mut serials, mut consoles) = (0, 0, 0);
     for e in d.children() {
         match e.name.as_str() {
@@ -60,10 +62,8 @@ pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
                 cx.accept(e, "the PS/2 mouse and keyboard are built into the machine");
             }
             "graphics" | "video" => cx.bad(e, "a display: qemu-direct runs with -display none"),
-            "channel" => cx.bad(
-                e,
-                "a channel (guest agent, spice...): qemu-direct adds none",
-            ),
+            "channel" => channels::channel(e, cx),
+            "filesystem" => channels::filesystem(e, cx),
             "emulator" => cx.bad(e, "a second emulator"),
             other => cx.bad(
                 e,
@@ -71,6 +71,7 @@ pub(super) fn devices(d: &Element, p: &MachineProfile, cx: &mut Cx) {
             ),
         }
     }
+    cx.spec.agent.get_or_insert(false);
 }
 
 /// A device the guest has one of: the first of its kind (`count` so far) is read, any other

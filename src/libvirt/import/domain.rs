@@ -1,7 +1,7 @@
 //! `<domain>` itself: the accelerator, name, memory, vCPUs and lifecycle, and the order in which
 //! its parts are read (`<os>` first among the parts that need the guest's profile).
 
-use super::{Cx, Element, cpu, devices, features, os};
+use super::{Cx, Element, channels, cpu, devices, features, os};
 use crate::{
     profile::{Accel, MachineProfile, ProfileSet},
     spec::AccelRequest,
@@ -14,6 +14,7 @@ pub(super) fn domain(d: &Element, profiles: &ProfileSet, cx: &mut Cx) {
     let accel = accel(d, cx);
     identity(d, cx);
     memory(d, cx);
+    channels::memory_backing(d, cx);
     let smp = vcpu(d, cx);
     let profile = os::os(d, profiles, cx);
     if let (Some(f), Some(p)) = (d.child("features"), profile) {

@@ -13,6 +13,7 @@ use std::{
 use super::{Item, LibvirtError, xml::Element};
 use crate::{profile::ProfileSet, spec::SpecInput};
 
+mod channels;
 mod cpu;
 mod devices;
 mod domain;

@@ -1,10 +1,11 @@
-//! The guest's devices: disks and the network.
+//! The guest's devices: disks, the network, shared folders.
 
 use crate::spec::{
     disk::{self, Disk, DiskInput},
     error::SpecError,
     input::SpecInput,
     net::Net,
+    share::{self, Share},
 };
 
 impl SpecInput {
@@ -34,5 +35,19 @@ impl SpecInput {
             .map(|n| Net::parse("net", n))
             .transpose()?
             .unwrap_or_default())
+    }
+}
+
+impl SpecInput {
+    /// Every shared folder, checked, and no tag twice.
+    pub(super) fn shares(&self) -> Result<Vec<Share>, SpecError> {
+        let shares = self
+            .shares
+            .iter()
+            .flatten()
+            .map(|s| share::validate("share", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        share::check_distinct(&shares)?;
+        Ok(shares)
     }
 }

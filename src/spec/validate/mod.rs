@@ -28,6 +28,7 @@ impl SpecInput {
         let kernel = self.kernel_boot()?;
         let disks = self.disks()?;
         let net = self.net()?;
+        let shares = self.shares()?;
         let firmware = self.firmware()?;
         let tb_size = self.tb_size()?;
         let emulator = self.emulator()?;
@@ -42,6 +43,8 @@ impl SpecInput {
             kernel,
             disks,
             net,
+            agent: self.agent.unwrap_or(true),
+            shares,
             firmware,
             tb_size,
             emulator,

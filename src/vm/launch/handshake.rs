@@ -11,7 +11,9 @@ use crate::{
     vm::{
         DRAIN, QMP_CALL, STARTUP_TIMEOUT, VmError,
         console::lock,
-        events, overlay,
+        events,
+        launch::virtiofs,
+        overlay,
         process::{ErrLog, describe},
         shared::{Shared, guard},
     },
@@ -57,15 +59,26 @@ async fn accel(qmp: &Qmp, planned: Accel) -> Accel {
 }
 
 /// A failed start said better where QEMU's stderr shows why: a disk image another process
-/// holds locked.
-pub(in crate::vm) fn explain(e: VmError, plan: &LaunchPlan, errlog: &Mutex<ErrLog>) -> VmError {
-    if !matches!(e, VmError::Startup { .. }) {
+/// holds locked, or a share's `virtiofsd` that failed (its log in `dir`, the instance's).
+pub(in crate::vm) fn explain(
+    e: VmError,
+    plan: &LaunchPlan,
+    errlog: &Mutex<ErrLog>,
+    dir: &Path,
+) -> VmError {
+    let VmError::Startup { status, .. } = &e else {
         return e;
-    }
+    };
+    let status = status.clone();
     let locked = overlay::locked_image(&lock(errlog).text());
-    match locked {
-        Some((image, detail)) => overlay::lock_error(plan, image, detail),
-        None => e,
+    if let Some((image, detail)) = locked {
+        return overlay::lock_error(plan, image, detail);
+    }
+    // QEMU names the socket it could not use ("-chardev socket,id=qd-vfs0,...").
+    let vhost = lock(errlog).text().contains("qd-vfs");
+    match virtiofs::last_words(plan, dir) {
+        Some((tag, said)) if vhost => VmError::VirtiofsdFailed { tag, said, status },
+        _ => e,
     }
 }
 

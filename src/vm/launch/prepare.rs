@@ -9,7 +9,7 @@ use std::{
 use crate::{
     host::firmware,
     instance::{self, Instance},
-    plan::LaunchPlan,
+    plan::{LaunchPlan, ShareTransport},
     vm::{VmError, overlay},
 };
 
@@ -29,6 +29,7 @@ pub(in crate::vm) async fn instance(
         overlay::create_all(&mut plan, qemu_img, inst.dir()).await?;
     }
     copy_vars(&mut plan, &inst)?;
+    place_sockets(&mut plan, &inst);
     inst.write_json(instance::PLAN, &plan)?;
     Ok((plan, inst))
 }
@@ -54,6 +55,19 @@ fn copy_vars(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
         fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
     }
     Ok(())
+}
+
+/// The guest agent's and the virtiofsd sockets, named by file in the plan, go in the instance
+/// directory.
+fn place_sockets(plan: &mut LaunchPlan, inst: &Instance) {
+    if let Some(a) = plan.agent.as_mut() {
+        a.socket = inst.path(instance::AGENT_SOCKET);
+    }
+    for s in &mut plan.shares {
+        if let ShareTransport::Virtiofs { socket, .. } = &mut s.transport {
+            *socket = inst.dir().join(&*socket);
+        }
+    }
 }
 
 /// The files QEMU's output goes to, open before it starts.

@@ -38,22 +38,25 @@ pub(in crate::vm) struct Pipes {
     pub(in crate::vm) stderr: ChildStderr,
 }
 
-/// Binds both QMP sockets in the instance directory and starts QEMU with them.
+/// Binds both QMP sockets and the guest agent's in the instance directory and starts QEMU with
+/// them. QEMU's own listening sockets have a backlog of one, which a client that gave up can
+/// fill; ours have the system's.
 pub(in crate::vm) fn qemu(plan: &LaunchPlan, inst: &Instance) -> Result<Spawned, VmError> {
     let sup = bind(&inst.path(instance::SUPERVISOR_QMP))?;
     let client = bind(&inst.path(instance::QMP))?;
-    let mut argv = argv::build(plan);
+    let agent = plan.agent.as_ref().map(|a| bind(&a.socket)).transpose()?;
+    let agent_fd = agent.as_ref().map(|l| l.as_raw_fd());
+    let mut argv = argv::build_with(plan, argv::Fds { agent: agent_fd });
     argv.extend(argv::monitors(sup.as_raw_fd(), client.as_raw_fd()));
-    let mut child =
-        process::spawn(&argv, &[sup.as_raw_fd(), client.as_raw_fd()]).map_err(|source| {
-            VmError::Spawn {
-                binary: plan.binary.clone(),
-                source,
-            }
-        })?;
+    let mut inherit = vec![sup.as_raw_fd(), client.as_raw_fd()];
+    inherit.extend(agent_fd);
+    let mut child = process::spawn(&argv, &inherit).map_err(|source| VmError::Spawn {
+        binary: plan.binary.clone(),
+        source,
+    })?;
     // QEMU has its own copies; ours would keep the sockets listening after QEMU died, and
     // a connection to them waiting forever.
-    drop((sup, client));
+    drop((sup, client, agent));
     let pid = child.id().unwrap_or_default();
     let pidfd = PidFd::open(pid).ok();
     let stdout = child.stdout.take().ok_or_else(|| missing("stdout"))?;
