@@ -246,7 +246,10 @@ async fn one_shot(
     // stop (scripts/bench reads these).
     let took = |what: &str, since: Instant| {
         if verbose {
-            eprintln!("qemu-direct: {what} after {:.3} s", since.elapsed().as_secs_f64());
+            eprintln!(
+                "qemu-direct: {what} after {:.3} s",
+                since.elapsed().as_secs_f64()
+            );
         }
         Instant::now()
     };
