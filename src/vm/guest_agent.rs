@@ -143,7 +143,7 @@ impl Vm {
     /// there, and lives as long as the guest), unless QEMU exits first.
     async fn connect_agent(&self, wait: Duration) -> Result<Agent, GuestError> {
         let path = self.dir.join(AGENT_SOCKET);
-        // QEMU makes the socket before it answers on QMP, so before launch returned.
+        // The launch binds the socket before QEMU starts: missing now means no agent channel.
         if !path.exists() {
             return Err(GuestError::NoAgent {
                 instance: self.plan.name.clone(),
