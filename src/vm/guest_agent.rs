@@ -212,18 +212,16 @@ pub async fn connect_agent(
     accel: Accel,
 ) -> Result<Agent, GuestError> {
     let path = inst.path(AGENT_SOCKET);
-    socket_of(inst).await?;
+    // Known now, for an error after the instance (and its info.json) is gone.
+    let log = inst.info().ok().flatten().and_then(|i| i.console_log);
+    socket_of(inst, &log).await?;
     let ended = async {
         while inst.alive() {
             tokio::time::sleep(POLL).await;
         }
     };
     let reply_timeout = super::scale(accel, DEFAULT_REPLY_TIMEOUT);
-    let ended_err = || GuestError::Ended {
-        instance: inst.name.clone(),
-        how: None,
-        context: Box::new(instance_context(inst)),
-    };
+    let ended_err = || instance_ended(inst, log.clone());
     tokio::select! {
         r = Agent::connect(&path, wait) => match r {
             Ok(a) => Ok(a.reply_timeout(reply_timeout)),
@@ -249,6 +247,26 @@ pub fn instance_context(inst: &InstanceRef) -> ConsoleContext {
     }
 }
 
+/// [`GuestError::Ended`] for an instance found by name that has ended, with the last lines of
+/// its durable console log `log` (read while it ran: its directory is gone now).
+pub fn instance_ended(inst: &InstanceRef, log: Option<PathBuf>) -> GuestError {
+    let mut tail = last_lines(&inst.path(CONSOLE), TAIL_LINES);
+    if tail.is_empty()
+        && let Some(log) = &log
+    {
+        tail = last_lines(log, TAIL_LINES);
+    }
+    GuestError::Ended {
+        instance: inst.name.clone(),
+        how: None,
+        context: Box::new(ConsoleContext {
+            instance: inst.name.clone(),
+            log,
+            tail,
+        }),
+    }
+}
+
 /// The last `n` lines of a file (read from its last 64 KiB), the unfinished one included.
 fn last_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
@@ -271,7 +289,7 @@ fn last_lines(path: &std::path::Path, n: usize) -> Vec<String> {
 
 /// Waits while the instance is starting for its agent socket; [`GuestError::NoAgent`] if it
 /// has none once started.
-async fn socket_of(inst: &InstanceRef) -> Result<(), GuestError> {
+async fn socket_of(inst: &InstanceRef, log: &Option<PathBuf>) -> Result<(), GuestError> {
     let path = inst.path(AGENT_SOCKET);
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
@@ -279,14 +297,7 @@ async fn socket_of(inst: &InstanceRef) -> Result<(), GuestError> {
             return Ok(());
         }
         if !inst.alive() {
-            return Err(GuestError::Ended {
-                instance: inst.name.clone(),
-                how: None,
-                context: Box::new(ConsoleContext {
-                    instance: inst.name.clone(),
-                    ..ConsoleContext::default()
-                }),
-            });
+            return Err(instance_ended(inst, log.clone()));
         }
         let starting = inst
             .info()

@@ -65,7 +65,7 @@ pub use expect::{
     ConsoleContext, ConsoleError, ConsoleMatch, Expect, MAX_BETWEEN, Matcher, Origin, Verdict,
 };
 pub use guest::GuestBuilder;
-pub use guest_agent::{GuestError, agent_answers, connect_agent};
+pub use guest_agent::{GuestError, agent_answers, connect_agent, instance_context, instance_ended};
 pub use pool::{Pool, PoolPermit};
 pub use run::{Outcome, Report, RunOptions, run, run_vm};
 pub use running::Vm;

@@ -308,7 +308,12 @@ fn cp_moves_a_big_file_both_ways_byte_for_byte() {
         1,
         "nothing else written"
     );
-    vm.stop();
+
+    // A guest that goes away under a command is reported as ended, with its console.
+    let (_, e) = qd_exits(&env, &["exec", "a64", "--", "poweroff", "-f"], 3);
+    assert!(e.starts_with("error: instance 'a64' ended"), "{e}");
+    assert!(e.contains("reboot: Power down"), "the console tail: {e}");
+    assert!(!vm.dir.exists());
 }
 
 #[test]

@@ -100,9 +100,27 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
         // The same limit for the agent to answer and for the command to end: a message then
         // names the limit given, not what was left of it.
         let wait = args.timeout.unwrap_or(vm::scale(accel, AGENT_WAIT));
+        let log = inst.info().ok().flatten().and_then(|i| i.console_log);
         let agent = vm::connect_agent(&inst, wait, accel).await.map_err(lib)?;
-        run_in_guest(&agent, &prepared.request(&args.command, args.timeout)).await
+        let status = run_in_guest(&agent, &prepared.request(&args.command, args.timeout)).await;
+        // The guest went away under the command (powered off, say): say that, not how the
+        // agent's connection broke.
+        if status.is_err() && gone_soon(&inst).await {
+            return Err(lib(vm::instance_ended(&inst, log)));
+        }
+        status
     })
+}
+
+/// Whether the instance ends within a moment (its supervisor reaps QEMU, then lets go).
+async fn gone_soon(inst: &InstanceRef) -> bool {
+    for _ in 0..20 {
+        if !inst.alive() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Runs `request` in the guest, its output to ours as it comes (stdout and stderr apart), and
