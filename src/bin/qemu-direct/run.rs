@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     time::Duration,
 };
@@ -13,6 +13,7 @@ use anyhow::Context;
 use qemu_direct::{
     Error, ExitCode, argv,
     host::HostFacts,
+    instance,
     plan::LaunchPlan,
     profile::{Accel, ProfileSet},
     vm::{self, Report, RunOptions, Vm},
@@ -55,7 +56,7 @@ pub fn run(
 
 /// What is about to run, on stderr: the guest, the accelerator and why, the plan's notes,
 /// and with `verbose` the QEMU command line.
-fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
+pub(crate) fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
     eprintln!(
         "qemu-direct: {} guest '{}', {}",
         plan.arch, plan.name, plan.accel_reason
@@ -72,12 +73,12 @@ fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
 }
 
 /// How to run, from the flags.
-fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
+pub(crate) fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
     // The log is named after the instance, whose name is only final once launched.
     let (console_log, console_log_dir) = if args.no_console_log {
         (None, None)
     } else {
-        (args.console_log.clone(), default_log_dir())
+        (args.console_log.clone(), instance::log_dir())
     };
     RunOptions {
         timeout: args.timeout,
@@ -87,16 +88,8 @@ fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
         stop_timeout: args.stop_timeout,
         unique_name,
         runtime_dir: None,
+        handle_signals: true,
     }
-}
-
-/// `$XDG_STATE_HOME/qemu-direct/logs`, where `NAME.log` goes.
-fn default_log_dir() -> Option<PathBuf> {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))?;
-    Some(state.join("qemu-direct/logs"))
 }
 
 /// What `run --detach` hands its supervisor on stdin.
@@ -136,6 +129,7 @@ impl SuperviseRequest {
             stop_timeout: self.stop_timeout,
             unique_name: self.unique_name,
             runtime_dir: None,
+            handle_signals: true,
         };
         (self.plan, opts)
     }
@@ -169,7 +163,7 @@ pub fn foreground(plan: &LaunchPlan, opts: &RunOptions) -> anyhow::Result<ExitCo
     Ok(report.outcome.exit_code())
 }
 
-fn builder(plan: &LaunchPlan, opts: &RunOptions) -> vm::VmBuilder {
+pub(crate) fn builder(plan: &LaunchPlan, opts: &RunOptions) -> vm::VmBuilder {
     Vm::builder(plan.clone())
         .console_log(opts.console_log.clone())
         .console_log_dir(opts.console_log_dir.clone())
