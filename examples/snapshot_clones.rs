@@ -15,7 +15,7 @@ use std::{
 };
 
 use qemu_direct::{
-    agent::{Agent, ExecRequest},
+    agent::ExecRequest,
     host::{HostFacts, ProbeOptions},
     plan,
     profile::ProfileSet,
@@ -134,12 +134,10 @@ async fn one_test(vm: &Vm) -> Res<CloneResult> {
     }
     let first_heartbeat = next_heartbeat(vm, 0).await?;
     let wait = vm.scale(Duration::from_secs(30));
-    let socket = &vm.plan().agent.as_ref().ok_or("no agent channel")?.socket;
-    let agent = Agent::connect(socket, wait).await?;
+    let agent = vm.agent_within(wait).await?;
     let random = || agent.exec(ExecRequest::new("head", ["-c", "16", "/dev/urandom"]));
     let random_at_restore = random().await?.stdout;
-    // One agent connection at a time: the reseed goes through this one.
-    qemu_direct::snapshot::reseed_through(&agent).await?;
+    vm.reseed(wait).await?;
     // The kernel mixes the new bytes into its generator at its next reseed: seconds after a
     // snapshot taken early in a boot, like this one (docs/snapshots.md).
     let later = format!("qd-heartbeat {}", first_heartbeat + 5);

@@ -2,8 +2,8 @@
 //! between them.
 
 use crate::{
-    cpu, host::caps::CapsError, host::prefix::PrefixError, instance, libvirt, plan, profile, qmp,
-    snapshot, spec, vm,
+    agent, cpu, host::caps::CapsError, host::prefix::PrefixError, instance, libvirt, plan, profile,
+    qmp, snapshot, spec, vm,
 };
 
 /// Process exit codes of the `qemu-direct` command.
@@ -73,6 +73,9 @@ pub enum Error {
     /// A QEMU prefix (`--qemu-prefix`) that cannot serve (boxed: it is large and rare).
     #[error(transparent)]
     Prefix(Box<PrefixError>),
+    /// Acting inside a guest: its agent, copies.
+    #[error(transparent)]
+    Guest(#[from] vm::GuestError),
     /// Taking or restoring a snapshot, migrating a guest.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
@@ -95,7 +98,10 @@ impl From<PrefixError> for Error {
 fn vm_exit(v: &vm::VmError) -> ExitCode {
     use vm::VmError as V;
     match v {
-        V::NoQemuImg { .. } | V::IncomingFile { .. } => ExitCode::BadInput,
+        V::Plan(plan::PlanError::Caps { .. }) => ExitCode::QemuFailed,
+        V::NoQemuImg { .. } | V::IncomingFile { .. } | V::Profile(_) | V::Spec(_) | V::Plan(_) => {
+            ExitCode::BadInput
+        }
         V::Spawn { .. }
         | V::Virtiofsd { .. }
         | V::VirtiofsdFailed { .. }
@@ -132,11 +138,17 @@ impl Error {
     /// The exit code this error ends the command with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Plan(plan::PlanError::Caps { .. }) | Error::Caps(_) => ExitCode::QemuFailed,
+            Error::Plan(plan::PlanError::Caps { .. })
+            | Error::Vm(vm::VmError::Plan(plan::PlanError::Caps { .. }))
+            | Error::Caps(_) => ExitCode::QemuFailed,
             Error::Prefix(p) if matches!(**p, PrefixError::DoesNotRun { .. }) => {
                 ExitCode::QemuFailed
             }
             Error::Prefix(_) => ExitCode::BadInput,
+            Error::Vm(vm::VmError::Profile(_) | vm::VmError::Spec(_) | vm::VmError::Plan(_)) => {
+                ExitCode::BadInput
+            }
+            Error::Guest(g) => guest_exit_code(g),
             Error::Profile(_)
             | Error::Spec(_)
             | Error::Plan(_)
@@ -159,6 +171,7 @@ impl Error {
     /// What the user could do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
+            Error::Guest(g) => g.hint(),
             Error::Plan(p) => p.hint(),
             Error::Prefix(p) => p.hint(),
             Error::Spec(spec::SpecError::Cpu(c)) | Error::Cpu(c) => c.hint(),
@@ -174,5 +187,20 @@ impl Error {
             ),
             _ => None,
         }
+    }
+}
+
+/// The exit code of a failure to act inside a guest: bad input (no agent channel, a missing
+/// folder, a directory to `cp`), a timeout (the agent, or the command, took too long), or the
+/// code of the error inside.
+fn guest_exit_code(e: &vm::GuestError) -> ExitCode {
+    match e {
+        e if e.is_bad_input() => ExitCode::BadInput,
+        vm::GuestError::NotAnswering { .. }
+        | vm::GuestError::Agent(
+            agent::AgentError::NotAnswering { .. } | agent::AgentError::ExecTimeout { .. },
+        ) => ExitCode::Timeout,
+        vm::GuestError::Ended { .. } => ExitCode::QemuFailed,
+        _ => ExitCode::Failure,
     }
 }

@@ -206,6 +206,17 @@ pub fn runtime_root() -> Result<PathBuf, InstanceError> {
     Ok(root)
 }
 
+/// Where console logs that outlive their instance go by default, as `NAME.log`:
+/// `$XDG_STATE_HOME/qemu-direct/logs`, else `~/.local/state/qemu-direct/logs`; `None` with
+/// neither variable set.
+pub fn log_dir() -> Option<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))?;
+    Some(state.join("qemu-direct/logs"))
+}
+
 /// Creates `path` with mode 0700 if missing, then checks that it is a real directory owned by
 /// us that nobody else can use: in a shared `/tmp`, another user could have made it first.
 pub(crate) fn private_dir(path: &Path) -> Result<(), InstanceError> {

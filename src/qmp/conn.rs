@@ -183,7 +183,20 @@ pub(super) fn shorten(line: &[u8]) -> String {
     s
 }
 
+/// Closes the connection with [`CloseReason::RuntimeGone`] when a task holding it is dropped
+/// before it finished: its runtime shut down, and with it the only reader and writer, so a
+/// request made later (from another runtime) would otherwise wait forever for its reply.
+struct CloseOnDrop<'a>(&'a Shared);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        // After a normal end the connection is closed already and this does nothing.
+        self.0.close(CloseReason::RuntimeGone);
+    }
+}
+
 pub(super) async fn read_loop<R: AsyncRead + Unpin>(mut lines: Lines<R>, shared: Arc<Shared>) {
+    let _gone = CloseOnDrop(&shared);
     let mut shutdown = shared.shutdown.subscribe();
     let reason = loop {
         tokio::select! {
@@ -203,6 +216,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
+    let _gone = CloseOnDrop(&shared);
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let line = tokio::select! {

@@ -18,6 +18,10 @@ pub enum CloseReason {
         /// The limit.
         limit: usize,
     },
+    /// The tokio runtime that ran the connection's reader and writer has shut down (say the
+    /// test that made it ended), so nothing can be sent or received any more.
+    #[error("the tokio runtime that ran this connection has shut down")]
+    RuntimeGone,
 }
 
 /// A failed QMP operation.

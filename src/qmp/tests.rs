@@ -472,6 +472,44 @@ async fn dropping_the_client_closes_the_transport_and_ends_events() {
     assert!(within(peer.request()).await.is_none());
 }
 
+/// A client kept beyond the runtime that made it (a test fixture in a static, say) fails at
+/// once from another runtime, saying why, instead of waiting forever for a reply that no task
+/// is left to read.
+#[test]
+fn a_client_whose_runtime_is_gone_fails_at_once() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (qmp, peer) = first.block_on(connect());
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = second
+        .block_on(within(qmp.query_status()))
+        .expect_err("no reader is left");
+    assert!(
+        matches!(e, QmpError::Closed(CloseReason::RuntimeGone)),
+        "{e:?}"
+    );
+    let chain = chain(&e);
+    assert!(chain.contains("runtime"), "{chain}");
+    drop(peer);
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 // Real QEMU.
 
 fn qemu() -> Option<PathBuf> {

@@ -19,16 +19,18 @@ pub const RESEED_BYTES: usize = 512;
 
 impl Vm {
     /// Mixes [`RESEED_BYTES`] of the host's randomness into the guest's random pool through its
-    /// guest agent, waiting up to `wait` for the agent to answer. Fails when the plan has no
-    /// agent channel, or the agent does not answer (qemu-ga not in the guest).
+    /// guest agent (the `Vm`'s own connection, [`Vm::agent_within`]), waiting up to `wait` for
+    /// the agent to answer. Fails when the plan has no agent channel, or the agent does not
+    /// answer (qemu-ga not in the guest).
     pub async fn reseed(&self, wait: Duration) -> Result<(), SnapshotError> {
-        let Some(channel) = &self.plan().agent else {
-            return Err(SnapshotError::Reseed {
+        let agent = self
+            .agent_within(wait)
+            .await
+            .map_err(|e| SnapshotError::Reseed {
                 name: self.name().to_owned(),
-                why: "the plan has no guest agent channel".into(),
-            });
-        };
-        reseed(self.name(), &channel.socket, wait).await
+                why: e.to_string(),
+            })?;
+        reseed_through(agent).await
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use super::{
-    Vm, VmError,
+    Pool, Vm, VmError, background,
     console::lock,
     incoming::{Incoming, Opened},
     launch::{handshake, prepare, spawn, virtiofs, watch},
@@ -21,6 +21,8 @@ pub struct VmBuilder {
     console_log_dir: Option<PathBuf>,
     unique_name: bool,
     echo_stderr: bool,
+    pool: Option<Pool>,
+    background: bool,
     incoming: Option<Incoming>,
 }
 
@@ -66,12 +68,56 @@ impl VmBuilder {
         self
     }
 
+    /// Whether the guest's state comes from a snapshot's state file (a restore, a clone),
+    /// rather than a boot or a live migration.
+    pub fn restores(&self) -> bool {
+        self.incoming
+            .as_ref()
+            .is_some_and(|i| matches!(i.from, super::IncomingFrom::File(_)))
+    }
+
+    /// Waits for a place in `pool` before launching; the [`Vm`] holds it until dropped.
+    pub fn pool(mut self, pool: &Pool) -> Self {
+        self.pool = Some(pool.clone());
+        self
+    }
+
+    /// Launches on the library's own runtime, a thread that lives as long as the process,
+    /// instead of the caller's: the guest then outlives the caller's runtime, as a guest that
+    /// several tests share (kept in a static) must. See docs/rust-api.md.
+    pub fn background(mut self, yes: bool) -> Self {
+        self.background = yes;
+        self
+    }
+
     /// Starts QEMU and returns once the guest runs: the instance directory made and locked,
     /// QMP connected and negotiated, the guest's CPUs started.
     ///
-    /// QEMU dies with the thread that spawned it (`PR_SET_PDEATHSIG`): on a multi-thread
-    /// runtime that is a worker thread, which lives as long as the runtime.
-    pub async fn launch(self) -> Result<Vm, VmError> {
+    /// QEMU dies with the thread that spawned it (`PR_SET_PDEATHSIG`), and the tasks that
+    /// watch it run on the launching runtime: when that runtime shuts down, QEMU is killed and
+    /// the [`Vm`]'s calls fail with [`VmError::RuntimeGone`]. [`VmBuilder::background`] launches
+    /// on a runtime that lives as long as the process.
+    pub async fn launch(mut self) -> Result<Vm, VmError> {
+        let permit = match &self.pool {
+            Some(pool) => Some(pool.acquire().await),
+            None => None,
+        };
+        let mut vm = if std::mem::take(&mut self.background) {
+            let handle = background::handle()?;
+            match handle.spawn(self.launch_here()).await {
+                Ok(launched) => launched?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(VmError::Io(std::io::Error::other(e))),
+            }
+        } else {
+            self.launch_here().await?
+        };
+        vm.permit = permit;
+        Ok(vm)
+    }
+
+    /// [`VmBuilder::launch`] on the current runtime.
+    async fn launch_here(self) -> Result<Vm, VmError> {
         // A state file that cannot be read fails before anything is made.
         let opened = self.incoming.as_ref().map(Opened::open).transpose()?;
         let adopt = self.incoming.as_ref().is_some_and(|i| i.adopt_disks);
@@ -102,7 +148,8 @@ impl VmBuilder {
         virtiofs::supervise(daemons, &shared);
         // `ps` and `stop` know the pid from now on, even if QMP never answers.
         shared.set_state("prelaunch");
-        let (console, errlog) = watch::start(spawned.pipes, logs, self.echo_stderr, &shared);
+        let (console, errlog) =
+            watch::start(&plan.name, spawned.pipes, logs, self.echo_stderr, &shared);
         let start = match (self.incoming, opened) {
             (Some(i), Some(o)) => handshake::Start::Incoming(i, o),
             _ => handshake::Start::Boot,
@@ -119,6 +166,9 @@ impl VmBuilder {
             console,
             shared,
             errlog,
+            home: tokio::runtime::Handle::current(),
+            agent: tokio::sync::OnceCell::new(),
+            permit: None,
         })
     }
 }
@@ -152,6 +202,8 @@ impl Vm {
             console_log_dir: None,
             unique_name: false,
             echo_stderr: false,
+            pool: None,
+            background: false,
             incoming: None,
         }
     }

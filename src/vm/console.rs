@@ -17,10 +17,12 @@ use std::{
     time::Duration,
 };
 
-use regex::Regex;
 use tokio::{io::AsyncReadExt, process::ChildStdout, sync::watch};
 
-use super::{Failure, PANIC_MARKER, Shared, TAIL_LINES, VmError};
+use super::{
+    Failure, PANIC_MARKER, Shared, TAIL_LINES, VmError,
+    expect::{self, ConsoleError, ConsoleMatch, Expect, Origin},
+};
 
 /// Longest line kept whole; longer ones are split, so a guest without newlines cannot grow
 /// memory without bound.
@@ -30,45 +32,6 @@ pub const POLL: Duration = Duration::from_millis(100);
 const CHUNK: usize = 16 * 1024;
 /// How long the console pump waits after a small read for more bytes to gather.
 const COALESCE: Duration = Duration::from_millis(2);
-
-/// Why waiting for console text failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
-    /// The pattern is not a valid regular expression.
-    #[error("invalid pattern '{pattern}'")]
-    BadPattern {
-        /// The pattern.
-        pattern: String,
-        /// Why.
-        #[source]
-        source: Box<regex::Error>,
-    },
-    /// A failure pattern matched first.
-    #[error("console matched failure pattern '{pattern}': {line}")]
-    Failed {
-        /// The failure pattern.
-        pattern: String,
-        /// The line that matched.
-        line: String,
-    },
-    /// The time ran out.
-    #[error("'{pattern}' did not appear on the console within {}", humantime::format_duration(*after))]
-    TimedOut {
-        /// The pattern waited for.
-        pattern: String,
-        /// The timeout.
-        after: Duration,
-    },
-    /// The console ended (QEMU exited) without the pattern.
-    #[error("the console ended without '{pattern}'")]
-    Ended {
-        /// The pattern waited for.
-        pattern: String,
-    },
-    /// Reading the log failed.
-    #[error("cannot read the console log")]
-    Io(#[from] io::Error),
-}
 
 /// How far the console task has got.
 #[derive(Debug, Clone, Copy, Default)]
@@ -92,7 +55,7 @@ struct ConsoleInner {
     /// A read handle opened at launch: it outlives the instance directory.
     file: Arc<File>,
     path: PathBuf,
-    durable: Option<PathBuf>,
+    origin: Origin,
     progress: watch::Receiver<Progress>,
     watcher: Arc<Mutex<Watcher>>,
 }
@@ -101,7 +64,7 @@ impl Console {
     pub(crate) fn new(
         file: File,
         path: PathBuf,
-        durable: Option<PathBuf>,
+        origin: Origin,
         progress: watch::Receiver<Progress>,
         watcher: Arc<Mutex<Watcher>>,
     ) -> Console {
@@ -109,7 +72,7 @@ impl Console {
             inner: Arc::new(ConsoleInner {
                 file: Arc::new(file),
                 path,
-                durable,
+                origin,
                 progress,
                 watcher,
             }),
@@ -123,7 +86,7 @@ impl Console {
 
     /// The durable copy that outlives the instance, if one is written.
     pub fn log_path(&self) -> Option<&Path> {
-        self.inner.durable.as_deref()
+        self.inner.origin.log.as_deref()
     }
 
     /// The last [`TAIL_LINES`] lines, the unfinished one included.
@@ -149,6 +112,7 @@ impl Console {
             file: self.inner.file.clone(),
             offset: 0,
             wake: Wake::Local(self.inner.progress.clone()),
+            origin: self.inner.origin.clone(),
         }
     }
 
@@ -156,9 +120,35 @@ impl Console {
     ///
     /// Fails at once if a kernel panic line ([`PANIC_MARKER`]) appears first, at `timeout`, or
     /// when the console ends. Use [`Console::expect`] for other failure patterns.
+    ///
+    /// Its errors carry the console's last lines, the log and the instance's name, and show
+    /// them: a failed test says what the guest printed.
     pub async fn wait_for(&self, pattern: &str, timeout: Duration) -> Result<String, ConsoleError> {
+        self.wait_for_match(pattern, timeout).await.map(|m| m.line)
+    }
+
+    /// [`Console::wait_for`], returning the pattern's capture groups too.
+    pub async fn wait_for_match(
+        &self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<ConsoleMatch, ConsoleError> {
         let e = Expect::new(pattern)?.fail_on(&regex::escape(PANIC_MARKER))?;
-        self.expect(&e, timeout).await
+        e.run_match(self.reader(), timeout).await
+    }
+
+    /// Waits for the literal text `start`, then for `end` after it, and returns what the
+    /// console printed between them (it may span lines; carriage returns are dropped, so
+    /// `"\n"` as `end` means the end of the line). Like
+    /// [`Console::wait_for`] it reads from the console's first byte, and fails on a kernel
+    /// panic line, at `timeout`, or when the console ends.
+    pub async fn between(
+        &self,
+        start: &str,
+        end: &str,
+        timeout: Duration,
+    ) -> Result<String, ConsoleError> {
+        expect::between(self.reader(), start, end, timeout).await
     }
 
     /// Waits until a line matches `expect`'s pattern, failing if one of its failure patterns
@@ -181,6 +171,7 @@ pub struct LogReader {
     file: Arc<File>,
     offset: u64,
     wake: Wake,
+    origin: Origin,
 }
 
 impl std::fmt::Debug for LogReader {
@@ -199,7 +190,23 @@ impl LogReader {
             file: Arc::new(file),
             offset: 0,
             wake: Wake::Poll(Box::new(alive)),
+            origin: Origin::default(),
         }
+    }
+
+    /// Names the instance whose console this is, and its durable log, for the messages of a
+    /// wait that fails ([`ConsoleError`]).
+    pub fn describing(mut self, instance: &str, log: Option<PathBuf>) -> LogReader {
+        self.origin = Origin {
+            instance: instance.to_owned(),
+            log,
+        };
+        self
+    }
+
+    /// Which instance's console this is, as far as known.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The next bytes, or `None` at the end.
@@ -240,192 +247,6 @@ impl LogReader {
                 }
             }
         }
-    }
-}
-
-/// A pattern to wait for, with failure patterns that end the wait early.
-#[derive(Debug, Clone)]
-pub struct Expect {
-    want: Want,
-    fail: Vec<Regex>,
-}
-
-/// What [`Expect`] waits for.
-#[derive(Debug, Clone)]
-enum Want {
-    Pattern(Regex),
-    /// Literal text, searched as is: no regex to compile, so no size limit to hit.
-    Text(String),
-}
-
-impl Want {
-    fn is_match(&self, line: &str) -> bool {
-        match self {
-            Want::Pattern(r) => r.is_match(line),
-            Want::Text(t) => line.contains(t.as_str()),
-        }
-    }
-
-    /// On a line still being written: a regex match that ends at the last byte received, on a
-    /// word character, may only be a prefix of what the pattern would take (`READY \w+` on
-    /// `READY a` while `arch64` is still in flight), so it waits for more. A match that ends
-    /// earlier, or on a space or punctuation (a prompt such as `login: `), counts at once.
-    fn is_settled_match(&self, partial: &str) -> bool {
-        match self {
-            Want::Text(t) => partial.contains(t.as_str()),
-            Want::Pattern(r) => r.find_iter(partial).any(|m| {
-                m.end() < partial.len()
-                    || !m
-                        .as_str()
-                        .chars()
-                        .last()
-                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
-            }),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            Want::Pattern(r) => r.as_str(),
-            Want::Text(t) => t,
-        }
-    }
-}
-
-/// What a fed chunk decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The pattern matched this line.
-    Found(String),
-    /// This failure pattern matched this line.
-    Failed {
-        /// The failure pattern.
-        pattern: String,
-        /// The line.
-        line: String,
-    },
-}
-
-fn compile(pattern: &str) -> Result<Regex, ConsoleError> {
-    Regex::new(pattern).map_err(|source| ConsoleError::BadPattern {
-        pattern: pattern.to_owned(),
-        source: Box::new(source),
-    })
-}
-
-impl Expect {
-    /// Waits for `pattern`, a regular expression matched against each line.
-    pub fn new(pattern: &str) -> Result<Expect, ConsoleError> {
-        Ok(Expect {
-            want: Want::Pattern(compile(pattern)?),
-            fail: Vec::new(),
-        })
-    }
-
-    /// Waits for literal text, not a pattern.
-    pub fn text(text: &str) -> Expect {
-        Expect {
-            want: Want::Text(text.to_owned()),
-            fail: Vec::new(),
-        }
-    }
-
-    /// Also ends the wait, as a failure, when `pattern` matches a line first.
-    pub fn fail_on(mut self, pattern: &str) -> Result<Expect, ConsoleError> {
-        self.fail.push(compile(pattern)?);
-        Ok(self)
-    }
-
-    /// The pattern waited for.
-    pub fn pattern(&self) -> &str {
-        self.want.as_str()
-    }
-
-    /// A line matcher for one pass over a stream.
-    pub fn matcher(&self) -> Matcher<'_> {
-        Matcher {
-            expect: self,
-            line: Vec::new(),
-        }
-    }
-
-    /// Reads `reader` until a verdict, the end, or `timeout`.
-    pub async fn run(
-        &self,
-        mut reader: LogReader,
-        timeout: Duration,
-    ) -> Result<String, ConsoleError> {
-        let pattern = self.pattern().to_owned();
-        let mut m = self.matcher();
-        let scan = async {
-            while let Some(chunk) = reader.next_chunk().await? {
-                match m.feed(&chunk) {
-                    Some(Verdict::Found(line)) => return Ok(line),
-                    Some(Verdict::Failed { pattern, line }) => {
-                        return Err(ConsoleError::Failed { pattern, line });
-                    }
-                    None => {}
-                }
-            }
-            Err(ConsoleError::Ended {
-                pattern: pattern.clone(),
-            })
-        };
-        match tokio::time::timeout(timeout, scan).await {
-            Ok(r) => r,
-            Err(_) => Err(ConsoleError::TimedOut {
-                pattern,
-                after: timeout,
-            }),
-        }
-    }
-}
-
-/// Splits a byte stream into lines and checks each against an [`Expect`].
-#[derive(Debug)]
-pub struct Matcher<'e> {
-    expect: &'e Expect,
-    line: Vec<u8>,
-}
-
-impl Matcher<'_> {
-    /// Feeds the next bytes; returns the first verdict, checking failure patterns first.
-    pub fn feed(&mut self, chunk: &[u8]) -> Option<Verdict> {
-        for &b in chunk {
-            if b == b'\n' || self.line.len() >= MAX_LINE {
-                let v = self.check();
-                self.line.clear();
-                if v.is_some() {
-                    return v;
-                }
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            self.line.push(b);
-        }
-        // The unfinished line counts too: prompts often end without a newline.
-        self.check_partial()
-    }
-
-    fn check(&self) -> Option<Verdict> {
-        self.verdict(Want::is_match)
-    }
-
-    fn check_partial(&self) -> Option<Verdict> {
-        self.verdict(Want::is_settled_match)
-    }
-
-    fn verdict(&self, matches: fn(&Want, &str) -> bool) -> Option<Verdict> {
-        let line = String::from_utf8_lossy(&self.line);
-        let line = line.trim_end_matches('\r');
-        if let Some(f) = self.expect.fail.iter().find(|f| f.is_match(line)) {
-            return Some(Verdict::Failed {
-                pattern: f.as_str().to_owned(),
-                line: line.trim().to_owned(),
-            });
-        }
-        matches(&self.expect.want, line).then(|| Verdict::Found(line.trim().to_owned()))
     }
 }
 
@@ -540,59 +361,6 @@ pub(crate) async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_split_across_chunks_still_match() {
-        let e = Expect::new(r"GUEST-READY \w+")
-            .unwrap()
-            .fail_on("Kernel panic")
-            .unwrap();
-        let mut m = e.matcher();
-        assert_eq!(m.feed(b"booting\r\nGUEST-RE"), None);
-        assert_eq!(
-            m.feed(b"ADY aarch64\r\nmore"),
-            Some(Verdict::Found("GUEST-READY aarch64".into()))
-        );
-        let mut m = e.matcher();
-        assert_eq!(
-            m.feed(b"x\n[ 1.0] Kernel pan"),
-            None,
-            "half a failure line is not yet one"
-        );
-        assert_eq!(
-            m.feed(b"ic - not syncing\n"),
-            Some(Verdict::Failed {
-                pattern: "Kernel panic".into(),
-                line: "[ 1.0] Kernel panic - not syncing".into()
-            })
-        );
-        // Bytes arriving one at a time: `\w+` must not settle for the first letter.
-        let mut m = e.matcher();
-        let mut found = None;
-        for b in b"GUEST-READY aarch64\r\n" {
-            if let Some(v) = m.feed(&[*b]) {
-                found = Some(v);
-                break;
-            }
-        }
-        assert_eq!(found, Some(Verdict::Found("GUEST-READY aarch64".into())));
-        // A regex prompt ending in punctuation or space matches before any newline.
-        let p = Expect::new(r"\w+ login:").unwrap();
-        assert!(matches!(
-            p.matcher().feed(b"host login: "),
-            Some(Verdict::Found(_))
-        ));
-        // A prompt without a newline matches as it stands.
-        let t = Expect::text("login: (x)");
-        assert!(matches!(
-            t.matcher().feed(b"host login: (x)"),
-            Some(Verdict::Found(_))
-        ));
-        assert!(matches!(
-            Expect::new("(unclosed"),
-            Err(ConsoleError::BadPattern { .. })
-        ));
-    }
 
     #[test]
     fn watcher_finds_panics_and_keeps_a_bounded_tail() {

@@ -2,11 +2,23 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{host::firmware::FirmwareError, instance::InstanceError, qmp::QmpError};
+use crate::{
+    host::firmware::FirmwareError, instance::InstanceError, plan::PlanError, profile::ProfileError,
+    qmp::QmpError, spec::SpecError,
+};
 
 /// Why a guest could not be launched or watched.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// The machine profiles ([`super::GuestBuilder`], which loads them).
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The guest description ([`super::GuestBuilder`], which validates it).
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Planning for this host ([`super::GuestBuilder`], which plans).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     /// QEMU could not be started.
     #[error("cannot start {binary}")]
     Spawn {
@@ -121,6 +133,16 @@ pub enum VmError {
         /// What went wrong.
         why: String,
     },
+    /// The tokio runtime that launched the guest has shut down, and QEMU was killed with it:
+    /// a [`super::Vm`] kept beyond its runtime (in a static shared by tests, say).
+    #[error(
+        "instance '{name}' is gone: the tokio runtime that launched it shut down, and QEMU was \
+         killed with it"
+    )]
+    RuntimeGone {
+        /// The instance.
+        name: String,
+    },
     /// The supervisor of an instance stopped from outside did not reap QEMU and remove the
     /// instance directory in time.
     #[error("instance '{name}' still holds its directory {after:?} after QEMU was stopped")]
@@ -136,6 +158,8 @@ impl VmError {
     /// What the user can do, where we know.
     pub fn hint(&self) -> Option<String> {
         match self {
+            VmError::Plan(p) => p.hint(),
+            VmError::Spec(SpecError::Cpu(c)) => c.hint(),
             VmError::Instance(i) => i.hint(),
             VmError::NoQemuImg { .. } => Some(
                 "install the Debian package qemu-utils, or give the disk persist (writes then reach the image)".into(),
@@ -155,6 +179,12 @@ impl VmError {
             } => Some(
                 "a guest writes to this image (persist), so no overlay can be made over it: stop \
                  that guest first (qemu-direct ps), or drop its persist"
+                    .into(),
+            ),
+            VmError::RuntimeGone { .. } => Some(
+                "a guest shared by several tests must outlive each test's runtime: launch it with \
+                 VmBuilder::background(true) (Vm::guest(..).background(true)); see \
+                 docs/rust-api.md"
                     .into(),
             ),
             VmError::ImageLocked { .. } => {

@@ -38,14 +38,20 @@
 //! guest's state from a migration instead of booting it ([`VmBuilder::incoming`],
 //! [`incoming`]): that is how snapshots are restored.
 
+mod background;
 mod builder;
 mod console;
+mod copy;
 mod error;
 mod events;
+mod expect;
+mod guest;
+mod guest_agent;
 pub mod incoming;
 mod launch;
 mod outcome;
 mod overlay;
+mod pool;
 mod process;
 mod run;
 mod running;
@@ -55,9 +61,16 @@ mod stop;
 use std::time::Duration;
 
 pub use builder::VmBuilder;
-pub use console::{Console, ConsoleError, Expect, LogReader, MAX_LINE, Matcher, Verdict};
+pub use console::{Console, LogReader, MAX_LINE};
+pub use copy::{Copied, GuestPath, copy_from_guest, copy_to_guest};
 pub use error::VmError;
+pub use expect::{
+    ConsoleContext, ConsoleError, ConsoleMatch, Expect, MAX_BETWEEN, Matcher, Origin, Verdict,
+};
+pub use guest::GuestBuilder;
+pub use guest_agent::{GuestError, agent_answers, connect_agent, instance_context, instance_ended};
 pub use incoming::{Incoming, IncomingFrom, MIGRATE_SOCKET};
+pub use pool::{Pool, PoolPermit};
 pub use run::{Outcome, Report, RunOptions, run, run_vm};
 pub use running::Vm;
 pub use stop::{CLIENT_CONNECT, REAP_WAIT, StopStep, stop_instance};
@@ -79,6 +92,9 @@ pub const TAIL_LINES: usize = 20;
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long QEMU gets to exit after `quit` before SIGKILL.
 pub const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// How long [`Vm::agent`] waits for the guest agent to answer, before scaling for the
+/// accelerator ([`scale`]): the guest may still be booting.
+pub const AGENT_WAIT: Duration = Duration::from_secs(60);
 /// How long QEMU may take to start and answer on QMP.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much longer than under KVM things take under TCG, for default timeouts: [`scale`].

@@ -11,7 +11,7 @@ use tokio::{
 
 use super::{
     STOP_TIMEOUT, Vm, VmError,
-    console::{Expect, Verdict},
+    expect::{Expect, Verdict},
 };
 use crate::{ExitCode, plan::LaunchPlan};
 
@@ -35,6 +35,11 @@ pub struct RunOptions {
     pub unique_name: bool,
     /// Where instance directories live, instead of [`crate::instance::runtime_root`].
     pub runtime_dir: Option<PathBuf>,
+    /// Run the stop ladder on SIGINT and SIGTERM, as the `qemu-direct` command does. This
+    /// installs process-wide handlers that stay installed after the run (tokio cannot remove
+    /// them): the process then no longer dies of Ctrl-C. Off by default, so a library caller's
+    /// signals stay its own.
+    pub handle_signals: bool,
 }
 
 /// How a run ended.
@@ -172,9 +177,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
 type Stopping<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// Runs a launched guest to the end: copies its console to `out`, applies `opts.until` and
-/// `opts.timeout` (both stop QEMU at once), and on SIGINT or SIGTERM runs the stop ladder
-/// ([`Vm::stop`]), saying so on stderr; a second signal kills QEMU. `opts`' launch settings
-/// are not used here.
+/// `opts.timeout` (both stop QEMU at once), and with `opts.handle_signals`, on SIGINT or
+/// SIGTERM runs the stop ladder ([`Vm::stop`]), saying so on stderr; a second signal kills
+/// QEMU. `opts`' launch settings are not used here.
 pub async fn run_vm<W: AsyncWrite + Unpin>(
     vm: &Vm,
     opts: &RunOptions,
@@ -183,8 +188,14 @@ pub async fn run_vm<W: AsyncWrite + Unpin>(
     let mut reader = vm.console().reader();
     let until = opts.until.as_deref().map(Expect::text);
     let mut matcher = until.as_ref().map(Expect::matcher);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = opts
+        .handle_signals
+        .then(|| signal(SignalKind::interrupt()))
+        .transpose()?;
+    let mut sigterm = opts
+        .handle_signals
+        .then(|| signal(SignalKind::terminate()))
+        .transpose()?;
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = opts.timeout.map_or(far, |t| Instant::now() + t);
     let stop_timeout = opts.stop_timeout.unwrap_or(STOP_TIMEOUT);
@@ -213,8 +224,8 @@ pub async fn run_vm<W: AsyncWrite + Unpin>(
                 stop = Some(Outcome::TimedOut { after: opts.timeout.unwrap_or_default() });
                 stopping = Some(Box::pin(async { vm.quit().await; }));
             }
-            _ = sigint.recv() => interrupted(vm, "SIGINT", &mut stop, &mut stopping, stop_timeout),
-            _ = sigterm.recv() => interrupted(vm, "SIGTERM", &mut stop, &mut stopping, stop_timeout),
+            _ = received(&mut sigint) => interrupted(vm, "SIGINT", &mut stop, &mut stopping, stop_timeout),
+            _ = received(&mut sigterm) => interrupted(vm, "SIGTERM", &mut stop, &mut stopping, stop_timeout),
             _ = async { stopping.as_mut().expect("guarded").await }, if stopping.is_some() => {
                 stopping = None;
             }
@@ -241,6 +252,16 @@ pub async fn run_vm<W: AsyncWrite + Unpin>(
         (None, o) => o,
     };
     Ok(Report { outcome, ..report })
+}
+
+/// The next signal, or never without a handler.
+async fn received(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The first signal starts the stop ladder; another one, or a signal during another stop,

@@ -15,7 +15,7 @@ use super::{
     shared::Shared,
     stop::{self, Owned, StopStep},
 };
-use crate::{plan::LaunchPlan, profile::Accel, qmp::Qmp};
+use crate::{agent::Agent, plan::LaunchPlan, profile::Accel, qmp::Qmp, vm::PoolPermit};
 
 /// A running guest: one QEMU process, its instance directory, console and QMP connection.
 ///
@@ -29,6 +29,12 @@ pub struct Vm {
     pub(super) console: Console,
     pub(super) shared: Arc<Shared>,
     pub(super) errlog: Arc<Mutex<ErrLog>>,
+    /// The runtime that launched it, which runs the tasks around QEMU.
+    pub(super) home: tokio::runtime::Handle,
+    /// The guest agent, once connected ([`Vm::agent`]).
+    pub(super) agent: tokio::sync::OnceCell<Agent>,
+    /// Its place in a [`super::Pool`], if it was launched through one.
+    pub(super) permit: Option<PoolPermit>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -83,14 +89,33 @@ impl Vm {
         &self.qmp
     }
 
-    /// The run state last seen (`running`, `paused`, `shutdown`, ...).
-    pub fn state(&self) -> String {
-        self.shared.state.borrow().clone()
+    /// Whether QEMU has exited (and been reaped).
+    pub fn exited(&self) -> bool {
+        self.shared.exited()
+    }
+
+    /// The run state last seen (`running`, `paused`, `shutdown`, ...). Fails with
+    /// [`VmError::RuntimeGone`] once the runtime that launched the guest has shut down.
+    pub fn state(&self) -> Result<String, VmError> {
+        self.alive()?;
+        Ok(self.shared.state.borrow().clone())
+    }
+
+    /// Fails with [`VmError::RuntimeGone`] if the runtime that launched the guest has shut
+    /// down (which killed QEMU); every call that needs the guest's tasks checks this first.
+    pub fn alive(&self) -> Result<(), VmError> {
+        if self.shared.runtime_gone() {
+            return Err(VmError::RuntimeGone {
+                name: self.plan.name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Waits for QEMU to exit and reports how the run ended; then removes the instance
     /// directory. Cancel-safe, and may be called again.
     pub async fn wait(&self) -> Result<Report, VmError> {
+        self.alive()?;
         let exit = self.shared.wait_exit().await;
         self.drained().await;
         self.shared.remove_instance();
@@ -113,6 +138,12 @@ impl Vm {
             let _ = stderr_done.wait_for(|d| *d).await;
         };
         let _ = tokio::time::timeout(DRAIN, drained).await;
+    }
+
+    /// How the run ended, once QEMU has exited.
+    pub(super) fn outcome(&self) -> Option<super::Outcome> {
+        let exit = self.shared.exit.borrow().clone()?;
+        Some(self.ending().outcome(&exit))
     }
 
     /// What was seen of the run, for its outcome.
@@ -147,6 +178,19 @@ impl Vm {
     pub async fn shutdown(self, timeout: Duration) -> Result<Report, VmError> {
         self.stop(timeout).await;
         self.wait().await
+    }
+
+    /// Ends QEMU at once without asking the guest ([`Vm::quit`]) and reports how the run
+    /// ended: for a throw-away guest, or one that ignores the power button, where
+    /// [`Vm::shutdown`] would wait its whole timeout.
+    pub async fn shutdown_quick(self) -> Result<Report, VmError> {
+        self.quit().await;
+        self.wait().await
+    }
+
+    /// Whether it holds a place in a [`super::Pool`].
+    pub fn pooled(&self) -> bool {
+        self.permit.is_some()
     }
 }
 

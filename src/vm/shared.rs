@@ -2,7 +2,10 @@
 //! instance directory; and the two tasks that act on them, the reaper and the guard.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -47,6 +50,8 @@ pub(crate) struct Shared {
     pub(super) log_error: Mutex<Option<VmError>>,
     pub(super) instance: Mutex<Instance>,
     pub(super) info: Mutex<InstanceInfo>,
+    /// The runtime that ran the tasks around QEMU shut down before QEMU was reaped.
+    runtime_gone: AtomicBool,
 }
 
 impl Shared {
@@ -69,6 +74,7 @@ impl Shared {
             log_error: Mutex::new(None),
             instance: Mutex::new(instance),
             info: Mutex::new(info),
+            runtime_gone: AtomicBool::new(false),
         }
     }
 
@@ -137,10 +143,40 @@ impl Shared {
     pub(super) fn remove_instance(&self) {
         let _ = lock(&self.instance).remove();
     }
+
+    /// Whether the runtime that launched this QEMU has shut down: then nothing watches it any
+    /// more, and QEMU has been killed.
+    pub(crate) fn runtime_gone(&self) -> bool {
+        self.runtime_gone.load(Ordering::SeqCst)
+    }
+}
+
+/// Notices the reaper being dropped before QEMU was reaped, which happens when the runtime it
+/// runs on shuts down (the test that launched a guest kept in a static ended, say). With the
+/// tasks gone nothing would ever report QEMU's end, so calls would wait forever: instead QEMU
+/// is killed (the reaper's child, `kill_on_drop`, is too), the instance directory removed, and
+/// the run marked as lost, which every later call on the [`super::Vm`] reports at once.
+struct RuntimeWatch<'a>(&'a Shared);
+
+impl Drop for RuntimeWatch<'_> {
+    fn drop(&mut self) {
+        let shared = self.0;
+        if shared.exited() {
+            return;
+        }
+        shared.runtime_gone.store(true, Ordering::SeqCst);
+        shared.kill();
+        shared.remove_instance();
+        shared.state.send_replace("runtime-gone".into());
+        shared.exit.send_replace(Some(Exit::Lost(
+            "the tokio runtime that launched it shut down, and QEMU was killed with it".into(),
+        )));
+    }
 }
 
 /// Reaps QEMU and announces how it ended.
 pub(super) async fn reap(mut child: tokio::process::Child, shared: Arc<Shared>) {
+    let _watch = RuntimeWatch(&shared);
     let exit = match child.wait().await {
         Ok(s) => Exit::Status(s),
         Err(e) => Exit::Lost(e.to_string()),

@@ -316,3 +316,64 @@ fn profile_dir_replaces_the_built_in_profiles() {
         "{e}"
     );
 }
+
+/// `exec`, `cp` and `wait --agent` refuse what cannot work before looking for a guest: one
+/// error line, exit 2, nothing written. (Those that need a running guest are in `agent`.)
+#[test]
+fn exec_cp_and_wait_agent_refuse_bad_input() {
+    let env = TestEnv::new();
+    let dir = env.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let dir = dir.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["exec", "nosuch", "--", "true"],
+            "no running instance named 'nosuch'",
+        ),
+        (
+            &["exec", "vm", "--env", "X", "--", "true"],
+            "invalid --env 'X': expected NAME=VALUE",
+        ),
+        (
+            &["cp", "a:/x", "b:/y"],
+            "both 'a:/x' and 'b:/y' name a guest",
+        ),
+        (
+            &["cp", "/etc/hostname", "./y"],
+            "neither '/etc/hostname' nor './y' names a guest",
+        ),
+        (
+            &["cp", "/etc/hostname", "vm:etc/x"],
+            "the guest path in 'vm:etc/x' is not absolute",
+        ),
+        (
+            &["cp", dir, "vm:/tmp/"],
+            "is a directory: cp copies one file",
+        ),
+        (
+            &["cp", "nosuch:/etc/hostname", dir],
+            "no running instance named 'nosuch'",
+        ),
+        (
+            &["wait", "nosuch", "--agent"],
+            "no running instance named 'nosuch'",
+        ),
+        (
+            &["wait", "vm", "--agent", "--for", "x"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = env.qd(*args);
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        assert!(o.is_empty(), "{args:?}: {o}");
+        let first = e.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(expect),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.matches("error: ").count(), 1, "{args:?}: {e}");
+    }
+    assert!(files_under(&env.state()).is_empty());
+}

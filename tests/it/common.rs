@@ -9,8 +9,9 @@
 //!   instance ([`Detached`]) and [`Foreground::spawn`] a launcher that stays in the foreground.
 //!   Whatever a test leaves running is put down when its handle or the env is dropped: `stop`,
 //!   then SIGKILL for any QEMU or supervisor still there.
-//! - [`Guest`]: the test guest of an arch (`scripts/fetch-test-guests.sh`), and [`guest_proto`]
-//!   for what it prints and the switches it takes.
+//! - [`Guest`]: the test guest of an arch (`scripts/fetch-test-guests.sh`), [`agent_guest`] for
+//!   one whose initramfs runs the guest agent, and [`guest_proto`] for what it prints and the
+//!   switches it takes.
 //! - [`sha256`] of a file, [`files_under`] a directory.
 //! - [`pid_gone`] (a zombie counts as gone), [`wait_gone`], [`children_of`], [`wait_until`].
 //! - [`Tripwire`]: an emulator that records whether QEMU was started.
@@ -780,6 +781,42 @@ pub fn guest(arch: &str) -> Option<Guest> {
     })
 }
 
+/// The test guest of an arch whose initramfs has the guest agent (qemu-ga, which its `/init`
+/// starts on the port `org.qemu.guest_agent.0`): the fetch script adds it where Debian has
+/// it, and its manifest then names the package for that arch. Test guests fetched before it
+/// did fail the test loudly, saying to fetch them again.
+pub fn agent_guest(arch: &str) -> Option<Guest> {
+    let g = guest(arch)?;
+    let manifest = std::fs::read_to_string(guests_dir().join("manifest.txt")).unwrap_or_default();
+    assert!(
+        manifest_has_agent(&manifest, arch),
+        "the {arch} test guest in {} has no qemu-guest-agent (its manifest.txt names none): \
+         fetch the test guests again (scripts/fetch-test-guests.sh)",
+        guests_dir().display()
+    );
+    Some(g)
+}
+
+/// Whether the manifest's block for `arch` (its packages, then its `file ARCH/...` lines)
+/// lists `qemu-guest-agent`.
+fn manifest_has_agent(manifest: &str, arch: &str) -> bool {
+    let mut blocks: Vec<Vec<&str>> = vec![Vec::new()];
+    let mut after_files = false;
+    for line in manifest.lines() {
+        let is_file = line.starts_with("file ");
+        if after_files && !is_file {
+            blocks.push(Vec::new());
+        }
+        after_files = is_file;
+        blocks.last_mut().expect("one block at least").push(line);
+    }
+    let file_prefix = format!("file {arch}/");
+    blocks.iter().any(|b| {
+        b.iter().any(|l| l.starts_with(&file_prefix))
+            && b.iter().any(|l| l.starts_with("qemu-guest-agent "))
+    })
+}
+
 /// The directory of an arch's test guest, once `files` are all in it; see [`guest`].
 pub fn guest_files(arch: &str, files: &[&str]) -> Option<PathBuf> {
     let dir = guests_dir().join(arch);
@@ -932,6 +969,15 @@ pub fn fake_host(arch: &str, kvm: KvmState) -> HostFacts {
         qemu_prefix: None,
         virtiofsd: None,
     }
+}
+
+#[test]
+fn the_manifest_says_which_guests_have_the_agent() {
+    let m = "linux-image-x 1 amd64 aa\nqemu-guest-agent 1:7.2 amd64 bb\nfile x86_64/kernel cc\n\
+             file x86_64/initrd.gz dd\nlinux-image-y 1 mipsel ee\nfile mipsel/kernel ff\n";
+    assert!(manifest_has_agent(m, "x86_64"));
+    assert!(!manifest_has_agent(m, "mipsel"));
+    assert!(!manifest_has_agent(m, "s390x"));
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! - `common`: the one fixture: `TestEnv` (a test's own XDG directories, the real binary run in
 //!   them, detached and foreground guests put down on drop), the test guests and what they
 //!   print (`guest_proto`), `pid_gone` and friends, tripwire emulators, made-up hosts.
+//! - `agent`: acting inside real guests through the guest agent: `run -- CMD` per arch, `exec`,
+//!   `cp`, `wait --agent`, `ps --agent`; the harness API (a `Vm` whose runtime is gone, a guest
+//!   serving several runtimes, `vm::run` and signal handlers, `examples/harness.rs`).
 //! - `cpu`: CPU modes, features and phys-bits seen by real guests; baseline, cache, traits.
 //! - `cpu_rules`: every CPU/maxphysaddr validation rule through the real binary: exit 2, a named
 //!   error, no QEMU started.
@@ -32,6 +35,7 @@
 //!   mutated domains), planning and the QMP client's framing;
 //!   `QD_FUZZ_CASES` sets the cases per target.
 
+mod agent;
 mod boot;
 mod cli;
 mod common;

@@ -69,6 +69,8 @@ pub enum Command {
         format: ExportFormat,
     },
     /// Boot a guest: stream its serial console to stdout (and a log file) until it powers off.
+    /// With `-- CMD [ARGS...]`: boot it, run CMD in it through the guest agent, print CMD's
+    /// output, stop the guest and exit with CMD's status.
     Run(RunArgs),
     /// CPU models, a baseline CPU for several hosts, and whether a CPU runs on a host.
     Cpu {
@@ -96,7 +98,19 @@ pub enum Command {
         /// Print them as JSON.
         #[arg(long)]
         json: bool,
+        /// Also ask each instance's guest agent whether it answers (up to half a second):
+        /// answers, no answer, or none (no agent channel).
+        #[arg(long)]
+        agent: bool,
     },
+    /// Run a command in an instance's guest through its guest agent: its stdout and stderr
+    /// to ours, exit with its status (128+N if signal N ended it). The agent keeps a
+    /// command's output until it exits, so the output comes then.
+    Exec(ExecArgs),
+    /// Copy one file between the host and an instance's guest, bytes and permission bits kept;
+    /// one side is NAME:/path. Directories are refused (send a tar stream through `exec
+    /// --stdin` instead).
+    Cp(CpArgs),
     /// Control a running instance over QMP.
     Qmp(QmpArgs),
     /// Print an instance's serial console so far.
@@ -108,7 +122,8 @@ pub enum Command {
         follow: bool,
     },
     /// Wait until an instance's console prints a line matching a pattern (exit 0; the line is
-    /// printed), a failure pattern (exit 4), or the time runs out (exit 5).
+    /// printed), a failure pattern (exit 4), or the time runs out (exit 5); or, with --agent,
+    /// until its guest agent answers.
     Wait(WaitArgs),
     /// Stop an instance: system_powerdown, then quit, then SIGKILL; returns once it is gone.
     Stop {
@@ -238,6 +253,55 @@ pub struct RunArgs {
     /// on where it was. Only --name, and --memory/--arch equal to the snapshot's, go with it.
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
+    #[command(flatten)]
+    pub guest_command: GuestCommandArgs,
+    /// A command to run in the guest (through its guest agent) instead of showing the
+    /// console; the guest is stopped after it, and its status is ours. --timeout then bounds
+    /// the whole run.
+    #[arg(last = true, value_name = "CMD", conflicts_with_all = ["detach", "until"])]
+    pub command: Vec<String>,
+}
+
+/// How a command runs in the guest (`exec`, `run -- CMD`).
+#[derive(Debug, Args, Default)]
+pub struct GuestCommandArgs {
+    /// Add NAME=VALUE to the command's environment (through env(1) in the guest); repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Pass our stdin to the command (read whole first; the agent takes it in one piece).
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+/// Options of `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Instance name.
+    pub name: String,
+    /// Give up waiting for the guest agent after this long, and kill the command in the guest
+    /// once it has run this long; either way exit 5 [default: wait 30s for the agent under
+    /// KVM, 5 times that under TCG; no limit for the command].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub guest_command: GuestCommandArgs,
+    /// The command and its arguments (looked up in the agent's PATH).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Options of `cp`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// The file to copy: a host path, or NAME:/path in an instance's guest.
+    pub src: String,
+    /// Where to: a file or an existing folder, on the host or NAME:/path in the guest (the
+    /// other side from SRC).
+    pub dst: String,
+    /// How long to wait for the guest agent to answer [default: 30s under KVM, 5 times that
+    /// under TCG].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// The guest description. Flags override the same keys of --spec.
@@ -389,10 +453,18 @@ pub struct WaitArgs {
     /// Instance name.
     pub name: String,
     /// The pattern (a regular expression) to wait for.
-    #[arg(long = "for", value_name = "REGEX")]
-    pub pattern: String,
+    #[arg(
+        long = "for",
+        value_name = "REGEX",
+        required_unless_present = "agent",
+        conflicts_with = "agent"
+    )]
+    pub pattern: Option<String>,
+    /// Wait until the guest agent answers instead (exit 0; prints its version).
+    #[arg(long)]
+    pub agent: bool,
     /// Fail (exit 4) if a line matches this first; repeatable. A kernel panic always fails.
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", conflicts_with = "agent")]
     pub fail_on: Vec<String>,
     /// Give up (exit 5) after this long [default: 60s under KVM, 5 times that under TCG].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

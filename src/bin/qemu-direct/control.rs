@@ -20,47 +20,47 @@ use crate::{
 /// `wait` without `--timeout`, before scaling for the accelerator.
 const WAIT_DEFAULT: Duration = Duration::from_secs(60);
 
-/// `ps`.
-pub fn ps(json: bool) -> anyhow::Result<ExitCode> {
+/// How long `ps --agent` gives each guest agent to answer.
+const AGENT_PING: Duration = Duration::from_millis(500);
+
+/// `ps`; with `agent`, whether each guest agent answers (asked in parallel).
+pub fn ps(json: bool, agent: bool) -> anyhow::Result<ExitCode> {
     let root = instance::runtime_root().map_err(Error::from)?;
     let all = instance::list(&root).map_err(Error::from)?;
+    let agents = if agent {
+        Some(runtime()?.block_on(agents(&all)))
+    } else {
+        None
+    };
+    let agent_of = |i: usize| agents.as_ref().map(|a| a[i]);
     let mut out = std::io::stdout().lock();
     if json {
         let rows: Vec<serde_json::Value> = all
             .iter()
-            .map(|(r, info)| match info {
-                Some(i) => serde_json::json!({
-                    "name": r.name,
-                    "arch": i.arch,
-                    "accel": i.accel,
-                    "pid": i.pid,
-                    "supervisor_pid": i.supervisor_pid,
-                    "state": i.state,
-                    "started": i.started,
-                    "uptime_secs": i.uptime_secs(),
-                    "dir": r.dir.to_string_lossy(),
-                    "console_log": i.console_log.as_ref().map(|p| p.to_string_lossy()),
-                }),
-                None => serde_json::json!({
-                    "name": r.name,
-                    "state": "starting",
-                    "dir": r.dir.to_string_lossy(),
-                }),
-            })
+            .enumerate()
+            .map(|(n, (r, info))| ps_row(r, info.as_ref(), agent_of(n)))
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::Success);
     }
+    // The AGENT column, when asked, goes before UPTIME, which stays last.
+    let agent_col = |a: Option<&str>| a.map(|a| format!("{a:<10} ")).unwrap_or_default();
     writeln!(
         out,
-        "{:<20} {:<8} {:<5} {:>8} {:<14} UPTIME",
-        "NAME", "ARCH", "ACCEL", "PID", "STATE"
+        "{:<20} {:<8} {:<5} {:>8} {:<14} {}UPTIME",
+        "NAME",
+        "ARCH",
+        "ACCEL",
+        "PID",
+        "STATE",
+        agent_col(agent.then_some("AGENT"))
     )?;
-    for (r, info) in &all {
+    for (n, (r, info)) in all.iter().enumerate() {
+        let a = agent_col(agent_of(n));
         match info {
             Some(i) => writeln!(
                 out,
-                "{:<20} {:<8} {:<5} {:>8} {:<14} {}",
+                "{:<20} {:<8} {:<5} {:>8} {:<14} {a}{}",
                 r.name,
                 i.arch,
                 i.accel,
@@ -68,10 +68,65 @@ pub fn ps(json: bool) -> anyhow::Result<ExitCode> {
                 i.state,
                 humantime::format_duration(Duration::from_secs(i.uptime_secs()))
             )?,
-            None => writeln!(out, "{:<20} {:<8} {:<5} {:>8} starting", r.name, "", "", "")?,
+            None => writeln!(
+                out,
+                "{:<20} {:<8} {:<5} {:>8} {:<14} {a}",
+                r.name, "", "", "", "starting"
+            )?,
         }
     }
     Ok(ExitCode::Success)
+}
+
+/// `ps --json`'s row of an instance; `agent` if it was asked.
+fn ps_row(
+    r: &InstanceRef,
+    info: Option<&instance::InstanceInfo>,
+    agent: Option<&str>,
+) -> serde_json::Value {
+    let mut row = match info {
+        Some(i) => serde_json::json!({
+            "name": r.name,
+            "arch": i.arch,
+            "accel": i.accel,
+            "pid": i.pid,
+            "supervisor_pid": i.supervisor_pid,
+            "state": i.state,
+            "started": i.started,
+            "uptime_secs": i.uptime_secs(),
+            "dir": r.dir.to_string_lossy(),
+            "console_log": i.console_log.as_ref().map(|p| p.to_string_lossy()),
+        }),
+        None => serde_json::json!({
+            "name": r.name,
+            "state": "starting",
+            "dir": r.dir.to_string_lossy(),
+        }),
+    };
+    row["agent_channel"] = r.path(instance::AGENT_SOCKET).exists().into();
+    if let Some(a) = agent {
+        row["agent"] = a.into();
+    }
+    row
+}
+
+/// Whether each instance's guest agent answers: `answers`, `no answer` or `none` (no agent
+/// channel), in the order of `all`.
+async fn agents(all: &[(InstanceRef, Option<instance::InstanceInfo>)]) -> Vec<&'static str> {
+    let mut set = tokio::task::JoinSet::new();
+    for (n, (r, _)) in all.iter().enumerate() {
+        let r = r.clone();
+        set.spawn(async move { (n, vm::agent_answers(&r, AGENT_PING).await) });
+    }
+    let mut found = vec!["none"; all.len()];
+    while let Some(Ok((n, answers))) = set.join_next().await {
+        found[n] = match answers {
+            Some(true) => "answers",
+            Some(false) => "no answer",
+            None => "none",
+        };
+    }
+    found
 }
 
 /// The live instance `name`.
@@ -164,10 +219,13 @@ pub fn qmp(args: &QmpArgs) -> anyhow::Result<ExitCode> {
 /// `wait`.
 pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
     let inst = find(&args.name)?;
+    let info = inst.info().ok().flatten();
     // Still starting: assume the slower accelerator.
-    let accel = inst.info().ok().flatten().map_or(Accel::Tcg, |i| i.accel);
+    let accel = info.as_ref().map_or(Accel::Tcg, |i| i.accel);
     let timeout = args.timeout.unwrap_or(vm::scale(accel, WAIT_DEFAULT));
-    let mut expect = Expect::new(&args.pattern).map_err(Error::from)?;
+    // clap requires --for unless --agent, which main sends elsewhere.
+    let pattern = args.pattern.as_deref().unwrap_or_default();
+    let mut expect = Expect::new(pattern).map_err(Error::from)?;
     for f in args
         .fail_on
         .iter()
@@ -176,7 +234,8 @@ pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
     {
         expect = expect.fail_on(f).map_err(Error::from)?;
     }
-    let r = reader(&inst, instance::CONSOLE, true)?;
+    let r = reader(&inst, instance::CONSOLE, true)?
+        .describing(&inst.name, info.and_then(|i| i.console_log));
     let line = runtime()?
         .block_on(expect.run(r, timeout))
         .map_err(Error::from)?;

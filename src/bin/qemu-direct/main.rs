@@ -1,14 +1,16 @@
 //! The `qemu-direct` command: parse, call the library, print, map to an exit code.
 //!
-//! One file per command group: `run` ([`run`]), the instance commands ([`control`]), the
-//! host's view ([`host`], [`firmware`]), CPUs ([`cpu`]), the plan and its export ([`plan`]),
-//! snapshots, restores and migration ([`snapshot`]);
+//! One file per command group: `run` ([`run`]), the instance commands ([`control`]), acting
+//! inside a guest (`exec`, `cp`, `run -- CMD`: [`guest`]), the host's view ([`host`],
+//! [`firmware`]), CPUs ([`cpu`]), the plan and its export ([`plan`]), snapshots, restores and
+//! migration ([`snapshot`]);
 //! what they start from (profiles, host facts, the guest description) is in [`inputs`].
 
 mod cli;
 mod control;
 mod cpu;
 mod firmware;
+mod guest;
 mod host;
 mod inputs;
 mod plan;
@@ -31,7 +33,7 @@ pub(crate) struct Usage(pub(crate) String);
 fn main() -> ProcessExit {
     let cli = Cli::parse();
     match real_main(cli) {
-        Ok(code) => ProcessExit::from(code as u8),
+        Ok(code) => ProcessExit::from(code),
         // A closed stdout (`qemu-direct probe | head -1`) is the reader's choice, not a failure.
         Err(e) if broken_pipe(&e) => ProcessExit::SUCCESS,
         Err(e) => {
@@ -41,13 +43,14 @@ fn main() -> ProcessExit {
     }
 }
 
-/// Runs the command asked for.
-fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the command asked for; its exit status. Commands run in a guest pass its status on;
+/// the others end with one of ours.
+fn real_main(cli: Cli) -> anyhow::Result<u8> {
     let profiles = inputs::profiles(&cli)?;
     let probe = || inputs::host_facts(&cli, &profiles, false);
     let mut out = std::io::stdout().lock();
 
-    match &cli.command {
+    let code = match &cli.command {
         Command::Probe { json } => host::probe(&cli, &profiles, *json, &mut out),
         Command::Profiles { json } => host::profiles(&profiles, *json, &mut out),
         Command::Plan {
@@ -64,6 +67,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export {
             format: ExportFormat::Libvirt { spec, strict },
         } => plan::export_libvirt(&cli, spec, &profiles, *strict, &mut out),
+        Command::Run(args) if !args.command.is_empty() => {
+            drop(out);
+            let host = args.restore.is_none().then(probe).transpose()?;
+            return guest::run_command(&cli, args, &profiles, host);
+        }
         Command::Run(args) => {
             drop(out);
             // A restore runs what its snapshot says: no host facts to plan with.
@@ -79,18 +87,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let prefix = inputs::qemu_prefix(&cli)?;
             firmware::command(&profiles, prefix.as_ref(), arch.as_deref(), *json, &mut out)
         }
-        Command::Ps { json } => {
+        Command::Ps { json, agent } => {
             drop(out);
-            control::ps(*json)
+            control::ps(*json, *agent)
         }
+        Command::Exec(args) => {
+            drop(out);
+            return guest::exec(args);
+        }
+        Command::Cp(args) => guest::cp(args),
         Command::Qmp(args) => control::qmp(args),
         Command::Console { name, follow } => control::console(name, *follow),
+        Command::Wait(args) if args.agent => guest::wait_agent(args),
         Command::Wait(args) => control::wait(args),
         Command::Stop { name, timeout } => control::stop(name, *timeout),
         Command::Snapshot { name, to, stop } => snapshot::snapshot(name, to, *stop),
         Command::Migrate { name, to } => snapshot::migrate(name, to),
         Command::Supervise => run::supervise(),
-    }
+    };
+    code.map(|c| c as u8)
 }
 
 /// Whether the error is a closed stdout.

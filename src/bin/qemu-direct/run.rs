@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     time::Duration,
 };
@@ -13,6 +13,7 @@ use anyhow::Context;
 use qemu_direct::{
     Error, ExitCode, argv,
     host::HostFacts,
+    instance,
     plan::LaunchPlan,
     profile::{Accel, ProfileSet},
     vm::{self, Incoming, Report, RunOptions, Vm},
@@ -65,7 +66,7 @@ pub fn run(
 
 /// What is about to run, on stderr: the guest, the accelerator and why, the plan's notes,
 /// and with `verbose` the QEMU command line.
-fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
+pub(crate) fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
     eprintln!(
         "qemu-direct: {} guest '{}', {}",
         plan.arch, plan.name, plan.accel_reason
@@ -82,12 +83,12 @@ fn announce(plan: &LaunchPlan, argv: &[std::ffi::OsString], verbose: bool) {
 }
 
 /// How to run, from the flags.
-pub fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
+pub(crate) fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
     // The log is named after the instance, whose name is only final once launched.
     let (console_log, console_log_dir) = if args.no_console_log {
         (None, None)
     } else {
-        (args.console_log.clone(), default_log_dir())
+        (args.console_log.clone(), instance::log_dir())
     };
     RunOptions {
         timeout: args.timeout,
@@ -97,16 +98,8 @@ pub fn options(args: &RunArgs, unique_name: bool) -> RunOptions {
         stop_timeout: args.stop_timeout,
         unique_name,
         runtime_dir: None,
+        handle_signals: true,
     }
-}
-
-/// `$XDG_STATE_HOME/qemu-direct/logs`, where `NAME.log` goes.
-pub fn default_log_dir() -> Option<PathBuf> {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))?;
-    Some(state.join("qemu-direct/logs"))
 }
 
 /// What `run --detach` hands its supervisor on stdin.
@@ -150,6 +143,7 @@ impl SuperviseRequest {
             stop_timeout: self.stop_timeout,
             unique_name: self.unique_name,
             runtime_dir: None,
+            handle_signals: true,
         };
         (self.plan, opts, self.incoming)
     }
@@ -175,7 +169,8 @@ pub fn foreground(
 ) -> anyhow::Result<ExitCode> {
     let report = runtime()?.block_on(async {
         let restored = is_restore(incoming.as_ref());
-        let vm = builder(plan, opts, incoming)
+        let vm = builder(plan, opts)
+            .incoming(incoming)
             .echo_stderr(true)
             .launch()
             .await?;
@@ -201,12 +196,11 @@ fn is_restore(incoming: Option<&Incoming>) -> bool {
     incoming.is_some_and(|i| matches!(i.from, vm::IncomingFrom::File(_)))
 }
 
-fn builder(plan: &LaunchPlan, opts: &RunOptions, incoming: Option<Incoming>) -> vm::VmBuilder {
+pub(crate) fn builder(plan: &LaunchPlan, opts: &RunOptions) -> vm::VmBuilder {
     Vm::builder(plan.clone())
         .console_log(opts.console_log.clone())
         .console_log_dir(opts.console_log_dir.clone())
         .unique_name(opts.unique_name)
-        .incoming(incoming)
 }
 
 /// How a run ended, on stderr: the outcome, QEMU's last words and the console's last lines
@@ -320,7 +314,8 @@ pub fn supervise() -> anyhow::Result<ExitCode> {
     let (plan, opts, incoming) = req.into_parts();
     let report = runtime()?.block_on(async {
         let restored = is_restore(incoming.as_ref());
-        let vm = builder(&plan, &opts, incoming)
+        let vm = builder(&plan, &opts)
+            .incoming(incoming)
             .launch()
             .await
             .map_err(Error::from)?;

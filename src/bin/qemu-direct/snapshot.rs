@@ -163,7 +163,7 @@ pub fn migrate(name: &str, to: &str) -> anyhow::Result<ExitCode> {
     dest.name = to.to_owned();
     dest.notes = vec![format!("migrated from instance '{name}'")];
     let opts = RunOptions {
-        console_log_dir: run::default_log_dir(),
+        console_log_dir: instance::log_dir(),
         ..RunOptions::default()
     };
     let incoming = Incoming::listen().resume(running);

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use super::{prepare::Logs, spawn::Pipes};
 use crate::vm::{
-    Console,
+    Console, Origin,
     console::{self, Progress, Sinks, Watcher},
     process::{self, ErrLog},
     shared::{Shared, reap},
@@ -15,6 +15,7 @@ use crate::vm::{
 /// Starts them; the console that reads what the pump writes, and QEMU's stderr as the pump
 /// keeps it.
 pub(in crate::vm) fn start(
+    name: &str,
     pipes: Pipes,
     logs: Logs,
     echo_stderr: bool,
@@ -42,6 +43,10 @@ pub(in crate::vm) fn start(
         errlog.clone(),
         shared.clone(),
     ));
-    let console = Console::new(logs.reader, live_path, durable_path, progress_rx, watcher);
+    let origin = Origin {
+        instance: name.to_owned(),
+        log: durable_path,
+    };
+    let console = Console::new(logs.reader, live_path, origin, progress_rx, watcher);
     (console, errlog)
 }
