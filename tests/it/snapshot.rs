@@ -3,6 +3,7 @@
 //! on counting from where it was, a booted one would start at 1.
 //!
 //! - a restored guest goes on counting (aarch64, x86_64), and may be snapshotted again;
+//!   `run --restore DIR -- CMD` runs a command in a throw-away clone;
 //! - 8 clones of one aarch64 snapshot run at once, each mapping the snapshot's memory file;
 //! - disks: the guest's writes so far are in the snapshot, the clones' writes in their own
 //!   overlays, the base image and the frozen disk byte-identical afterwards; the restore
@@ -143,6 +144,13 @@ fn a_restored_aarch64_guest_goes_on_counting_and_can_be_snapshotted_again() {
     let Some((env, snap)) = restore_goes_on_counting("aarch64") else {
         return;
     };
+    // One command in a throw-away clone, through its guest agent.
+    let out = restore_cmd(&env, &snap, "once", &["--", "uname", "-m"])
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert_eq!(o.trim(), "aarch64", "{e}");
     // A restored guest is an instance like any other: it may be snapshotted again.
     let clone = restore(&env, &snap, "again");
     let first = heartbeats(&env, "again", 2)[0];
