@@ -62,6 +62,8 @@ pub async fn run(guests: &Path, runtime_dir: Option<PathBuf>, n: usize) -> Res<S
         )
         .await?;
     let snap = std::env::temp_dir().join(format!("qd-example-snapshot-{}", std::process::id()));
+    // The snapshot goes when this does, whatever happens below.
+    let _cleanup = RemoveOnDrop(snap.clone());
     let saved = vm.snapshot(&snap).await?;
     println!(
         "snapshot in {}: guest paused {:?}, {:?} in all",
@@ -97,12 +99,20 @@ pub async fn run(guests: &Path, runtime_dir: Option<PathBuf>, n: usize) -> Res<S
     for vm in clones.into_iter().chain([moved.vm]) {
         vm.shutdown(Duration::ZERO).await?;
     }
-    let _ = std::fs::remove_dir_all(&snap);
     Ok(Summary {
         snapshot_heartbeat,
         results,
         migrated_heartbeat,
     })
+}
+
+/// Removes a folder when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The guest, held (`qd.hold=1`: a heartbeat every second instead of powering off).

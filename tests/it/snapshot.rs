@@ -27,8 +27,8 @@ use std::{
 use serde_json::Value;
 
 use crate::common::{
-    BOOT_TIMEOUT, Detached, Guest, TestEnv, guest, guest_proto, guests_dir, sha256, text,
-    wait_until,
+    BOOT_TIMEOUT, Detached, Guest, TestEnv, emulator, guest, guest_proto, guests_dir, qemu_version,
+    sha256, text, wait_until,
 };
 
 #[path = "../../examples/snapshot_clones.rs"]
@@ -128,6 +128,23 @@ fn restore_goes_on_counting(arch: &str) -> Option<(TestEnv, PathBuf)> {
     for f in m["files"].as_array().unwrap() {
         assert!(snap.join(f["name"].as_str().unwrap()).is_file(), "{f}");
     }
+    // The method the version gates choose for the QEMU under test: the file: URI from 8.2.
+    let binary = format!("qemu-system-{arch}");
+    let want = qemu_direct::snapshot::method::choose(
+        Some(qemu_version(&binary)),
+        m["method"]["capabilities"].as_array().map(|_| "ram"),
+    );
+    assert_eq!(
+        serde_json::to_value(want.transport).unwrap(),
+        m["method"]["transport"],
+        "{m}"
+    );
+    assert_eq!(m["method"]["memory"], "file", "{m}");
+    assert_eq!(
+        m["qemu"]["path"],
+        emulator(&binary).to_str().unwrap(),
+        "{m}"
+    );
     let clone = restore(&env, &snap, "clone");
     let seen = heartbeats(&env, "clone", 2);
     goes_on_counting(&seen, at_most, arch);
