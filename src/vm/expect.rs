@@ -313,6 +313,38 @@ trait Scanner {
 
     /// What it still waits for, for messages.
     fn waiting_for(&self) -> String;
+
+    /// After a decision: whether it was made on a line still arriving.
+    fn unfinished(&self) -> bool {
+        false
+    }
+
+    /// After a decision on an unfinished line: feeds more bytes; the same decision on the
+    /// whole line, once its end arrives.
+    fn complete(&mut self, _chunk: &[u8]) -> Option<Self::Out> {
+        None
+    }
+}
+
+/// How long a match made on a line still arriving waits for the rest of the line, so that
+/// `GUEST-READY` matched while the guest was still writing `GUEST-READY aarch64` reports the
+/// whole line. A prompt that never ends its line is reported after this.
+const LINE_GRACE: Duration = Duration::from_millis(200);
+
+/// The rest of a line a decision was made on, within [`LINE_GRACE`]; `out` if it does not come.
+async fn rest_of_line<S: Scanner>(reader: &mut LogReader, scanner: &mut S, out: S::Out) -> S::Out {
+    let rest = async {
+        while let Ok(Some(chunk)) = reader.next_chunk().await {
+            if let Some(whole) = scanner.complete(&chunk) {
+                return Some(whole);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(LINE_GRACE, rest).await {
+        Ok(Some(whole)) => whole,
+        _ => out,
+    }
 }
 
 /// Reads `reader` through `scanner` until it decides, the console ends, or `timeout`; with
@@ -328,7 +360,12 @@ async fn scan<S: Scanner>(
         while let Some(chunk) = reader.next_chunk().await? {
             seen.feed(&chunk);
             if let Some(decided) = scanner.step(&chunk) {
-                return decided;
+                return match decided {
+                    Ok(out) if scanner.unfinished() => {
+                        Ok(rest_of_line(&mut reader, scanner, out).await)
+                    }
+                    d => d,
+                };
             }
             if let Some(line) = seen.panic.clone().filter(|_| panic_fails) {
                 return Err(failed(PANIC_MARKER.into(), line));
@@ -384,6 +421,21 @@ impl Scanner for Matcher<'_> {
 
     fn waiting_for(&self) -> String {
         self.expect.pattern().to_owned()
+    }
+
+    fn unfinished(&self) -> bool {
+        !self.line.is_empty()
+    }
+
+    fn complete(&mut self, chunk: &[u8]) -> Option<String> {
+        for &b in chunk {
+            if b == b'\n' || self.line.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(&self.line);
+                return Some(line.trim_end_matches('\r').trim().to_owned());
+            }
+            self.line.push(b);
+        }
+        None
     }
 }
 
