@@ -5,14 +5,13 @@
 use std::{
     fs,
     io::Read,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::host::caps::CapsCache;
+use crate::{host::caps::CapsCache, util::file_stamp};
 
 /// One cached hash: valid while the file's path, size and mtime are these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +19,7 @@ use crate::host::caps::CapsCache;
 struct Entry {
     path: PathBuf,
     size: u64,
-    mtime_ns: i64,
+    mtime_ns: i128,
     sha256: String,
 }
 
@@ -33,7 +32,7 @@ pub fn sha256_of(binary: &Path) -> std::io::Result<String> {
     let stamp = |sha256: String| Entry {
         path: path.clone(),
         size: meta.len(),
-        mtime_ns: mtime_ns(&meta),
+        mtime_ns: file_stamp::mtime_ns(&meta),
         sha256,
     };
     let cache = cache_file(&path);
@@ -52,12 +51,6 @@ pub fn sha256_of(binary: &Path) -> std::io::Result<String> {
 }
 
 /// A file's mtime in nanoseconds since the epoch.
-pub(super) fn mtime_ns(meta: &fs::Metadata) -> i64 {
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
-}
-
 /// The sha256 of a file's bytes, as lowercase hex.
 fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut f = fs::File::open(path)?;

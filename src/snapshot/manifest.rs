@@ -92,7 +92,7 @@ pub struct FileStamp {
     /// Size in bytes.
     pub size: u64,
     /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
+    pub mtime_ns: i128,
 }
 
 /// A disk frozen into the folder.
@@ -149,7 +149,7 @@ impl FileStamp {
         let meta = fs::metadata(&path)?;
         Ok(FileStamp {
             size: meta.len(),
-            mtime_ns: super::binhash::mtime_ns(&meta),
+            mtime_ns: crate::util::file_stamp::mtime_ns(&meta),
             path,
         })
     }
@@ -164,7 +164,7 @@ impl FileStamp {
         if now.len() != self.size {
             return Some(format!("changed (size {} -> {})", self.size, now.len()));
         }
-        if super::binhash::mtime_ns(&now) != self.mtime_ns {
+        if crate::util::file_stamp::mtime_ns(&now) != self.mtime_ns {
             return Some("changed (modified)".into());
         }
         None

@@ -4,14 +4,13 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
 use super::{CACHE_FORMAT, Caps, CapsError, probe, probe_timeout};
-use crate::profile::Accel;
+use crate::{profile::Accel, util::file_stamp};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -44,7 +43,7 @@ impl CacheKey {
         Ok(CacheKey {
             format: CACHE_FORMAT,
             size: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            mtime_ns: file_stamp::mtime_ns(&meta),
             path,
             accel,
             host_cpu: (accel == Accel::Kvm).then(host_cpu_identity),
