@@ -77,12 +77,10 @@ pub enum Command {
         #[command(subcommand)]
         command: CpuCommand,
     },
-    /// This host's traits, in os-traits names (COMPUTE_ARCH_*, HW_ARCH_*, COMPUTE_ADDRESS_SPACE_*).
-    Traits {
-        /// Print them as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// This host's traits, in os-traits names (COMPUTE_ARCH_*, HW_ARCH_*, COMPUTE_ADDRESS_SPACE_*),
+    /// or as scheduler labels (qemu-direct.io/...) for Kubernetes, Node Feature Discovery and
+    /// Nomad.
+    Traits(TraitsArgs),
     /// The firmware QEMU's descriptor files describe here: for which arch and machines, with
     /// what features, and which one `--firmware uefi` picks.
     Firmware {
@@ -217,6 +215,45 @@ pub enum CpuCommand {
         #[arg(required = true, value_name = "HOST.json")]
         hosts: Vec<PathBuf>,
     },
+}
+
+/// Options of `traits`.
+#[derive(Debug, Args)]
+pub struct TraitsArgs {
+    /// text: the os-traits, with why; json: the same as JSON; nfd: the scheduler labels as a
+    /// Node Feature Discovery feature file; labels: the scheduler labels as name=value lines
+    /// (for `kubectl label`, Nomad client meta).
+    #[arg(long, value_enum, default_value_t = TraitsFormat::Text)]
+    pub format: TraitsFormat,
+    /// The same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// With --format nfd: write the file atomically into DIR (as DIR/qemu-direct) instead of
+    /// stdout, and print its path.
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = qemu_direct::labels::NFD_DIR
+    )]
+    pub write: Option<PathBuf>,
+    /// With --format nfd: Node Feature Discovery drops the labels this long after the file is
+    /// written (`# +expiry-time=`), e.g. 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expiry: Option<std::time::Duration>,
+}
+
+/// The formats of `traits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraitsFormat {
+    /// The os-traits, a line each, with why.
+    Text,
+    /// The os-traits as JSON.
+    Json,
+    /// A Node Feature Discovery local feature file.
+    Nfd,
+    /// name=value lines.
+    Labels,
 }
 
 /// Options of `run`.

@@ -79,7 +79,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             run::run(&cli, args, &profiles, host)
         }
         Command::Cpu { command } => cpu::command(&cli, command, &profiles, probe()?, &mut out),
-        Command::Traits { json } => host::traits(&cli, &profiles, probe()?, *json, &mut out),
+        Command::Traits(args) => host::traits(&cli, &profiles, args, probe, &mut out),
         Command::Check { spec, json } => {
             host::check(&cli, spec, &profiles, probe()?, *json, &mut out)
         }
