@@ -130,6 +130,9 @@ pub enum Command {
         /// How long the guest gets to power off before QEMU is made to quit.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
         timeout: std::time::Duration,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Save a running instance's state (devices, RAM, disks) into a folder, for `run
     /// --restore`; the guest resumes afterwards unless --stop.
@@ -142,6 +145,9 @@ pub enum Command {
         /// Stop the instance once saved (as `stop` does), instead of resuming the guest.
         #[arg(long)]
         stop: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a running guest live into a new instance on this host; the old one then ends.
     Migrate {
@@ -150,6 +156,9 @@ pub enum Command {
         /// The new instance's name.
         #[arg(long, value_name = "NEW")]
         to: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the detached supervisor `run --detach` starts.
     #[command(name = "__supervise", hide = true)]
@@ -214,6 +223,9 @@ pub enum CpuCommand {
         /// Host descriptions (files written by `probe --json`).
         #[arg(required = true, value_name = "HOST.json")]
         hosts: Vec<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -283,6 +295,9 @@ pub struct RunArgs {
     /// directory.
     #[arg(long, short)]
     pub detach: bool,
+    /// With --detach: print the instance as JSON.
+    #[arg(long, requires = "detach")]
+    pub json: bool,
     /// On SIGINT/SIGTERM, how long the guest gets to power off before QEMU is made to quit.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<std::time::Duration>,
@@ -506,6 +521,9 @@ pub struct WaitArgs {
     /// Give up (exit 5) after this long [default: 60s under KVM, 5 times that under TCG].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -180,11 +180,12 @@ pub fn check(
                 .as_str()
                 .unwrap_or("?")
         )?;
-        for (t, ok) in &report.traits {
+        for t in &report.traits {
             writeln!(
                 out,
-                "trait:     {t} {}",
-                if *ok { "(present)" } else { "(missing)" }
+                "trait:     {} {}",
+                t.name,
+                if t.present { "(present)" } else { "(missing)" }
             )?;
         }
         for w in &report.why {
