@@ -161,6 +161,18 @@ fn the_real_hosts_labels_are_valid_and_say_what_probe_says() {
         let major = v.split('.').next().unwrap();
         assert_eq!(labels["qemu-direct.io/qemu-version.major"], major);
     }
+    // Where a guest arch is emulated, its machine is the TCG one `firmware` reports on.
+    let fw: Value = serde_json::from_slice(&env.qd(["firmware", "--json"]).stdout).unwrap();
+    for c in fw["choices"].as_array().unwrap() {
+        let arch = c["arch"].as_str().unwrap();
+        let emulated =
+            labels.get(&format!("qemu-direct.io/guest.{arch}")) == Some(&"emulated".to_owned());
+        if c["interface"] == "uefi" && emulated {
+            let label = labels.get(&format!("qemu-direct.io/uefi.{arch}"));
+            let found = c["choice"].get("descriptor").is_some();
+            assert_eq!(label.is_some(), found, "{arch}: {c}");
+        }
+    }
     if let Some(bits) = facts["phys_bits"].as_u64() {
         assert_eq!(labels["qemu-direct.io/phys-bits"], bits.to_string());
     }
