@@ -241,7 +241,8 @@ pub struct TraitsArgs {
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// With --format nfd: write the file atomically into DIR (as DIR/qemu-direct) instead of
-    /// stdout, and print its path.
+    /// stdout, and print its path [default DIR: /etc/kubernetes/node-feature-discovery/features.d,
+    /// where NFD's worker reads].
     #[arg(
         long,
         value_name = "DIR",
