@@ -49,6 +49,7 @@ mod golden;
 mod kvm;
 mod libvirt;
 mod lifecycle;
+mod nested;
 mod prefix;
 mod reliability;
 mod shape;
