@@ -15,6 +15,9 @@
 //! - `libvirt`: exported XML against libvirt's schema and a real libvirtd (argv parity), import.
 //! - `firmware`: UEFI boots through firmware from QEMU's descriptors, `firmware`, version gates.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
+//! - `nested`: the KVM path on a real /dev/kvm one level down: qemu-direct inside an x86_64
+//!   guest that TCG runs with emulated SVM, booting guests there under KVM (`#[ignore]`d:
+//!   `scripts/test --kvm-nested`).
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
 //!   killed launchers and QEMUs, stale directories, and the library example.
