@@ -361,3 +361,24 @@ fn a_probe_out_of_time_names_the_emulator_and_the_knob() {
     let cached = files_under(&env.cache());
     assert!(cached.is_empty(), "{cached:?}");
 }
+
+/// `traits` with an emulator that runs out of time (a slow, emulated host: nested KVM) leaves
+/// its traits out and says so on stderr, naming the emulator; it does not drop them silently.
+#[test]
+fn traits_say_which_emulator_did_not_answer() {
+    let env = TestEnv::with_own_cache();
+    let out = env
+        .cmd(["traits"])
+        .env("QEMU_DIRECT_PROBE_TIMEOUT", "1ms")
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("qemu-direct: qemu-system-x86_64 under tcg: ")
+            && e.contains("did not answer the capability probe within 1ms")
+            && e.contains("(its traits are left out)"),
+        "{e}"
+    );
+    assert!(!o.contains("COMPUTE_ARCH_X86_64"), "{o}");
+}

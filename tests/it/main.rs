@@ -19,6 +19,9 @@
 //! - `labels`: scheduler labels (`traits --format nfd|labels`) against Kubernetes' label syntax,
 //!   for the real host and made-up ones; the Node Feature Discovery file's atomic write.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
+//! - `nested`: the KVM path on a real /dev/kvm one level down: qemu-direct inside an x86_64
+//!   guest that TCG runs with emulated SVM, booting guests there under KVM (`#[ignore]`d:
+//!   `scripts/test --kvm-nested`).
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
 //!   killed launchers and QEMUs, stale directories, and the library example.
@@ -55,6 +58,7 @@ mod kvm;
 mod labels;
 mod libvirt;
 mod lifecycle;
+mod nested;
 mod prefix;
 mod reliability;
 mod shape;

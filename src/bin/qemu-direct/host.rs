@@ -207,7 +207,13 @@ fn add_tcg_caps(cli: &Cli, profiles: &ProfileSet, facts: &mut HostFacts) -> anyh
             .iter()
             .map(|p| (p.binary.clone(), Accel::Tcg))
             .collect();
-        block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
+        // An emulator that does not answer loses its traits: say so, not silently.
+        for (bin, accel, e) in block_on(facts.add_caps(&CapsCache::user(), &wanted))? {
+            eprintln!(
+                "qemu-direct: {bin} under {accel}: {} (its traits are left out)",
+                error_chain(&e)
+            );
+        }
     }
     Ok(())
 }
