@@ -27,7 +27,10 @@ use crate::common::{TestEnv, text};
 /// embedded QEMU driver).
 fn virsh_uri() -> (String, String) {
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
-    (var("QD_VIRSH", "virsh"), var("QD_LIBVIRT_URI", "qemu:///system"))
+    (
+        var("QD_VIRSH", "virsh"),
+        var("QD_LIBVIRT_URI", "qemu:///system"),
+    )
 }
 
 fn virsh(args: &[&str]) -> Output {
@@ -165,7 +168,11 @@ impl Line {
         let v = v.strip_prefix("size=").unwrap_or(v);
         let v = v.split(',').next()?;
         match v.strip_suffix(['k', 'K']) {
-            Some(kib) => kib.parse::<u64>().ok().filter(|k| k % 1024 == 0).map(|k| k / 1024),
+            Some(kib) => kib
+                .parse::<u64>()
+                .ok()
+                .filter(|k| k % 1024 == 0)
+                .map(|k| k / 1024),
             None => v.trim_end_matches(['M', 'm']).parse().ok(),
         }
     }
