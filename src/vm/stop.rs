@@ -24,7 +24,8 @@ pub const REAP_WAIT: Duration = Duration::from_secs(15);
 const REAP_POLL: Duration = Duration::from_millis(50);
 
 /// Which step of the stop ladder ended QEMU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StopStep {
     /// The guest powered off after `system_powerdown`.
     PoweredOff,
