@@ -9,6 +9,9 @@
 - until_marker(), guest_files(), sample_peak(): booting the test guests, timing, memory.
 - domain_xml(), virsh_until_marker(): the test guest under libvirt.
 - python_qmp(), PY_RTT, RAW_RTT: the Python QMP clients of the QMP row.
+- Qemu, qemus(): the QEMUs a row runs on (`--qemu system,10.0`): the system's on PATH, or one
+  in a prefix (scripts/install-qemu VERSION), with the environment qemu-direct needs for it;
+  split_env(): a `run --dry-run` line (`QEMU_MODULE_DIR=... qemu-system-...`) as env and argv.
 """
 
 from __future__ import annotations
@@ -34,6 +37,84 @@ QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 CAPS_CACHE = Path("/var/cache/libvirt/qemu/capabilities")
 LIBVIRT_PACKAGES = ("libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients "
                     "libvirt-daemon-driver-qemu")
+
+
+class Qemu:
+    """One QEMU under test: `system` (the emulators on PATH) or a prefix (`--qemu-prefix`)."""
+
+    def __init__(self, prefix: Path | None):
+        self.prefix = prefix
+        self.version = first_line([self.emulator("x86_64"), "--version"])
+        m = re.search(r"version ([0-9]+\.[0-9]+)", self.version)
+        self.label = m.group(1) if m else (str(prefix) if prefix else "system")
+
+    def emulator(self, arch: str) -> str:
+        if self.prefix is None:
+            return shutil.which(f"qemu-system-{arch}") or f"qemu-system-{arch}"
+        for sub in ("usr/bin", "bin", "usr/local/bin"):
+            p = self.prefix / sub / f"qemu-system-{arch}"
+            if p.exists():
+                return str(p)
+        return str(self.prefix / "usr/bin" / f"qemu-system-{arch}")
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` for qemu-direct on this QEMU (QEMU_DIRECT_QEMU_PREFIX set or removed)."""
+        env = dict(base)
+        env.pop("QEMU_DIRECT_QEMU_PREFIX", None)
+        if self.prefix is not None:
+            env["QEMU_DIRECT_QEMU_PREFIX"] = str(self.prefix)
+        return env
+
+    def raw_env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` for starting this QEMU by hand: a prefix's own modules (QEMU refuses another
+        build's), as qemu-direct passes them."""
+        env = dict(base)
+        if self.prefix is not None:
+            mods = sorted(self.prefix.glob("usr/lib/*/qemu"))
+            if mods:
+                env["QEMU_MODULE_DIR"] = str(mods[0])
+        return env
+
+    def raw_args(self) -> list[str]:
+        """`-L` for a prefix's data folders (Debian's QEMU is not relocatable), as qemu-direct
+        passes them; nothing for the system QEMU."""
+        if self.prefix is None:
+            return []
+        out: list[str] = []
+        for d in ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"):
+            if (self.prefix / d).is_dir():
+                out += ["-L", str(self.prefix / d)]
+        return out
+
+
+def qemus(spec: str) -> list[Qemu]:
+    """`system,10.0,/some/prefix`: `system` is the QEMU on PATH, a version is installed (or
+    found) by scripts/install-qemu, anything else is a prefix folder."""
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if item == "system":
+            out.append(Qemu(None))
+        elif re.fullmatch(r"[0-9]+\.[0-9]+", item):
+            r = subprocess.run([str(REPO / "scripts" / "install-qemu"), item],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"scripts/install-qemu {item} failed: {r.stderr.strip()}")
+            out.append(Qemu(Path(r.stdout.strip().splitlines()[-1])))
+        else:
+            out.append(Qemu(Path(item).resolve()))
+    return out
+
+
+def split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Leading `NAME=value` words of a command line (as `run --dry-run` prints for a prefix) as
+    an environment, and the rest."""
+    env: dict[str, str] = {}
+    i = 0
+    while i < len(words) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[i]):
+        k, v = words[i].split("=", 1)
+        env[k] = v
+        i += 1
+    return env, words[i:]
 
 
 def target_dir() -> Path:

@@ -469,3 +469,138 @@ fn nehalem_with_x2apic_follows_what_tcg_offers() {
         );
     }
 }
+
+/// `cpu models --qemu-prefix P` lists P's own QEMU's models (as its `-cpu help` does) and names
+/// its version; with the QEMU under test in a prefix (10.0 in CI) that is not PATH's QEMU.
+#[test]
+fn cpu_models_come_from_the_prefixs_qemu() {
+    let env = TestEnv::with_own_cache();
+    let root = match qemu_prefix() {
+        Some(p) => p,
+        None => linked_prefix(&env, &["qemu-system-x86_64"]),
+    };
+    let exe = root.join("usr/bin/qemu-system-x86_64");
+    let out = env
+        .cmd([
+            "cpu", "models", "--arch", "x86_64", "--accel", "tcg", "--json",
+        ])
+        .arg("--qemu-prefix")
+        .arg(&root)
+        .env_remove("QEMU_DIRECT_QEMU_PREFIX")
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    let listed: Value = serde_json::from_str(&o).unwrap();
+    let ours: std::collections::BTreeSet<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    // `-cpu help`: "x86 NAME ..." (7.2) or "  NAME ..." (10.0), up to the first empty line.
+    let help = Command::new(&exe).args(["-cpu", "help"]).output().unwrap();
+    let theirs: std::collections::BTreeSet<String> = text(&help)
+        .0
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.trim_start_matches("x86 ").split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(theirs.len() > 20, "{theirs:?}");
+    let missing: Vec<_> = theirs.difference(&ours).collect();
+    let extra: Vec<_> = ours.difference(&theirs).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    // The text form names the prefix's QEMU and its version.
+    let out = env
+        .cmd(["cpu", "models", "--arch", "x86_64", "--accel", "tcg"])
+        .arg("--qemu-prefix")
+        .arg(&root)
+        .output()
+        .unwrap();
+    let version = crate::common::qemu_version("qemu-system-x86_64");
+    let first = text(&out).0.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first.starts_with(&format!("qemu-system-x86_64 {version} under tcg")),
+        "{first}"
+    );
+}
+
+/// Options qemu-direct manages, given to `run` as `--qemu-arg`, are refused before anything
+/// starts: exit 2, the option and the reason, no instance, nothing cached or recorded.
+#[test]
+fn a_managed_qemu_arg_is_refused_before_anything_starts() {
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::with_own_cache();
+    for (args, want) in [
+        (&["--qemu-arg=-qmp", "--qemu-arg=stdio"][..], "'-qmp': "),
+        (&["--qemu-arg=-serial", "--qemu-arg=null"], "'-serial': "),
+        (&["--qemu-arg=-S"], "'-S': "),
+        (&["--qemu-arg=-daemonize"], "'-daemonize': "),
+        (
+            &["--qemu-arg=-incoming", "--qemu-arg=defer"],
+            "'-incoming': ",
+        ),
+        (&["--qemu-arg=--monitor", "--qemu-arg=stdio"], "monitor"),
+        (
+            &["--qemu-arg=-chardev", "--qemu-arg=null,id=con0"],
+            "chardev id 'con0'",
+        ),
+        (
+            &["--qemu-arg=-cpu", "--qemu-arg=max"],
+            "'-cpu': set by the spec",
+        ),
+    ] {
+        let out = env.run(&g, args).output().unwrap();
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        assert!(o.is_empty(), "{args:?}: {o}");
+        let first = e.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid qemu_args '") && first.contains(want),
+            "{args:?}: {e}"
+        );
+    }
+    for d in [env.state(), env.instances()] {
+        assert!(files_under(&d).is_empty(), "{}", d.display());
+    }
+}
+
+/// The QEMU under test, started as qemu-direct starts it (its module folder and `-L`), loads
+/// every module it has without aborting: `-device help` loads them all, as libvirt's probe
+/// (`qom-list-types`) does. A prefix missing a module its QEMU knows would have QEMU take the
+/// system QEMU's copy, of another build, and abort (`module_load_dso: Assertion`).
+#[test]
+fn the_qemu_under_test_loads_all_its_modules() {
+    let env = TestEnv::new();
+    let kernel = env.path("vmlinuz");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let out = env
+        .cmd(["plan", "--dry-run", "--arch", "x86_64", "--kernel"])
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    let words = shlex::split(o.trim()).unwrap();
+    let mut c = Command::new(emulator("qemu-system-x86_64"));
+    for w in words
+        .iter()
+        .take_while(|w| w.contains('=') && !w.starts_with('-'))
+    {
+        let (k, v) = w.split_once('=').unwrap();
+        c.env(k, v);
+    }
+    for d in data_args(&words) {
+        c.arg("-L").arg(d);
+    }
+    let out = c.args(["-device", "help"]).output().unwrap();
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{:?}: {e}", out.status);
+    assert!(o.contains("virtio-net-pci"), "{o}");
+    assert!(!e.contains("Only modules from the same build"), "{e}");
+}
