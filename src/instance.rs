@@ -306,7 +306,7 @@ fn remove_dir(root: &Path, dir: &Path, kind: &str) -> Result<(), InstanceError> 
 }
 
 /// Whether a removal by supervisor `pid` is still deleting a directory it renamed out of sight
-/// (see [`remove_dir`]); `stop` waits for it so that nothing is left once it returns.
+/// (see `remove_dir`); `stop` waits for it so that nothing is left once it returns.
 pub fn removal_pending(root: &Path, pid: u32) -> bool {
     let prefix = format!(".gone-{pid}-");
     std::fs::read_dir(root).is_ok_and(|entries| {

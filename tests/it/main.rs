@@ -36,6 +36,8 @@
 //!   QEMU versions, asked of the QEMU under test (`QD_QEMU_PREFIX`).
 //! - `share`: shared folders over 9p and virtiofs read and written by real guests through their
 //!   agent, read-only shares, `--no-agent`, virtiofsd dying with its supervisor.
+//! - `completions`: shell completion scripts (bash, zsh, fish) parsed by their shells, and
+//!   bash and fish completing the names of running instances; manual pages rendered by `man`.
 //! - `shape`: the layering of `src/` folders, and the length of files and functions.
 //! - `docs`: every command shown in README.md and docs/ runs as written.
 //! - `fuzz`: property tests (proptest) of the parsers, the libvirt XML import (generated and
@@ -46,6 +48,7 @@ mod agent;
 mod boot;
 mod cli;
 mod common;
+mod completions;
 mod cpu;
 mod cpu_rules;
 mod disks;

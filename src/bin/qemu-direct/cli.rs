@@ -2,8 +2,11 @@
 
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCompleter;
 use qemu_direct::spec::AccelRequest;
+
+use crate::shell::{arch_names, instance_names};
 
 /// Launch and control QEMU virtual machines directly, without libvirt.
 #[derive(Debug, Parser)]
@@ -85,7 +88,7 @@ pub enum Command {
     /// what features, and which one `--firmware uefi` picks.
     Firmware {
         /// Only firmware for this guest arch.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(arch_names))]
         arch: Option<String>,
         /// Print them as JSON.
         #[arg(long)]
@@ -114,6 +117,7 @@ pub enum Command {
     /// Print an instance's serial console so far.
     Console {
         /// Instance name.
+        #[arg(add = ArgValueCompleter::new(instance_names))]
         name: String,
         /// Keep printing until the instance ends.
         #[arg(long, short)]
@@ -126,6 +130,7 @@ pub enum Command {
     /// Stop an instance: system_powerdown, then quit, then SIGKILL; returns once it is gone.
     Stop {
         /// Instance name.
+        #[arg(add = ArgValueCompleter::new(instance_names))]
         name: String,
         /// How long the guest gets to power off before QEMU is made to quit.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
@@ -138,6 +143,7 @@ pub enum Command {
     /// --restore`; the guest resumes afterwards unless --stop.
     Snapshot {
         /// Instance name.
+        #[arg(add = ArgValueCompleter::new(instance_names))]
         name: String,
         /// The snapshot's folder: new, or empty.
         #[arg(long, value_name = "DIR")]
@@ -152,6 +158,7 @@ pub enum Command {
     /// Move a running guest live into a new instance on this host; the old one then ends.
     Migrate {
         /// Instance name.
+        #[arg(add = ArgValueCompleter::new(instance_names))]
         name: String,
         /// The new instance's name.
         #[arg(long, value_name = "NEW")]
@@ -159,6 +166,19 @@ pub enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the script that makes SHELL complete qemu-direct's commands, options and the
+    /// names of running instances (source it, or install it where SHELL looks for
+    /// completions; the Debian package installs the bash, zsh and fish ones).
+    Completions {
+        /// The shell.
+        shell: CompletionShell,
+    },
+    /// Write the manual pages (qemu-direct.1 and one per command) into DIR.
+    Man {
+        /// An existing directory.
+        #[arg(value_hint = clap::ValueHint::DirPath)]
+        dir: PathBuf,
     },
     /// Internal: the detached supervisor `run --detach` starts.
     #[command(name = "__supervise", hide = true)]
@@ -172,6 +192,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompletionShell {
+    /// bash 4.4 or newer (older: no sorting option).
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+    /// elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
 }
 
 /// `export` formats.
@@ -194,7 +229,7 @@ pub enum CpuCommand {
     /// List a guest arch's CPU models: usable here under the accelerator or not, and why.
     Models {
         /// Guest architecture [default: this host's].
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(arch_names))]
         arch: Option<String>,
         /// Under which accelerator: auto (what a guest would get), kvm or tcg.
         #[arg(long, value_name = "auto|kvm|tcg", default_value = "auto")]
@@ -207,7 +242,7 @@ pub enum CpuCommand {
     /// by `probe --json` on each host).
     Baseline {
         /// Guest architecture.
-        #[arg(long, default_value = "x86_64")]
+        #[arg(long, add = ArgValueCompleter::new(arch_names), default_value = "x86_64")]
         arch: String,
         /// Host descriptions.
         #[arg(required = true, value_name = "HOST.json")]
@@ -330,6 +365,7 @@ pub struct GuestCommandArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Instance name.
+    #[arg(add = ArgValueCompleter::new(instance_names))]
     pub name: String,
     /// Give up waiting for the guest agent after this long, and kill the command in the guest
     /// once it has run this long; either way exit 5 [default: wait 30s for the agent under
@@ -370,7 +406,7 @@ pub struct SpecArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Guest architecture: x86_64, aarch64, ppc64le, s390x, mipsel, riscv64, i686, or an alias.
-    #[arg(long)]
+    #[arg(long, add = ArgValueCompleter::new(arch_names))]
     pub arch: Option<String>,
     /// Accelerator: auto (KVM when usable, else TCG), kvm, or tcg.
     #[arg(long, value_name = "auto|kvm|tcg")]
@@ -465,6 +501,7 @@ pub struct SpecArgs {
 #[derive(Debug, Args)]
 pub struct QmpArgs {
     /// Instance name.
+    #[arg(add = ArgValueCompleter::new(instance_names))]
     pub name: String,
     #[command(subcommand)]
     pub action: QmpAction,
@@ -504,6 +541,7 @@ pub enum QmpAction {
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// Instance name.
+    #[arg(add = ArgValueCompleter::new(instance_names))]
     pub name: String,
     /// The pattern (a regular expression) to wait for.
     #[arg(

@@ -3,7 +3,7 @@
 //! One file per command group: `run` ([`run`]), the instance commands ([`control`]), acting
 //! inside a guest (`exec`, `cp`, `run -- CMD`: [`guest`]), the host's view ([`host`],
 //! [`firmware`]), CPUs ([`cpu`]), the plan and its export ([`plan`]), snapshots, restores and
-//! migration ([`snapshot`]);
+//! migration ([`snapshot`]), shell completions and manual pages ([`shell`]);
 //! what they start from (profiles, host facts, the guest description) is in [`inputs`].
 
 mod cli;
@@ -15,6 +15,7 @@ mod host;
 mod inputs;
 mod plan;
 mod run;
+mod shell;
 mod snapshot;
 mod support;
 
@@ -31,6 +32,7 @@ use cli::{Cli, Command, ExportFormat};
 pub(crate) struct Usage(pub(crate) String);
 
 fn main() -> ProcessExit {
+    shell::answer_completion_request();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => ProcessExit::from(code),
@@ -112,6 +114,8 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             json,
         } => snapshot::snapshot(name, to, *stop, *json),
         Command::Migrate { name, to, json } => snapshot::migrate(name, to, *json),
+        Command::Completions { shell } => shell::completions(*shell, &mut out),
+        Command::Man { dir } => shell::man(dir, &mut out),
         Command::Supervise => run::supervise(),
     };
     code.map(|c| c as u8)
