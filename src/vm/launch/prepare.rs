@@ -9,7 +9,9 @@ use std::{
 use crate::{
     host::firmware,
     instance::{self, Instance},
-    plan::{LaunchPlan, ShareTransport},
+    plan::{LaunchPlan, SeedPlan, ShareTransport},
+    spec::cloud_init,
+    util::fat,
     vm::{VmError, overlay},
 };
 
@@ -34,6 +36,7 @@ pub(in crate::vm) async fn instance(
         overlay::create_all(&mut plan, qemu_img, inst.dir()).await?;
     }
     copy_vars(&mut plan, &inst)?;
+    write_seed(&mut plan, &inst)?;
     place_sockets(&mut plan, &inst);
     inst.write_json(instance::PLAN, &plan)?;
     Ok((plan, inst))
@@ -59,6 +62,25 @@ fn copy_vars(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
     {
         fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
     }
+    Ok(())
+}
+
+/// cloud-init's seed volume, in the instance directory and gone with it, with an instance id
+/// of this instance's own.
+fn write_seed(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
+    let name = plan.name.clone();
+    let Some(seed) = plan.seed.as_mut() else {
+        return Ok(());
+    };
+    let path = inst.dir().join(SeedPlan::FILE);
+    let instance_id = format!("iid-qd-{}", uuid::Uuid::new_v4());
+    let files = cloud_init::seed_files(&seed.data, &name, &instance_id);
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    fat::write_volume(&path, cloud_init::SEED_LABEL, &files).map_err(|source| VmError::Seed {
+        path: path.clone(),
+        source,
+    })?;
+    seed.path = path;
     Ok(())
 }
 
