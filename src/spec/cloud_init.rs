@@ -367,5 +367,14 @@ pub fn seed_files(
     files
 }
 
+/// Writes the seed volume of `ci` at `path` (a new file, mode 0600): a FAT volume labelled
+/// [`SEED_LABEL`] with a fresh instance id.
+pub fn write_seed(ci: &CloudInit, hostname: &str, path: &Path) -> std::io::Result<()> {
+    let instance_id = format!("iid-qd-{}", uuid::Uuid::new_v4());
+    let files = seed_files(ci, hostname, &instance_id);
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    crate::util::fat::write_volume(path, SEED_LABEL, &files)
+}
+
 #[cfg(test)]
 mod tests;

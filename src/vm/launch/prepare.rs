@@ -11,7 +11,6 @@ use crate::{
     instance::{self, Instance},
     plan::{LaunchPlan, SeedPlan, ShareTransport},
     spec::cloud_init,
-    util::fat,
     vm::{VmError, overlay},
 };
 
@@ -73,10 +72,7 @@ fn write_seed(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
         return Ok(());
     };
     let path = inst.dir().join(SeedPlan::FILE);
-    let instance_id = format!("iid-qd-{}", uuid::Uuid::new_v4());
-    let files = cloud_init::seed_files(&seed.data, &name, &instance_id);
-    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
-    fat::write_volume(&path, cloud_init::SEED_LABEL, &files).map_err(|source| VmError::Seed {
+    cloud_init::write_seed(&seed.data, &name, &path).map_err(|source| VmError::Seed {
         path: path.clone(),
         source,
     })?;
