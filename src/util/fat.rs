@@ -45,9 +45,12 @@ pub fn write_volume(path: &Path, label: &str, files: &[(&str, &[u8])]) -> std::i
     file.sync_all()
 }
 
+/// A file's name and bytes.
+pub type NamedFile = (String, Vec<u8>);
+
 /// The label and the root directory's files of the FAT volume at `path`, each name with its
 /// bytes: what a guest mounting it would find.
-pub fn read_volume(path: &Path) -> std::io::Result<(String, Vec<(String, Vec<u8>)>)> {
+pub fn read_volume(path: &Path) -> std::io::Result<(String, Vec<NamedFile>)> {
     let file = std::fs::File::open(path)?;
     let fs = fatfs::FileSystem::new(file, fatfs::FsOptions::new())?;
     let label = fs.volume_label();
