@@ -332,7 +332,7 @@ fn traits_and_check_answer_like_novas_prefilter() {
     );
     assert_eq!(
         v["traits"][0],
-        serde_json::json!(["COMPUTE_ARCH_AARCH64", true])
+        serde_json::json!({"name": "COMPUTE_ARCH_AARCH64", "present": true})
     );
 
     let (code, v) = check(&["--property", "hw_architecture=aarch64"]);
