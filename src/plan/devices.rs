@@ -2,7 +2,7 @@
 
 use crate::spec::net::Net;
 
-use super::{DiskPlan, NicPlan, context::Context};
+use super::{DiskPlan, NicPlan, SeedPlan, context::Context};
 
 /// The spec's disks in order, noting those whose writes go to an overlay.
 pub(super) fn disks(cx: &mut Context) -> Vec<DiskPlan> {
@@ -26,8 +26,35 @@ pub(super) fn disks(cx: &mut Context) -> Vec<DiskPlan> {
                 DiskPlan::overlay_name(i)
             ));
         }
+        if let Some(size) = d.disk.size {
+            cx.notes.push(format!(
+                "disk {}: the overlay is {size} bytes ({} MiB) in size, the guest sees a disk \
+                 that large (a plan not launched shows snapshot=on, of the image's size)",
+                d.disk.path.display(),
+                size >> 20
+            ));
+        }
     }
     disks
+}
+
+/// cloud-init's seed, if asked for, as a read-only disk on the profile's bus.
+pub(super) fn seed(cx: &mut Context) -> Option<SeedPlan> {
+    let data = cx.spec.cloud_init.clone()?;
+    let login = match &data.ssh {
+        Some(l) => format!(": user {} logs in with {}", l.user, l.public_key.display()),
+        None => String::new(),
+    };
+    cx.notes.push(format!(
+        "cloud-init: a NoCloud seed (FAT, label cidata) made at launch in the instance directory \
+         ({}, a fresh instance-id), attached read-only{login}",
+        SeedPlan::FILE
+    ));
+    Some(SeedPlan {
+        path: SeedPlan::FILE.into(),
+        device: format!("virtio-blk{}", cx.profile.device_suffix),
+        data,
+    })
 }
 
 /// The spec's network card, if any.
