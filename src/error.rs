@@ -76,6 +76,9 @@ pub enum Error {
     /// Acting inside a guest: its agent, copies.
     #[error(transparent)]
     Guest(#[from] vm::GuestError),
+    /// `qemu-direct ssh`: no forward, no SSH server, no `ssh`.
+    #[error(transparent)]
+    Ssh(#[from] vm::SshError),
     /// Taking or restoring a snapshot, migrating a guest.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
@@ -167,6 +170,11 @@ impl Error {
             Error::Console(vm::ConsoleError::TimedOut { .. }) => ExitCode::Timeout,
             Error::Console(vm::ConsoleError::Ended { .. }) => ExitCode::QemuFailed,
             Error::Snapshot(s) => snapshot_exit(s),
+            Error::Ssh(vm::SshError::NoForward { .. }) => ExitCode::BadInput,
+            Error::Ssh(vm::SshError::NoBanner { .. }) => ExitCode::Timeout,
+            Error::Ssh(vm::SshError::Ended { .. }) => ExitCode::QemuFailed,
+            Error::Ssh(vm::SshError::Instance(i)) if i.is_bad_input() => ExitCode::BadInput,
+            Error::Ssh(_) => ExitCode::Failure,
             Error::Labels(l) if l.is_bad_input() => ExitCode::BadInput,
             Error::Labels(_) => ExitCode::Failure,
             Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => ExitCode::Failure,
@@ -183,7 +191,7 @@ impl Error {
             Error::Config(spec::config::ConfigError::Cpu { source, .. }) => source.hint(),
             Error::Vm(v) => v.hint(),
             Error::Snapshot(s) => s.hint(),
-            Error::Instance(i) => i.hint(),
+            Error::Instance(i) | Error::Ssh(vm::SshError::Instance(i)) => i.hint(),
             Error::Labels(l) => l.hint(),
             Error::Qmp(qmp::QmpError::Connect { .. }) => Some(
                 "the instance's QMP socket is gone or dead; `qemu-direct stop NAME` still \

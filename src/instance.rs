@@ -172,6 +172,10 @@ pub struct InstanceInfo {
     /// The durable console log, kept after the instance ends.
     #[serde(default, with = "pathser::option")]
     pub console_log: Option<PathBuf>,
+    /// The host port (on 127.0.0.1) forwarded to the guest's port 22, for `qemu-direct ssh`;
+    /// none without one (and in info files older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
 }
 
 impl InstanceInfo {
@@ -631,12 +635,19 @@ mod tests {
             started: now_secs(),
             state: "prelaunch".into(),
             console_log: None,
+            ssh_port: None,
         };
         a.write_json(INFO, &info).unwrap();
         info.state = "running".into();
+        info.ssh_port = Some(40022);
         a.write_json(INFO, &info).unwrap();
         let r = find(&root, "vm").unwrap();
         assert_eq!(r.info().unwrap(), Some(info));
+        // An info file written before `ssh_port` existed is still read: no forward.
+        let old = r#"{"name":"vm","arch":"x86_64","accel":"tcg","pid":1,"supervisor_pid":1,
+            "started":0,"state":"running","console_log":null}"#;
+        std::fs::write(a.path(INFO), old).unwrap();
+        assert_eq!(r.info().unwrap().unwrap().ssh_port, None);
     }
 
     #[test]

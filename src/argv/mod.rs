@@ -230,6 +230,11 @@ fn nics(plan: &LaunchPlan) -> Vec<OsString> {
         for fwd in &n.user.hostfwd {
             netdev.push_str(&format!(",hostfwd={fwd}"));
         }
+        if n.ssh_forward {
+            // Port 0: the kernel picks a free one as slirp binds it, so no other process can
+            // take it between a pick and QEMU's bind; the launch reads it back (info usernet).
+            netdev.push_str(",hostfwd=tcp:127.0.0.1:0-:22");
+        }
         v.extend([
             os("-netdev"),
             os(netdev),

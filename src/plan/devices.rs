@@ -57,13 +57,29 @@ pub(super) fn seed(cx: &mut Context) -> Option<SeedPlan> {
     })
 }
 
-/// The spec's network card, if any.
-pub(super) fn nics(cx: &Context) -> Vec<NicPlan> {
-    match &cx.spec.net {
-        Net::None => Vec::new(),
-        Net::User(user) => vec![NicPlan {
-            user: user.clone(),
-            device: format!("virtio-net{}", cx.profile.device_suffix),
-        }],
+/// The spec's network card, if any; with an `--ssh-key` login, a host port forwarded to the
+/// guest's 22 unless the user forwards one already.
+pub(super) fn nics(cx: &mut Context) -> Vec<NicPlan> {
+    let Net::User(user) = &cx.spec.net else {
+        return Vec::new();
+    };
+    let login = cx.spec.cloud_init.as_ref().is_some_and(|c| c.ssh.is_some());
+    let own = super::NicPlan::ssh_rule_of(user);
+    let nic = NicPlan {
+        user: user.clone(),
+        device: format!("virtio-net{}", cx.profile.device_suffix),
+        ssh_forward: login && own.is_none(),
+    };
+    if nic.ssh_forward {
+        cx.notes.push(
+            "ssh: a free host port on 127.0.0.1 (picked by the kernel at launch, shown by ps) \
+             is forwarded to the guest's port 22, for `qemu-direct ssh NAME`"
+                .into(),
+        );
+    } else if let (true, Some(port)) = (login, own) {
+        cx.notes.push(format!(
+            "ssh: `qemu-direct ssh NAME` uses your forward of host port {port} to the guest's 22"
+        ));
     }
+    vec![nic]
 }

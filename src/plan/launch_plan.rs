@@ -193,6 +193,21 @@ pub struct NicPlan {
     pub user: UserNet,
     /// QEMU device, e.g. `virtio-net-pci`.
     pub device: String,
+    /// Whether qemu-direct forwards a host port of its own to the guest's port 22, for
+    /// `qemu-direct ssh` (the guest has an `--ssh-key` login and no rule of the user's to 22):
+    /// `hostfwd=tcp:127.0.0.1:0-:22`, a port the kernel picks, read back at launch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ssh_forward: bool,
+}
+
+impl NicPlan {
+    /// The host port of the user's own TCP forward to the guest's port 22, if any.
+    pub fn ssh_rule_of(user: &UserNet) -> Option<u16> {
+        user.hostfwd
+            .iter()
+            .find(|h| h.proto == crate::spec::net::Proto::Tcp && h.guest_port == 22)
+            .map(|h| h.host_port)
+    }
 }
 
 /// How the guest's console reaches us.

@@ -83,7 +83,7 @@ pub fn resolve_with(
     let kernel = kernel::kernel(&cx);
     let disks = devices::disks(&mut cx);
     let seed = devices::seed(&mut cx);
-    let nics = devices::nics(&cx);
+    let nics = devices::nics(&mut cx);
     let agent = agent::agent(&mut cx);
     let (shares, memory_backend) = shares::shares(&mut cx)?;
     let name = spec.name.clone().unwrap_or_else(|| arch.to_string());

@@ -157,6 +157,7 @@ impl VmBuilder {
         let (qmp, accel) = handshake::run(&sup_path, &shared, &errlog, events, plan.accel, start)
             .await
             .map_err(|e| handshake::explain(e, &plan, &errlog, &dir))?;
+        shared.set_ssh_port(super::ssh::forwarded_port(&plan, &qmp).await?);
         abort.disarm();
         Ok(Vm {
             plan,

@@ -100,6 +100,7 @@ mod tests {
                 started: 0,
                 state: "prelaunch".into(),
                 console_log: None,
+                ssh_port: None,
             },
         ))
     }

@@ -56,6 +56,7 @@ mod process;
 mod run;
 mod running;
 mod shared;
+mod ssh;
 mod stop;
 
 use std::time::Duration;
@@ -73,6 +74,7 @@ pub use incoming::{Incoming, IncomingFrom, MIGRATE_SOCKET};
 pub use pool::{Pool, PoolPermit};
 pub use run::{Outcome, Report, RunOptions, run, run_vm};
 pub use running::Vm;
+pub use ssh::{KNOWN_HOSTS, SSH_WAIT, SshError, SshOutput, SshTarget};
 pub use stop::{CLIENT_CONNECT, REAP_WAIT, StopStep, stop_instance};
 
 use crate::profile::Accel;

@@ -99,6 +99,13 @@ impl Shared {
         let _ = lock(&self.instance).write_json(instance::INFO, &*info);
     }
 
+    /// Records the host port forwarded to the guest's 22, also in `info.json`.
+    pub(crate) fn set_ssh_port(&self, port: Option<u16>) {
+        let mut info = lock(&self.info);
+        info.ssh_port = port;
+        let _ = lock(&self.instance).write_json(instance::INFO, &*info);
+    }
+
     /// Whether QEMU has been reaped.
     pub(super) fn exited(&self) -> bool {
         self.exit.borrow().is_some()

@@ -13,7 +13,7 @@ use crate::{
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGQ5cWVtdS1kaXJlY3QtdGVzdA qd-test\n";
 
 /// A public key, and a private one beside it.
-fn keys(dir: &Path) -> (String, String) {
+pub(crate) fn keys(dir: &Path) -> (String, String) {
     let public = dir.join("id.pub");
     std::fs::write(&public, KEY).unwrap();
     let private = dir.join("id");

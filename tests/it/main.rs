@@ -10,6 +10,9 @@
 //!   error, no QEMU started.
 //! - `cloud_init`: cloud-init seeds read back, attached to a real guest and read by it,
 //!   exported to libvirt; bad seeds refused.
+//! - `ssh`: `qemu-direct ssh` and `Vm::ssh_command` without an SSH server: the forward made,
+//!   recorded and shown by `ps`, the banner wait timing out with the console tail or failing at
+//!   once when the guest ends, the refusals.
 //! - `disks`: overlays, persist, image locks, NIC per arch, hostfwd; `--disk`/`--net` syntax.
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
@@ -71,3 +74,4 @@ mod shape;
 mod share;
 mod signals;
 mod snapshot;
+mod ssh;

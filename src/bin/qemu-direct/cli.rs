@@ -108,6 +108,10 @@ pub enum Command {
     /// to ours, exit with its status (128+N if signal N ended it). The agent keeps a
     /// command's output until it exits, so the output comes then.
     Exec(ExecArgs),
+    /// Log in to an instance started with --ssh/--ssh-key (and --net user) through the system
+    /// ssh, as user qd with the key's private half, once its SSH server answers; with -- CMD,
+    /// run CMD and exit with its status. Host keys go to the instance's own known_hosts.
+    Ssh(crate::ssh::SshArgs),
     /// Copy one file between the host and an instance's guest, bytes and permission bits kept;
     /// one side is NAME:/path. Directories are refused (send a tar stream through `exec
     /// --stdin` instead).
@@ -579,7 +583,7 @@ pub struct WaitArgs {
     pub json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));

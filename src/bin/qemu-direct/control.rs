@@ -47,25 +47,27 @@ pub fn ps(json: bool, agent: bool) -> anyhow::Result<ExitCode> {
     let agent_col = |a: Option<&str>| a.map(|a| format!("{a:<10} ")).unwrap_or_default();
     writeln!(
         out,
-        "{:<20} {:<8} {:<5} {:>8} {:<14} {}UPTIME",
+        "{:<20} {:<8} {:<5} {:>8} {:<14} {}{:<6} UPTIME",
         "NAME",
         "ARCH",
         "ACCEL",
         "PID",
         "STATE",
-        agent_col(agent.then_some("AGENT"))
+        agent_col(agent.then_some("AGENT")),
+        "SSH"
     )?;
     for (n, (r, info)) in all.iter().enumerate() {
         let a = agent_col(agent_of(n));
         match info {
             Some(i) => writeln!(
                 out,
-                "{:<20} {:<8} {:<5} {:>8} {:<14} {a}{}",
+                "{:<20} {:<8} {:<5} {:>8} {:<14} {a}{:<6} {}",
                 r.name,
                 i.arch,
                 i.accel,
                 i.pid,
                 i.state,
+                i.ssh_port.map_or("-".into(), |p| p.to_string()),
                 humantime::format_duration(Duration::from_secs(i.uptime_secs()))
             )?,
             None => writeln!(
@@ -96,6 +98,7 @@ fn ps_row(
             "uptime_secs": i.uptime_secs(),
             "dir": r.dir.to_string_lossy(),
             "console_log": i.console_log.as_ref().map(|p| p.to_string_lossy()),
+            "ssh_port": i.ssh_port,
         }),
         None => serde_json::json!({
             "name": r.name,

@@ -17,6 +17,7 @@ mod plan;
 mod run;
 mod shell;
 mod snapshot;
+mod ssh;
 mod support;
 
 use std::process::ExitCode as ProcessExit;
@@ -96,6 +97,10 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => {
             drop(out);
             return guest::exec(args);
+        }
+        Command::Ssh(args) => {
+            drop(out);
+            return ssh::ssh(args);
         }
         Command::Cp(args) => guest::cp(args),
         Command::Qmp(args) => control::qmp(args),

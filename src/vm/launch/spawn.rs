@@ -99,6 +99,7 @@ pub(in crate::vm) fn info(
         started: instance::now_secs(),
         state: "prelaunch".into(),
         console_log,
+        ssh_port: None,
     }
 }
 
