@@ -243,10 +243,18 @@ printf 'UUID=%s / ext4 rw,discard,errors=remount-ro 0 1\n' $ROOT_UUID >"\$root/e
 cat >"\$root/etc/cloud/cloud.cfg.d/90-qemu-direct.cfg" <<'CFG'
 # qemu-direct test image: a NoCloud seed (cidata volume) or nothing; no metadata services.
 datasource_list: [ NoCloud, None ]
+# The locale the image has (no others are generated): cloud-init's default, en_US.UTF-8,
+# would fail its locale module and with it the whole cloud-config stage.
+locale: C.UTF-8
+# The instance's hostname resolves (sudo asks for it).
+manage_etc_hosts: localhost
 CFG
+echo LANG=C.UTF-8 >"\$root/etc/default/locale"
 # Host keys are made per instance by cloud-init, never shared by every clone of the image.
 rm -f "\$root"/etc/ssh/ssh_host_*
 chroot "\$root" systemctl enable systemd-networkd.service
+# A scrub of LVM snapshots there are none of: 10-20 s of a TCG boot.
+chroot "\$root" systemctl mask e2scrub_reap.service
 : >"\$root/etc/machine-id"
 rm -f "\$root"/var/cache/apt/archives/*.deb "\$root"/var/lib/apt/lists/*_Packages
 EOF
