@@ -309,7 +309,7 @@ step "ESP" make_esp
 # The disk: GPT, ESP from 1 MiB, root from there to the end (33 sectors kept for the backup GPT).
 make_disk() {
 	local raw=$BUILD/disk.raw root_mb=$((DISK_MB - ESP_MB - 2))
-	mkfs.ext4 -q -F -L root -U "$ROOT_UUID" -d "$ROOT" "$BUILD/root.img" "${root_mb}M"
+	mkfs.ext4 -q -F -L root -U "$ROOT_UUID" -d "$ROOT" "$BUILD/root.img" "${root_mb}M" >/dev/null
 	rm -f "$raw"
 	truncate -s "${DISK_MB}M" "$raw"
 	sfdisk -q "$raw" <<EOF
