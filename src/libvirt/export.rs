@@ -345,6 +345,13 @@ fn disks(plan: &LaunchPlan, d: &mut Node, un: &mut Vec<String>) -> Result<(), Li
             ));
             continue;
         }
+        if let Some(size) = disk.disk.size {
+            un.push(format!(
+                "disk {} size={size} bytes: a <transient/> disk has the image's size; grow a copy \
+                 of the image with `qemu-img resize` instead",
+                disk.disk.path.display()
+            ));
+        }
         d.push(disk_node(&disk.disk, &format!("vd{}", disk_letters(i)))?);
     }
     Ok(())

@@ -26,6 +26,14 @@ pub(super) fn disks(cx: &mut Context) -> Vec<DiskPlan> {
                 DiskPlan::overlay_name(i)
             ));
         }
+        if let Some(size) = d.disk.size {
+            cx.notes.push(format!(
+                "disk {}: the overlay is {size} bytes ({} MiB) in size, the guest sees a disk \
+                 that large (a plan not launched shows snapshot=on, of the image's size)",
+                d.disk.path.display(),
+                size >> 20
+            ));
+        }
     }
     disks
 }

@@ -29,7 +29,11 @@ pub(super) fn descriptor_firmware(
     let (interface, secure_boot) = match &cx.spec.firmware {
         Some(FirmwareChoice::Uefi { secure_boot }) => ("uefi", *secure_boot),
         Some(FirmwareChoice::Bios) => ("bios", false),
-        Some(FirmwareChoice::File { .. }) | None => return Ok(None),
+        Some(FirmwareChoice::File { .. }) => return Ok(None),
+        None => match disk_boot(cx, machine) {
+            Some(interface) => (interface, false),
+            None => return Ok(None),
+        },
     };
     let request = FirmwareRequest {
         arch: cx.profile.qemu_arch().to_owned(),
@@ -58,6 +62,34 @@ pub(super) fn descriptor_firmware(
         selected,
         vars,
     }))
+}
+
+/// A disk with no kernel and no firmware named: the interface the profile boots it through
+/// (`disk_boot`), noting which firmware boots the disk and why; `None` for the machine's own.
+fn disk_boot(cx: &mut Context, machine: &Machine) -> Option<&'static str> {
+    let spec = cx.spec;
+    if spec.kernel.is_some() || spec.disks.is_empty() {
+        return None;
+    }
+    let firmware = &cx.profile.firmware;
+    let arch = cx.profile.arch();
+    if firmware.disk_boot.as_deref() == Some("uefi") {
+        cx.notes.push(format!(
+            "firmware: uefi, as the disk has no kernel given and {arch} {} has no firmware of its own to boot a disk (--firmware picks another)",
+            machine.kind
+        ));
+        return Some("uefi");
+    }
+    cx.notes.push(match &firmware.builtin {
+        Some(b) => format!(
+            "firmware: the machine's built-in {b} boots the disk, as no kernel or firmware is given (--firmware uefi for UEFI)"
+        ),
+        None => format!(
+            "firmware: QEMU's default for {arch} {}, as no kernel or firmware is given; if it does not boot the disk, give --firmware FILE or --kernel",
+            machine.kind
+        ),
+    });
+    None
 }
 
 /// The descriptors' firmware for `request`; `None` for the machine's built-in BIOS, where the

@@ -254,6 +254,12 @@ pub struct FirmwareProfile {
     /// a disk with. `--firmware bios` falls back to it when no descriptor offers `bios`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<String>,
+    /// The interface (`uefi`) chosen from the firmware descriptors for a disk booted with no
+    /// kernel and no firmware named, where the machine has no firmware of its own that boots a
+    /// disk (aarch64 `virt`); absent: such a disk boots through [`builtin`](Self::builtin), or
+    /// QEMU's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_boot: Option<String>,
     /// The Debian package whose descriptors provide each interface (`uefi = "ovmf"`), named
     /// when `--firmware uefi|bios` finds none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

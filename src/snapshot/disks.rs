@@ -80,6 +80,8 @@ pub(super) async fn freeze(
                 path: PathBuf::from(&name),
                 format,
                 writable: false,
+                // The overlay copied into the snapshot has the size already.
+                size: None,
             },
             device: d.device.clone(),
             overlay: None,

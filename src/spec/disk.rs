@@ -1,12 +1,18 @@
 //! Disks as the user names them, and how they are checked.
 //!
-//! On the command line: `--disk PATH[,format=raw|qcow2][,persist]`, repeatable. As in QEMU's
+//! On the command line: `--disk PATH[,format=raw|qcow2][,persist][,size=SIZE]`, repeatable. As in QEMU's
 //! own option lists, a single `,` starts an option and `,,` is a literal comma, so every path can
 //! be written and nothing after a single comma is ever taken as part of the path:
 //! `--disk 'my,,disk.img,persist'` is the image `my,disk.img`, written through.
 //!
 //! In a spec file: `disk = "PATH"` (a plain path, as before), and/or a list of tables
-//! `[[disks]]` with `path`, `format` and `persist`.
+//! `[[disks]]` with `path`, `format`, `persist` and `size`.
+//!
+//! `size=20G` gives the throw-away overlay a larger virtual size than the image's, so the guest
+//! sees a bigger disk (cloud-init's growpart then grows the root partition into it); the image
+//! itself is untouched. A size below the image's own virtual size is refused, as is `size=`
+//! with `persist` (the image itself would have to be resized: `qemu-img resize` does that once)
+//! and with a directory.
 //!
 //! The format is read from the image's header (the qcow2 magic `QFI\xfb`), never from its name;
 //! `format=` may say `raw` for a qcow2 file (the guest then sees the qcow2 file's bytes), but not
@@ -24,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     spec::error::{self, SpecError},
-    util::pathser,
+    util::{pathser, size::MemSize},
 };
 
 /// The first four bytes of every qcow2 image.
@@ -53,9 +59,13 @@ pub struct Disk {
     /// Whether guest writes reach the image (`persist`); if not, they go to a throw-away
     /// overlay and the image is only read.
     pub writable: bool,
+    /// The virtual size in bytes the overlay gives the guest (`size=`), at least the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
-const OPTIONS: &str = "options: format=raw|qcow2, persist (write a comma in the path as ',,')";
+const OPTIONS: &str =
+    "options: format=raw|qcow2, persist, size=SIZE (write a comma in the path as ',,')";
 
 /// A disk before validation: a `[[disks]]` table of a spec file, or one `--disk`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -70,6 +80,9 @@ pub struct DiskInput {
     /// Guest writes reach the image itself (default: a throw-away overlay takes them).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persist: bool,
+    /// The virtual size the guest sees, e.g. `20G`: the throw-away overlay is made that large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
 }
 
 impl DiskInput {
@@ -79,10 +92,12 @@ impl DiskInput {
             path: path.into(),
             format: None,
             persist: false,
+            size: None,
         }
     }
 
-    /// Parses a `--disk` value: `PATH[,format=raw|qcow2][,persist]`, `,,` being a literal comma.
+    /// Parses a `--disk` value: `PATH[,format=raw|qcow2][,persist][,size=SIZE]`, `,,` being a
+    /// literal comma.
     pub fn parse(arg: &OsStr) -> Result<DiskInput, SpecError> {
         let invalid = |expected: String| SpecError::Invalid {
             field: "--disk".into(),
@@ -111,6 +126,13 @@ impl DiskInput {
                     check_format("--disk", f)?;
                     disk.format = Some(f.to_owned());
                 }
+                Some(("size", n)) => {
+                    if disk.size.is_some() {
+                        return Err(invalid("size is given twice".into()));
+                    }
+                    check_size("--disk", n)?;
+                    disk.size = Some(n.to_owned());
+                }
                 _ if opt.is_empty() => {
                     return Err(invalid(format!("an empty option; {OPTIONS}")));
                 }
@@ -131,6 +153,77 @@ fn check_format(field: &str, f: &str) -> Result<DiskFormat, SpecError> {
             expected: "valid: raw, qcow2 (default: read from the image's header)".into(),
         }),
     }
+}
+
+/// A `size=` value in bytes: a whole number of MiB with an optional unit (`20G`).
+fn check_size(field: &str, n: &str) -> Result<u64, SpecError> {
+    let size: MemSize = n.parse().map_err(|e: crate::util::size::SizeError| SpecError::Invalid {
+        field: format!("{field} size"),
+        value: n.into(),
+        expected: e.to_string(),
+    })?;
+    if size.mib() == 0 {
+        return Err(SpecError::Invalid {
+            field: format!("{field} size"),
+            value: n.into(),
+            expected: "a size above zero, e.g. 20G".into(),
+        });
+    }
+    Ok(size.bytes())
+}
+
+/// The virtual size of an image: a qcow2 header's size field (bytes 24..32, big-endian), else
+/// the file's length.
+fn virtual_size(f: &mut File, format: DiskFormat, path: &Path) -> Result<u64, SpecError> {
+    use std::io::{Seek, SeekFrom};
+    if format != DiskFormat::Qcow2 {
+        return f
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| open_error(path, e));
+    }
+    let mut header = [0u8; 8];
+    f.seek(SeekFrom::Start(24))
+        .and_then(|_| f.read_exact(&mut header))
+        .map_err(|_| file_error(path, "a qcow2 header too short to hold the image's size"))?;
+    Ok(u64::from_be_bytes(header))
+}
+
+/// Checks `size=` against the image: given only for an overlay, never below the image's size.
+fn grown_size(
+    input: &DiskInput,
+    persist: bool,
+    f: &mut File,
+    format: DiskFormat,
+) -> Result<Option<u64>, SpecError> {
+    let Some(n) = &input.size else {
+        return Ok(None);
+    };
+    let path = &input.path;
+    // One name for the flag and the spec file's `[[disks]]` key, as for the disk's file errors.
+    let field = "disk";
+    let size = check_size(field, n)?;
+    if persist {
+        return Err(file_error(
+            path,
+            format!(
+                "size={n} grows the throw-away overlay, and persist writes to the image itself; \
+                 drop persist, or grow the image once with `qemu-img resize`"
+            ),
+        ));
+    }
+    let have = virtual_size(f, format, path)?;
+    if size < have {
+        return Err(SpecError::Invalid {
+            field: format!("{field} size"),
+            value: n.clone(),
+            expected: format!(
+                "at least the image's virtual size, {have} bytes ({} MiB): a disk cannot shrink",
+                have.div_ceil(1024 * 1024)
+            ),
+        });
+    }
+    Ok(Some(size))
 }
 
 fn file_error(path: &Path, problem: impl Into<String>) -> SpecError {
@@ -165,12 +258,19 @@ pub fn validate(field: &str, input: &DiskInput, persist_all: bool) -> Result<Dis
                 format!("a directory is shown as a read-only FAT disk; drop format={f}"),
             ));
         }
+        if let Some(n) = &input.size {
+            return Err(file_error(
+                path,
+                format!("a directory is shown as a FAT disk of its own size; drop size={n}"),
+            ));
+        }
         // Check we can list it: QEMU's vvfat fails late and vaguely otherwise.
         std::fs::read_dir(path).map_err(|e| open_error(path, e))?;
         return Ok(Disk {
             path: path.clone(),
             format: DiskFormat::Dir,
             writable: false,
+            size: None,
         });
     }
     let mut f = File::open(path).map_err(|e| open_error(path, e))?;
@@ -193,10 +293,13 @@ pub fn validate(field: &str, input: &DiskInput, persist_all: bool) -> Result<Dis
             .open(path)
             .map_err(|e| open_error(path, e))?;
     }
+    let format = given.unwrap_or(detected);
+    let size = grown_size(input, persist, &mut f, format)?;
     Ok(Disk {
         path: path.clone(),
-        format: given.unwrap_or(detected),
+        format,
         writable: persist,
+        size,
     })
 }
 
@@ -257,7 +360,7 @@ mod tests {
         assert_eq!(
             e,
             "invalid --disk '/a,b.img': unknown option 'b.img'; options: format=raw|qcow2, \
-             persist (write a comma in the path as ',,')"
+             persist, size=SIZE (write a comma in the path as ',,')"
         );
         let e = parse("/a.img,format=vmdk").unwrap_err();
         assert_eq!(
@@ -299,6 +402,7 @@ mod tests {
                     path: p.to_owned(),
                     format: format.map(Into::into),
                     persist,
+                    size: None,
                 },
                 false,
             )
@@ -337,11 +441,47 @@ mod tests {
             path: r.clone(),
             format: DiskFormat::Raw,
             writable,
+            size: None,
         };
         assert!(check_distinct(&[d(false), d(false)]).is_ok());
         let e = check_distinct(&[d(false), d(true)])
             .unwrap_err()
             .to_string();
         assert!(e.contains("they are one image"), "{e}");
+    }
+
+    #[test]
+    fn size_grows_the_overlay_never_shrinks_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("a.img");
+        std::fs::write(&raw, vec![0u8; 2 << 20]).unwrap();
+        // A qcow2 header claiming a 3 GiB virtual size.
+        let q = dir.path().join("b.qcow2");
+        let mut header = b"QFI\xfb\0\0\0\x03".to_vec();
+        header.resize(24, 0);
+        header.extend_from_slice(&(3u64 << 30).to_be_bytes());
+        std::fs::write(&q, &header).unwrap();
+        let v = |p: &Path, size: &str, persist: bool| {
+            let mut d = DiskInput::plain(p);
+            d.size = Some(size.into());
+            d.persist = persist;
+            validate("disks", &d, false).map_err(|e| e.to_string())
+        };
+        assert_eq!(v(&raw, "20G", false).unwrap().size, Some(20 << 30));
+        assert_eq!(v(&raw, "2M", false).unwrap().size, Some(2 << 20));
+        assert_eq!(v(&q, "3G", false).unwrap().size, Some(3 << 30));
+        let e = v(&q, "2G", false).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid disk size '2G': at least the image's virtual size, 3221225472 bytes \
+             (3072 MiB): a disk cannot shrink"
+        );
+        assert!(v(&raw, "1M", false).unwrap_err().contains("cannot shrink"));
+        assert!(v(&raw, "20G", true).unwrap_err().contains("drop persist"));
+        assert!(v(dir.path(), "20G", false).unwrap_err().contains("drop size=20G"));
+        assert!(parse("/a.img,size=lots").unwrap_err().starts_with("invalid --disk size 'lots': "));
+        assert!(parse("/a.img,size=0").unwrap_err().contains("above zero"));
+        assert!(parse("/a.img,size=1G,size=2G").unwrap_err().contains("size is given twice"));
+        assert_eq!(parse("/a.img,size=20G").unwrap().size.as_deref(), Some("20G"));
     }
 }

@@ -61,6 +61,12 @@ pub enum SpecError {
     /// A CPU setting of the wrong form or contradicting another.
     #[error(transparent)]
     Cpu(#[from] CpuError),
+    /// No kernel, no disk and no firmware: QEMU would run with nothing to boot, silently.
+    #[error(
+        "nothing to boot: no kernel, no disk and no firmware given; give --kernel FILE (a direct \
+         kernel boot), --disk IMAGE (booted through the firmware), or --firmware uefi|bios|FILE"
+    )]
+    NoBootSource,
 }
 
 /// A [`SpecError::File`]: `field path: problem`.

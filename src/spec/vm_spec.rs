@@ -167,3 +167,25 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qemu_args: Vec<String>,
 }
+
+/// Extra QEMU options that attach something a firmware can boot from.
+const BOOTABLE_QEMU_ARGS: [&str; 9] = [
+    "-drive", "-blockdev", "-cdrom", "-hda", "-hdb", "-hdc", "-hdd", "-fda", "-pflash",
+];
+
+impl VmSpec {
+    /// Refuses a guest with nothing to boot: no kernel, no disk, no firmware and no extra QEMU
+    /// option that attaches a drive. QEMU would start such a guest and spin on an
+    /// empty machine forever, printing nothing. `run` and `plan` check this; `check` and `cpu`
+    /// do not need a bootable guest.
+    pub fn check_boot_source(&self) -> Result<(), crate::spec::SpecError> {
+        let extra = self
+            .qemu_args
+            .iter()
+            .any(|a| BOOTABLE_QEMU_ARGS.contains(&a.as_str()));
+        if self.kernel.is_none() && self.disks.is_empty() && self.firmware.is_none() && !extra {
+            return Err(crate::spec::SpecError::NoBootSource);
+        }
+        Ok(())
+    }
+}

@@ -183,7 +183,10 @@ impl GuestBuilder {
         let spec = self.spec.clone().validate(&profiles)?;
         let mut host = HostFacts::probe(&profiles, &ProbeOptions::default());
         let cache = &self.caps_cache;
-        Ok(plan::resolve_probing(&spec, &profiles, &mut host, &self.config, cache, true).await?)
+        let plan =
+            plan::resolve_probing(&spec, &profiles, &mut host, &self.config, cache, true).await?;
+        spec.check_boot_source()?;
+        Ok(plan)
     }
 
     /// The [`VmBuilder`] of the step-by-step path, with this guest's plan and settings.

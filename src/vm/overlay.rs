@@ -4,6 +4,8 @@
 //! An overlay is `qemu-img create -f qcow2 -F FORMAT -b /abs/image DIR/diskN.qcow2`, made in
 //! the instance directory before QEMU starts; QEMU opens the image through it as a read-only
 //! backing file, so the image stays byte-identical, and the overlay goes with the directory.
+//! A disk with `size=` gets an overlay of that virtual size (`qemu-img create ... SIZE`): the
+//! guest sees the image's bytes and zeroes after them.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,7 +16,7 @@ use std::{
 use crate::{
     host::firmware::vars_file_name,
     plan::{DiskPlan, LaunchPlan},
-    spec::DiskFormat,
+    spec::{Disk, DiskFormat},
 };
 
 use super::VmError;
@@ -54,7 +56,7 @@ pub(crate) async fn create_all(
             continue;
         }
         let overlay = dir.join(DiskPlan::overlay_name(i));
-        create(qemu_img, &d.disk.path, d.disk.format, &overlay).await?;
+        create(qemu_img, &d.disk, &overlay).await?;
         d.overlay = Some(overlay);
     }
     Ok(())
@@ -93,12 +95,9 @@ fn adopt(from: &Path, to: &Path, image: &Path) -> Result<PathBuf, VmError> {
     Ok(to.to_owned())
 }
 
-async fn create(
-    qemu_img: &Path,
-    image: &Path,
-    format: DiskFormat,
-    overlay: &Path,
-) -> Result<(), VmError> {
+/// `qemu-img create` of the overlay of `disk`, as large as its `size=` if given.
+async fn create(qemu_img: &Path, disk: &Disk, overlay: &Path) -> Result<(), VmError> {
+    let image = &disk.path;
     let fail = |why: String| VmError::Overlay {
         image: image.to_owned(),
         why,
@@ -106,7 +105,7 @@ async fn create(
     // The overlay records its backing file by name, relative to the overlay's own directory
     // unless absolute.
     let base = std::path::absolute(image).map_err(|e| fail(e.to_string()))?;
-    let format = match format {
+    let format = match disk.format {
         DiskFormat::Qcow2 => "qcow2",
         DiskFormat::Raw | DiskFormat::Dir => "raw",
     };
@@ -114,6 +113,7 @@ async fn create(
     cmd.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(&base)
         .arg(overlay)
+        .args(disk.size.map(|s| s.to_string()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -43,6 +43,39 @@ pub(crate) fn refused(args: &[&str], expect: &str) -> String {
     stderr
 }
 
+/// No kernel, no disk, no firmware: refused before QEMU starts (it would spin on an empty
+/// machine), by `run` and `plan`. A disk without a kernel boots through the profile's firmware,
+/// and the plan says which and why.
+#[test]
+fn nothing_to_boot_is_refused_and_a_disk_boots_through_the_firmware() {
+    let want = "nothing to boot: no kernel, no disk and no firmware given; give --kernel FILE";
+    refused(&["--arch", "aarch64"], want);
+    refused(&["--arch", "x86_64", "--memory", "1G"], want);
+    let env = TestEnv::new();
+    let out = env.qd(["plan", "--arch", "riscv64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains(want), "{}", text(&out).1);
+    let disk = env.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk = disk.to_str().unwrap();
+    let plan = |arch: &str| env.qd(["plan", "--arch", arch, "--disk", disk]);
+    let out = plan("aarch64");
+    let (o, e) = text(&out);
+    match out.status.code() {
+        Some(0) => {
+            assert!(o.contains("firmware: uefi, as the disk has no kernel given and aarch64 virt has no firmware of its own to boot a disk"), "{o}");
+            assert!(o.contains("if=pflash"), "{o}");
+        }
+        // No UEFI for aarch64 installed here: the error says which package brings it.
+        _ => assert!(e.contains("qemu-efi-aarch64"), "{e}"),
+    }
+    let (o, e) = text(&plan("x86_64"));
+    assert!(o.contains("firmware: the machine's built-in bios boots the disk, as no kernel or firmware is given (--firmware uefi for UEFI)"), "{o}{e}");
+    assert!(!o.contains("if=pflash"), "{o}");
+    let (o, e) = text(&plan("riscv64"));
+    assert!(o.contains("firmware: QEMU's default for riscv64 virt"), "{o}{e}");
+}
+
 #[test]
 fn unknown_arch() {
     let e = refused(
@@ -244,6 +277,8 @@ fn probe_and_plan_speak_json() {
         "plan",
         "--arch",
         "arm64",
+        "--kernel",
+        &env.kernel(),
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out).1);
@@ -282,6 +317,8 @@ fn profile_dir_replaces_the_built_in_profiles() {
         "run".as_ref(),
         "--arch".as_ref(),
         "aarch64".as_ref(),
+        "--kernel".as_ref(),
+        env.kernel().as_ref(),
         "--dry-run".as_ref(),
     ]);
     assert!(

@@ -246,6 +246,14 @@ impl TestEnv {
         self.dir.path().join(name)
     }
 
+    /// A file that passes for a kernel with `plan` and `--dry-run` (which refuse a guest with
+    /// nothing to boot), as a `--kernel` argument: `ROOT/kernel`.
+    pub fn kernel(&self) -> String {
+        let k = self.path("kernel");
+        std::fs::write(&k, b"not really a kernel").unwrap();
+        k.to_str().unwrap().to_owned()
+    }
+
     /// `XDG_STATE_HOME`.
     pub fn state(&self) -> PathBuf {
         self.path("state")

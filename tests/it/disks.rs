@@ -207,6 +207,33 @@ fn overlays_live_in_the_instance_directory_and_go_with_it() {
     assert_eq!([sha256(&base), sha256(&second)], hashes);
 }
 
+/// `size=`: the guest sees a disk of that size (its overlay's), the qcow2 image keeps its own
+/// 4 MiB and its bytes.
+#[test]
+fn size_grows_the_disk_the_guest_sees() {
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
+    let base = env.path("base.qcow2");
+    qcow2_image(&base);
+    let before = sha256(&base);
+    let disk = format!("{},size=64M", base.display());
+    let grown = detach(
+        &env,
+        &g,
+        "grown",
+        &[os("--disk"), os(&disk), os("--append"), os(HOLD)],
+    );
+    let out = env.qd(["wait", "grown", "--agent", "--timeout", BOOT_TIMEOUT]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = env.qd(["exec", "grown", "--", "cat", "/sys/block/vda/size"]);
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    // /sys/block counts 512-byte sectors.
+    assert_eq!(o.trim(), ((64u64 << 20) / 512).to_string());
+    grown.stop();
+    assert_eq!(sha256(&base), before);
+}
+
 /// `persist` writes through, to a raw image at a path with a comma, and `--disk-writable`
 /// (persist for all) to a qcow2 image; with no `--net` the guest has no network card.
 #[test]
@@ -342,7 +369,7 @@ fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
     refused(
         &with(&["--disk", p]),
         &format!(
-            "invalid --disk '{p}': unknown option 'b.img'; options: format=raw|qcow2, persist (write a comma in the path as ',,')"
+            "invalid --disk '{p}': unknown option 'b.img'; options: format=raw|qcow2, persist, size=SIZE (write a comma in the path as ',,')"
         ),
     );
     let escaped = p.replace(',', ",,");
@@ -365,6 +392,23 @@ fn bad_disk_and_net_syntax_is_refused_before_anything_starts() {
     refused(
         &with(&["--disk", env.root().to_str().unwrap(), "--disk-writable"]),
         "a directory disk is read-only; drop persist",
+    );
+    // The image is 4 MiB: size= may grow it, never shrink it; a directory has its own size.
+    refused(
+        &with(&["--disk", &format!("{escaped},size=3M")]),
+        "invalid disk size '3M': at least the image's virtual size, 4194304 bytes (4 MiB)",
+    );
+    refused(
+        &with(&["--disk", &format!("{escaped},size=20")]),
+        "invalid disk size '20': at least the image's virtual size",
+    );
+    refused(
+        &with(&["--disk", &format!("{escaped},size=lots")]),
+        "invalid --disk size 'lots': 'lots' is not a size",
+    );
+    refused(
+        &with(&["--disk", &format!("{escaped},persist,size=1G")]),
+        "size=1G grows the throw-away overlay, and persist writes to the image itself",
     );
     refused(
         &with(&["--net", "user,hostfwd=tcp::65536-:22"]),

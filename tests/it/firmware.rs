@@ -193,6 +193,7 @@ fn host_file(dir: &Path, version: &str) -> PathBuf {
 #[test]
 fn options_the_installed_qemu_cannot_take_are_left_out_or_refused() {
     let env = TestEnv::new();
+    let k = env.kernel();
     let plan = |version: &str, extra: &[&str]| {
         let f = host_file(env.root(), version);
         let mut args = vec![
@@ -201,6 +202,8 @@ fn options_the_installed_qemu_cannot_take_are_left_out_or_refused() {
             "plan",
             "--arch",
             "aarch64",
+            "--kernel",
+            &k,
         ];
         args.extend_from_slice(extra);
         env.qd(&args)

@@ -122,6 +122,7 @@ fn disk_boots_use_the_bus_suffix_and_never_write_by_default() {
             path: "/images/disk.qcow2".into(),
             format: DiskFormat::Qcow2,
             writable,
+            size: None,
         }];
         check(&format!("{arch}-disk"), &argv::build(&plan_for(&s, &host)));
     }
@@ -134,6 +135,7 @@ fn disk_boots_use_the_bus_suffix_and_never_write_by_default() {
         path: "/guests/riscv64/boot".into(),
         format: DiskFormat::Dir,
         writable: false,
+        size: None,
     }];
     check("riscv64-firmware-dir", &argv::build(&plan_for(&s, &host)));
 }
@@ -149,6 +151,7 @@ fn launched_overlays_replace_the_image_on_the_command_line() {
             path: p.into(),
             format,
             writable,
+            size: None,
         })
         .collect();
     let mut plan = plan_for(&s, &host);
@@ -284,6 +287,7 @@ fn commas_in_paths_cannot_inject_options() {
         path: "/tmp/d,file=/etc/shadow,format=raw".into(),
         format: DiskFormat::Raw,
         writable: false,
+        size: None,
     }];
     let argv = argv::build(&plan_for(&s, &host));
     let pos = |flag: &str| argv.iter().position(|a| a == flag).unwrap() + 1;
@@ -372,6 +376,7 @@ fn uefi_firmware_from_descriptors() {
             path: "/images/esp.img".into(),
             format: DiskFormat::Raw,
             writable: false,
+            size: None,
         }];
         s.firmware = Some(FirmwareChoice::Uefi { secure_boot });
         let plan = plan_for(&s, &host);

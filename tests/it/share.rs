@@ -225,11 +225,12 @@ fn pid(v: &Value) -> u32 {
 #[test]
 fn no_agent_leaves_the_channel_out() {
     let env = TestEnv::new();
-    let out = env.qd(["plan", "--arch", "x86_64", "--no-agent", "--dry-run"]);
+    let k = env.kernel();
+    let out = env.qd(["plan", "--arch", "x86_64", "--kernel", &k, "--no-agent", "--dry-run"]);
     let (o, e) = text(&out);
     assert!(out.status.success(), "{e}");
     assert!(!o.contains("virtserialport") && !o.contains("agent"), "{o}");
-    let out = env.qd(["plan", "--arch", "s390x", "--dry-run"]);
+    let out = env.qd(["plan", "--arch", "s390x", "--kernel", &k, "--dry-run"]);
     let o = text(&out).0;
     assert!(
         o.contains("virtio-serial-ccw,id=qd-vser0") && o.contains("name=org.qemu.guest_agent.0"),
@@ -247,10 +248,13 @@ fn read_only_virtiofs_needs_a_virtiofsd_that_can() {
     let env = TestEnv::new();
     let dir = folder(&env, "data", "x");
     let share = |opts: &str| format!("{}{opts}", dir.display());
+    let k = env.kernel();
     let out = env.qd([
         "plan",
         "--arch",
         "x86_64",
+        "--kernel",
+        &k,
         "--share",
         &share(",ro,fs=virtiofs"),
     ]);
@@ -263,7 +267,15 @@ fn read_only_virtiofs_needs_a_virtiofsd_that_can() {
     assert!(e.starts_with("error: share "), "{e}");
     assert!(e.contains("has no read-only mode"), "{e}");
     assert!(e.contains("hint: share it over 9p (fs=9p)"), "{e}");
-    let out = env.qd(["plan", "--arch", "x86_64", "--share", &share(",ro")]);
+    let out = env.qd([
+        "plan",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        &k,
+        "--share",
+        &share(",ro"),
+    ]);
     let (o, e) = text(&out);
     assert!(out.status.success(), "{e}");
     assert!(o.contains("9p: not virtiofs: a read-only share"), "{o}");

@@ -147,5 +147,7 @@ pub fn make_plan(
         cli.host_facts.is_none(),
     ))?
     .map_err(Error::from)?;
+    // After the plan: a guest that cannot run here is told so first.
+    spec.check_boot_source().map_err(Error::from)?;
     Ok(plan)
 }

@@ -158,6 +158,7 @@ fn disk(e: &Element, cx: &mut Cx) {
         format: None,
         // A directory is always a read-only view; an image without <transient/> is written.
         persist: kind == "file" && !transient,
+        size: None,
     });
 }
 
