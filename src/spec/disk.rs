@@ -157,11 +157,13 @@ fn check_format(field: &str, f: &str) -> Result<DiskFormat, SpecError> {
 
 /// A `size=` value in bytes: a whole number of MiB with an optional unit (`20G`).
 fn check_size(field: &str, n: &str) -> Result<u64, SpecError> {
-    let size: MemSize = n.parse().map_err(|e: crate::util::size::SizeError| SpecError::Invalid {
-        field: format!("{field} size"),
-        value: n.into(),
-        expected: e.to_string(),
-    })?;
+    let size: MemSize =
+        n.parse()
+            .map_err(|e: crate::util::size::SizeError| SpecError::Invalid {
+                field: format!("{field} size"),
+                value: n.into(),
+                expected: e.to_string(),
+            })?;
     if size.mib() == 0 {
         return Err(SpecError::Invalid {
             field: format!("{field} size"),
@@ -478,10 +480,25 @@ mod tests {
         );
         assert!(v(&raw, "1M", false).unwrap_err().contains("cannot shrink"));
         assert!(v(&raw, "20G", true).unwrap_err().contains("drop persist"));
-        assert!(v(dir.path(), "20G", false).unwrap_err().contains("drop size=20G"));
-        assert!(parse("/a.img,size=lots").unwrap_err().starts_with("invalid --disk size 'lots': "));
+        assert!(
+            v(dir.path(), "20G", false)
+                .unwrap_err()
+                .contains("drop size=20G")
+        );
+        assert!(
+            parse("/a.img,size=lots")
+                .unwrap_err()
+                .starts_with("invalid --disk size 'lots': ")
+        );
         assert!(parse("/a.img,size=0").unwrap_err().contains("above zero"));
-        assert!(parse("/a.img,size=1G,size=2G").unwrap_err().contains("size is given twice"));
-        assert_eq!(parse("/a.img,size=20G").unwrap().size.as_deref(), Some("20G"));
+        assert!(
+            parse("/a.img,size=1G,size=2G")
+                .unwrap_err()
+                .contains("size is given twice")
+        );
+        assert_eq!(
+            parse("/a.img,size=20G").unwrap().size.as_deref(),
+            Some("20G")
+        );
     }
 }

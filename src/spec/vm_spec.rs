@@ -170,7 +170,15 @@ pub struct VmSpec {
 
 /// Extra QEMU options that attach something a firmware can boot from.
 const BOOTABLE_QEMU_ARGS: [&str; 9] = [
-    "-drive", "-blockdev", "-cdrom", "-hda", "-hdb", "-hdc", "-hdd", "-fda", "-pflash",
+    "-drive",
+    "-blockdev",
+    "-cdrom",
+    "-hda",
+    "-hdb",
+    "-hdc",
+    "-hdd",
+    "-fda",
+    "-pflash",
 ];
 
 impl VmSpec {

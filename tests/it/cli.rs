@@ -73,7 +73,10 @@ fn nothing_to_boot_is_refused_and_a_disk_boots_through_the_firmware() {
     assert!(o.contains("firmware: the machine's built-in bios boots the disk, as no kernel or firmware is given (--firmware uefi for UEFI)"), "{o}{e}");
     assert!(!o.contains("if=pflash"), "{o}");
     let (o, e) = text(&plan("riscv64"));
-    assert!(o.contains("firmware: QEMU's default for riscv64 virt"), "{o}{e}");
+    assert!(
+        o.contains("firmware: QEMU's default for riscv64 virt"),
+        "{o}{e}"
+    );
 }
 
 #[test]

@@ -21,7 +21,9 @@ use crate::common::{Detached, TestEnv, text};
 /// under TCG, on a runner whose two cores other tests share.
 const SSH_READY: Duration = Duration::from_secs(20 * 60);
 
-/// The virtual size the tests give the image's overlay (the image itself is 2 GiB).
+/// The virtual size the tests give the image's overlay (the image itself is 2 GiB), as
+/// `--disk IMG,size=` takes it and in bytes.
+const GROWN_ARG: &str = "4G";
 const GROWN: u64 = 4 << 30;
 
 /// The test image of an arch, or None (printed) when `QD_TEST_IMAGES` is unset.
@@ -119,7 +121,8 @@ struct CloudGuest<'e> {
 }
 
 /// Boots `image` as instance `name` with a seed of `instance_id`, on an overlay of virtual
-/// size [`GROWN`], UEFI, 1 GiB, 2 vCPUs, SSH forwarded from a free host port.
+/// size [`GROWN`] (`--disk IMG,size=`), UEFI, 1 GiB, 2 vCPUs, SSH forwarded from a free host
+/// port.
 fn boot<'e>(
     env: &'e TestEnv,
     arch: &str,
@@ -131,18 +134,11 @@ fn boot<'e>(
     if !key.exists() {
         keypair(env);
     }
-    let overlay = env.path(&format!("{name}.qcow2"));
-    must(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(image)
-            .arg(&overlay)
-            .arg(GROWN.to_string()),
-    );
     let seed = seed(env, name, instance_id, &key);
     let port = free_port();
-    let mut disk = overlay.into_os_string();
-    disk.push(",persist");
+    // The throw-away overlay of the image, made larger: cloud-init's growpart grows the root.
+    let mut disk = image.as_os_str().to_owned();
+    disk.push(format!(",size={GROWN_ARG}"));
     let mut cmd = env.cmd(["run", "--name", name, "--arch", arch, "--firmware", "uefi"]);
     cmd.args(["--memory", "1G", "--smp", "2", "--disk"])
         .arg(disk)

@@ -226,7 +226,15 @@ fn pid(v: &Value) -> u32 {
 fn no_agent_leaves_the_channel_out() {
     let env = TestEnv::new();
     let k = env.kernel();
-    let out = env.qd(["plan", "--arch", "x86_64", "--kernel", &k, "--no-agent", "--dry-run"]);
+    let out = env.qd([
+        "plan",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        &k,
+        "--no-agent",
+        "--dry-run",
+    ]);
     let (o, e) = text(&out);
     assert!(out.status.success(), "{e}");
     assert!(!o.contains("virtserialport") && !o.contains("agent"), "{o}");
