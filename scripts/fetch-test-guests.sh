@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # fetch-test-guests.sh - build tiny QEMU test guests from Debian bookworm packages.
 #
-# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--generic-kernel] [--refresh] [--rebuild] [DIR]
+# Usage: scripts/fetch-test-guests.sh [--arch ARCH]... [--generic-kernel] [--kvm-host] [--refresh] [--rebuild] [DIR]
 #
 # The packages are downloaded (never installed) through a private apt
 # configuration under DIR/.apt and unpacked with dpkg-deb. What the guests are is data in
@@ -32,6 +32,11 @@
 # The kernels: Debian's cloud flavour for x86_64 and aarch64 (small, quick to boot, but no
 # 9p), the generic ones elsewhere; --generic-kernel gives x86_64 and aarch64 the generic
 # flavour too (9p as modules; see tests/guest/README.md for what it costs).
+#
+# --kvm-host builds guests that are KVM hosts themselves (the L1 of tests/it/nested.rs): their
+# initramfs also carries the "kvm" modules of modules.list (kvm_amd and what it depends on,
+# where the kernel has them as modules), which /init loads at boot. Build them into a DIR of
+# their own: the cache key tells them apart, but one DIR holds one flavour.
 #
 # The initramfs /init (tests/guest/init.sh), in this order:
 # - loads the "boot" modules of modules.list (virtio pci/mmio/blk/net/console);
@@ -84,7 +89,7 @@ trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 usage() {
 	cat <<EOF
-Usage: $0 [--arch ARCH]... [--generic-kernel] [--refresh] [--rebuild] [DIR]
+Usage: $0 [--arch ARCH]... [--generic-kernel] [--kvm-host] [--refresh] [--rebuild] [DIR]
 
 Build small QEMU test guests from Debian $SUITE packages into DIR
 (default: \${XDG_CACHE_HOME:-\$HOME/.cache}/qemu-direct/test-guests).
@@ -95,6 +100,8 @@ Build small QEMU test guests from Debian $SUITE packages into DIR
                 x86_64 and aarch64 get Debian's generic kernel (linux-image-amd64,
                 -arm64), which has 9p, instead of the cloud one, which has not
                 (virtiofs works with both); the other guests' kernels are generic already
+  --kvm-host    the initramfs also loads the KVM modules at boot (kvm_amd, kvm, ...),
+                for guests that run guests of their own under KVM (nested KVM)
   --refresh     run apt-get update on the private apt lists even if they are fresh
   --rebuild     rebuild the selected guests even if they are up to date
   -h, --help    show this help
@@ -184,8 +191,9 @@ outputs_of() {
 }
 
 # Drivers loaded by /init when they are modules (plus their dependencies): BOOT_MODULES
-# always, MOUNT_MODULES when the kernel command line asks for a shared folder (qd.mount=).
-BOOT_MODULES=() MOUNT_MODULES=()
+# always, MOUNT_MODULES when the kernel command line asks for a shared folder (qd.mount=),
+# KVM_MODULES always but only in --kvm-host guests.
+BOOT_MODULES=() MOUNT_MODULES=() KVM_MODULES=()
 n=0
 while IFS= read -r line || [[ -n $line ]]; do
 	n=$((n + 1))
@@ -195,10 +203,11 @@ while IFS= read -r line || [[ -n $line ]]; do
 	case ${#cols[@]}:${cols[1]:-} in
 	2:boot) BOOT_MODULES+=("${cols[0]}") ;;
 	2:mount) MOUNT_MODULES+=("${cols[0]}") ;;
-	*) die "$MODULES_FILE:$n: expected 'MODULE boot' or 'MODULE mount', got '$line'" ;;
+	2:kvm) KVM_MODULES+=("${cols[0]}") ;;
+	*) die "$MODULES_FILE:$n: expected 'MODULE boot', 'MODULE mount' or 'MODULE kvm', got '$line'" ;;
 	esac
 done <"$MODULES_FILE"
-readonly BOOT_MODULES MOUNT_MODULES
+readonly BOOT_MODULES MOUNT_MODULES KVM_MODULES
 
 # --- arguments --------------------------------------------------------------
 
@@ -206,6 +215,7 @@ ARCHES=()
 REFRESH=0
 REBUILD=0
 GENERIC_KERNEL=0
+KVM_HOST=0
 DIR=""
 add_arch() {
 	local a known=0 k
@@ -233,6 +243,10 @@ while (($#)); do
 		;;
 	--generic-kernel)
 		GENERIC_KERNEL=1
+		shift
+		;;
+	--kvm-host)
+		KVM_HOST=1
 		shift
 		;;
 	--rebuild)
@@ -361,7 +375,11 @@ trap 'exit 143' TERM
 
 # The recipe (this script and the files of tests/guest it reads) is part of the cache key:
 # a changed /init rebuilds.
-RECIPE=$(cat -- "${BASH_SOURCE[0]}" "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE" | sha256sum)
+# --kvm-host changes the initramfs of the same packages, so it is part of the key too.
+RECIPE=$({
+	cat -- "${BASH_SOURCE[0]}" "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE"
+	if ((KVM_HOST)); then echo "--kvm-host"; fi
+} | sha256sum)
 RECIPE=${RECIPE%% *}
 
 # --- private apt ------------------------------------------------------------
@@ -878,6 +896,9 @@ build_kernel_guest() {
 			order+=("$m")
 		}
 		for n in "${BOOT_MODULES[@]}"; do add_module "$n"; done
+		if ((KVM_HOST)); then
+			for n in "${KVM_MODULES[@]}"; do add_module "$n"; done
+		fi
 		boot_order="${order[*]}"
 		order=()
 		for n in "${MOUNT_MODULES[@]}"; do add_module "$n"; done

@@ -2,8 +2,8 @@
 //! between them.
 
 use crate::{
-    agent, cpu, host::caps::CapsError, host::prefix::PrefixError, instance, libvirt, plan, profile,
-    qmp, snapshot, spec, vm,
+    agent, cpu, host::caps::CapsError, host::prefix::PrefixError, instance, labels, libvirt, plan,
+    profile, qmp, snapshot, spec, vm,
 };
 
 /// Process exit codes of the `qemu-direct` command.
@@ -79,6 +79,9 @@ pub enum Error {
     /// Taking or restoring a snapshot, migrating a guest.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// Writing scheduler labels.
+    #[error(transparent)]
+    Labels(#[from] labels::LabelError),
 }
 
 impl From<CapsError> for Error {
@@ -164,6 +167,8 @@ impl Error {
             Error::Console(vm::ConsoleError::TimedOut { .. }) => ExitCode::Timeout,
             Error::Console(vm::ConsoleError::Ended { .. }) => ExitCode::QemuFailed,
             Error::Snapshot(s) => snapshot_exit(s),
+            Error::Labels(l) if l.is_bad_input() => ExitCode::BadInput,
+            Error::Labels(_) => ExitCode::Failure,
             Error::Instance(_) | Error::Qmp(_) | Error::Console(_) => ExitCode::Failure,
         }
     }
@@ -179,6 +184,7 @@ impl Error {
             Error::Vm(v) => v.hint(),
             Error::Snapshot(s) => s.hint(),
             Error::Instance(i) => i.hint(),
+            Error::Labels(l) => l.hint(),
             Error::Qmp(qmp::QmpError::Connect { .. }) => Some(
                 "the instance's QMP socket is gone or dead; `qemu-direct stop NAME` still \
                  stops it (with SIGKILL when QMP cannot ask QEMU to quit), and \

@@ -305,6 +305,17 @@ fn remove_dir(root: &Path, dir: &Path, kind: &str) -> Result<(), InstanceError> 
     std::fs::remove_dir_all(&away).map_err(io_err("cannot remove", &away))
 }
 
+/// Whether a removal by supervisor `pid` is still deleting a directory it renamed out of sight
+/// (see [`remove_dir`]); `stop` waits for it so that nothing is left once it returns.
+pub fn removal_pending(root: &Path, pid: u32) -> bool {
+    let prefix = format!(".gone-{pid}-");
+    std::fs::read_dir(root).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    })
+}
+
 /// A stale directory: remove it while holding its lock.
 fn drop_stale(root: &Path, dir: &Path, lock: File) -> Result<(), InstanceError> {
     let r = remove_dir(root, dir, "stale");

@@ -28,6 +28,7 @@
 //!   migration.
 //! - [`libvirt`]: a plan as libvirt domain XML, and a libvirt domain as a guest description.
 //! - [`traits`]: os-traits names for this host, and whether a guest runs here.
+//! - [`labels`]: this host as scheduler labels (Kubernetes, Node Feature Discovery, Nomad).
 //!
 //! ```no_run
 //! use qemu_direct::{host::{HostFacts, ProbeOptions}, plan, profile::ProfileSet, spec::SpecInput, vm};
@@ -54,6 +55,7 @@ pub mod cpu;
 mod error;
 pub mod host;
 pub mod instance;
+pub mod labels;
 pub mod libvirt;
 pub mod plan;
 pub mod profile;

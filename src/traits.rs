@@ -114,13 +114,22 @@ pub enum Verdict {
     No,
 }
 
+/// A trait a guest asks for, and whether this host has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraitCheck {
+    /// The os-traits name.
+    pub name: String,
+    /// Whether this host has it.
+    pub present: bool,
+}
+
 /// The answer with its reasons.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     /// The verdict.
     pub verdict: Verdict,
     /// Traits asked for, and whether this host has each.
-    pub traits: Vec<(String, bool)>,
+    pub traits: Vec<TraitCheck>,
     /// Why, one line each.
     pub why: Vec<String>,
 }
@@ -131,17 +140,17 @@ pub fn check(
     have: &[HostTrait],
     plan: Result<&LaunchPlan, String>,
 ) -> CheckReport {
-    let traits: Vec<(String, bool)> = required
+    let traits: Vec<TraitCheck> = required
         .into_iter()
-        .map(|t| {
-            let ok = have.iter().any(|h| h.name == t);
-            (t, ok)
+        .map(|name| {
+            let present = have.iter().any(|h| h.name == name);
+            TraitCheck { name, present }
         })
         .collect();
     let mut why: Vec<String> = traits
         .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(t, _)| format!("this host lacks trait {t}"))
+        .filter(|t| !t.present)
+        .map(|t| format!("this host lacks trait {}", t.name))
         .collect();
     let verdict = match plan {
         Ok(p) => {

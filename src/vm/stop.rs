@@ -24,7 +24,8 @@ pub const REAP_WAIT: Duration = Duration::from_secs(15);
 const REAP_POLL: Duration = Duration::from_millis(50);
 
 /// Which step of the stop ladder ended QEMU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StopStep {
     /// The guest powered off after `system_powerdown`.
     PoweredOff,
@@ -179,7 +180,7 @@ pub async fn stop_instance(inst: &InstanceRef, limit: Duration) -> Result<StopSt
         // No QMP (QEMU hung, or still starting): straight to SIGKILL.
         _ => kill_found(inst, info.as_ref()),
     };
-    reaped(inst).await?;
+    reaped(inst, info.as_ref()).await?;
     // A supervisor killed meanwhile leaves its directory behind; drop it.
     if let Some(root) = inst.dir.parent() {
         let _ = instance::find(root, &inst.name);
@@ -187,10 +188,16 @@ pub async fn stop_instance(inst: &InstanceRef, limit: Duration) -> Result<StopSt
     Ok(step)
 }
 
-/// Waits up to [`REAP_WAIT`] for the supervisor to let go of the instance.
-async fn reaped(inst: &InstanceRef) -> Result<(), VmError> {
+/// Waits up to [`REAP_WAIT`] for the supervisor to let go of the instance and finish deleting
+/// its directory (renamed out of sight first, so the name alone does not tell).
+async fn reaped(inst: &InstanceRef, info: Option<&InstanceInfo>) -> Result<(), VmError> {
+    let root = inst.dir.parent();
+    let deleting = || match (root, info) {
+        (Some(root), Some(info)) => instance::removal_pending(root, info.supervisor_pid),
+        _ => false,
+    };
     let gone = async {
-        while inst.alive() {
+        while inst.alive() || deleting() {
             tokio::time::sleep(REAP_POLL).await;
         }
     };

@@ -17,7 +17,14 @@
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
 //! - `libvirt`: exported XML against libvirt's schema and a real libvirtd (argv parity), import.
 //! - `firmware`: UEFI boots through firmware from QEMU's descriptors, `firmware`, version gates.
+//! - `json`: `--json` of every reporting command, run for real (a real aarch64 guest for the
+//!   instance commands), against its JSON Schema in `docs/schemas/`.
+//! - `labels`: scheduler labels (`traits --format nfd|labels`) against Kubernetes' label syntax,
+//!   for the real host and made-up ones; the Node Feature Discovery file's atomic write.
 //! - `kvm`: the KVM path on whatever /dev/kvm this host has (usable, PVM, or none).
+//! - `nested`: the KVM path on a real /dev/kvm one level down: qemu-direct inside an x86_64
+//!   guest that TCG runs with emulated SVM, booting guests there under KVM (`#[ignore]`d:
+//!   `scripts/test --kvm-nested`).
 //! - `signals`: launcher and QEMU live and die together.
 //! - `lifecycle`: instances: detached guests over QMP, `ps`, `wait`, `stop`, clashing names,
 //!   killed launchers and QEMUs, stale directories, and the library example.
@@ -50,9 +57,12 @@ mod docs;
 mod firmware;
 mod fuzz;
 mod golden;
+mod json;
 mod kvm;
+mod labels;
 mod libvirt;
 mod lifecycle;
+mod nested;
 mod prefix;
 mod reliability;
 mod shape;

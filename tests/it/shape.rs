@@ -12,7 +12,7 @@ use std::{
 /// list, with what lives where, is ARCHITECTURE.md's code map.
 const LAYERS: &[&str] = &[
     "util", "profile", "qmp", "agent", "host", "cpu", "spec", "plan", "argv", "instance", "vm",
-    "snapshot", "libvirt", "traits",
+    "snapshot", "libvirt", "traits", "labels",
 ];
 
 /// Lines a source file may have, its tests not counted.

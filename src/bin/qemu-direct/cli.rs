@@ -77,12 +77,10 @@ pub enum Command {
         #[command(subcommand)]
         command: CpuCommand,
     },
-    /// This host's traits, in os-traits names (COMPUTE_ARCH_*, HW_ARCH_*, COMPUTE_ADDRESS_SPACE_*).
-    Traits {
-        /// Print them as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// This host's traits, in os-traits names (COMPUTE_ARCH_*, HW_ARCH_*, COMPUTE_ADDRESS_SPACE_*),
+    /// or as scheduler labels (qemu-direct.io/...) for Kubernetes, Node Feature Discovery and
+    /// Nomad.
+    Traits(TraitsArgs),
     /// The firmware QEMU's descriptor files describe here: for which arch and machines, with
     /// what features, and which one `--firmware uefi` picks.
     Firmware {
@@ -132,6 +130,9 @@ pub enum Command {
         /// How long the guest gets to power off before QEMU is made to quit.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
         timeout: std::time::Duration,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Save a running instance's state (devices, RAM, disks) into a folder, for `run
     /// --restore`; the guest resumes afterwards unless --stop.
@@ -144,6 +145,9 @@ pub enum Command {
         /// Stop the instance once saved (as `stop` does), instead of resuming the guest.
         #[arg(long)]
         stop: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a running guest live into a new instance on this host; the old one then ends.
     Migrate {
@@ -152,6 +156,9 @@ pub enum Command {
         /// The new instance's name.
         #[arg(long, value_name = "NEW")]
         to: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the detached supervisor `run --detach` starts.
     #[command(name = "__supervise", hide = true)]
@@ -216,7 +223,50 @@ pub enum CpuCommand {
         /// Host descriptions (files written by `probe --json`).
         #[arg(required = true, value_name = "HOST.json")]
         hosts: Vec<PathBuf>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+/// Options of `traits`.
+#[derive(Debug, Args)]
+pub struct TraitsArgs {
+    /// text: the os-traits, with why; json: the same as JSON; nfd: the scheduler labels as a
+    /// Node Feature Discovery feature file; labels: the scheduler labels as name=value lines
+    /// (for `kubectl label`, Nomad client meta).
+    #[arg(long, value_enum, default_value_t = TraitsFormat::Text)]
+    pub format: TraitsFormat,
+    /// The same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// With --format nfd: write the file atomically into DIR (as DIR/qemu-direct) instead of
+    /// stdout, and print its path [default DIR: /etc/kubernetes/node-feature-discovery/features.d,
+    /// where NFD's worker reads].
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = qemu_direct::labels::NFD_DIR
+    )]
+    pub write: Option<PathBuf>,
+    /// With --format nfd: Node Feature Discovery drops the labels this long after the file is
+    /// written (`# +expiry-time=`), e.g. 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expiry: Option<std::time::Duration>,
+}
+
+/// The formats of `traits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraitsFormat {
+    /// The os-traits, a line each, with why.
+    Text,
+    /// The os-traits as JSON.
+    Json,
+    /// A Node Feature Discovery local feature file.
+    Nfd,
+    /// name=value lines.
+    Labels,
 }
 
 /// Options of `run`.
@@ -246,6 +296,9 @@ pub struct RunArgs {
     /// directory.
     #[arg(long, short)]
     pub detach: bool,
+    /// With --detach: print the instance as JSON.
+    #[arg(long, requires = "detach")]
+    pub json: bool,
     /// On SIGINT/SIGTERM, how long the guest gets to power off before QEMU is made to quit.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stop_timeout: Option<std::time::Duration>,
@@ -469,6 +522,9 @@ pub struct WaitArgs {
     /// Give up (exit 5) after this long [default: 60s under KVM, 5 times that under TCG].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

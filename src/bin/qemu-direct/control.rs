@@ -239,17 +239,32 @@ pub fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
     let line = runtime()?
         .block_on(expect.run(r, timeout))
         .map_err(Error::from)?;
-    println!("{line}");
+    if args.json {
+        print_json(&serde_json::json!({ "name": inst.name, "line": line }))?;
+    } else {
+        println!("{line}");
+    }
     Ok(ExitCode::Success)
 }
 
 /// `stop`: the stop ladder from outside, over the client QMP socket; the supervisor reaps QEMU
 /// and removes the directory, which this waits for.
-pub fn stop(name: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+pub fn stop(name: &str, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
     let inst = find(name)?;
     let step = runtime()?
         .block_on(vm::stop_instance(&inst, timeout))
         .map_err(Error::from)?;
-    println!("{name}: {step}");
+    if json {
+        print_json(&serde_json::json!({ "name": name, "step": step, "why": step.to_string() }))?;
+    } else {
+        println!("{name}: {step}");
+    }
     Ok(ExitCode::Success)
+}
+
+/// One JSON document on stdout, pretty-printed, as every `--json` prints.
+pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
 }

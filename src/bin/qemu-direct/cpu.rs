@@ -33,7 +33,9 @@ pub fn command(
             models(cli, profiles, facts, arch.as_deref(), *accel, *json, out)
         }
         CpuCommand::Baseline { arch, hosts, json } => baseline(profiles, arch, hosts, *json, out),
-        CpuCommand::Compare { spec, hosts } => compare(cli, spec, profiles, hosts, out),
+        CpuCommand::Compare { spec, hosts, json } => {
+            compare(cli, spec, profiles, hosts, *json, out)
+        }
     }
 }
 
@@ -210,27 +212,43 @@ fn compare(
     spec: &SpecArgs,
     profiles: &ProfileSet,
     hosts: &[std::path::PathBuf],
+    json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let vm = spec_input(spec, profiles)?
         .validate(profiles)
         .map_err(Error::from)?;
     let config = load_config(cli, profiles)?;
-    let mut all = true;
+    let mut rows = Vec::new();
     for h in hosts {
         let host = read_host_file(h)?;
-        match plan::resolve_with(&vm, profiles, &host, &config) {
-            Ok(p) => {
-                let cpu = p
-                    .cpu
-                    .as_ref()
-                    .map_or("(machine default)".into(), |c| c.qemu_value());
-                writeln!(out, "{}: yes: -cpu {cpu} under {}", h.display(), p.accel)?;
-            }
-            Err(e) => {
-                all = false;
-                writeln!(out, "{}: no: {}", h.display(), error_chain(&e))?;
-            }
+        // `cpu: null` is the machine's default CPU.
+        let row = match plan::resolve_with(&vm, profiles, &host, &config) {
+            Ok(p) => serde_json::json!({
+                "host": h.to_string_lossy(), "runs": true,
+                "cpu": p.cpu.as_ref().map(|c| c.qemu_value()), "accel": p.accel, "why": null,
+            }),
+            Err(e) => serde_json::json!({
+                "host": h.to_string_lossy(), "runs": false,
+                "cpu": null, "accel": null, "why": error_chain(&e),
+            }),
+        };
+        rows.push(row);
+    }
+    let all = rows.iter().all(|r| r["runs"] == true);
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    }
+    for r in rows.iter().filter(|_| !json) {
+        let host = r["host"].as_str().unwrap_or_default();
+        match r["why"].as_str() {
+            Some(why) => writeln!(out, "{host}: no: {why}")?,
+            None => writeln!(
+                out,
+                "{host}: yes: -cpu {} under {}",
+                r["cpu"].as_str().unwrap_or("(machine default)"),
+                r["accel"].as_str().unwrap_or_default()
+            )?,
         }
     }
     Ok(if all {

@@ -219,7 +219,13 @@ pub fn wait_agent(args: &WaitArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let agent = vm::connect_agent(&inst, wait, accel).await.map_err(lib)?;
         let info = agent.info().await.map_err(|e| lib(GuestError::from(e)))?;
-        println!("guest agent {}", info.version);
+        if args.json {
+            crate::control::print_json(
+                &serde_json::json!({ "name": inst.name, "agent_version": info.version }),
+            )?;
+        } else {
+            println!("guest agent {}", info.version);
+        }
         Ok(ExitCode::Success)
     })
 }

@@ -6,12 +6,13 @@ use qemu_direct::{
     Error, ExitCode,
     host::HostFacts,
     host::caps::CapsCache,
-    plan,
+    labels, plan,
     profile::{Accel, ProfileSet},
 };
 
 use crate::{
-    cli::{Cli, SpecArgs},
+    Usage,
+    cli::{Cli, SpecArgs, TraitsArgs, TraitsFormat},
     inputs::{host_facts, load_config, spec_input},
     support::{block_on, error_chain},
 };
@@ -78,24 +79,69 @@ pub fn profiles(
     Ok(ExitCode::Success)
 }
 
-/// `traits`: this host's os-traits.
+/// `traits`: this host's os-traits, or its scheduler labels. The options are checked before
+/// the host is probed.
 pub fn traits(
     cli: &Cli,
     profiles: &ProfileSet,
-    mut facts: HostFacts,
-    json: bool,
+    args: &TraitsArgs,
+    probe: impl FnOnce() -> anyhow::Result<HostFacts>,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    add_tcg_caps(cli, profiles, &mut facts)?;
-    let traits = qemu_direct::traits::host_traits(&facts, profiles);
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&traits)?)?;
+    let format = if args.json {
+        TraitsFormat::Json
     } else {
-        for t in traits {
-            writeln!(out, "{:<36} {}", t.name, t.why)?;
+        args.format
+    };
+    for (flag, given) in [
+        ("--write", args.write.is_some()),
+        ("--expiry", args.expiry.is_some()),
+    ] {
+        if given && format != TraitsFormat::Nfd {
+            return Err(Usage(format!(
+                "{flag} goes with --format nfd (a Node Feature Discovery feature file), not \
+                 --format {}",
+                format_name(format)
+            ))
+            .into());
+        }
+    }
+    let mut facts = probe()?;
+    add_tcg_caps(cli, profiles, &mut facts)?;
+    match format {
+        TraitsFormat::Text | TraitsFormat::Json => {
+            let traits = qemu_direct::traits::host_traits(&facts, profiles);
+            if format == TraitsFormat::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&traits)?)?;
+            } else {
+                for t in traits {
+                    writeln!(out, "{:<36} {}", t.name, t.why)?;
+                }
+            }
+        }
+        TraitsFormat::Labels => {
+            out.write_all(labels::lines(&labels::node_labels(&facts, profiles)).as_bytes())?
+        }
+        TraitsFormat::Nfd => {
+            let expires = args.expiry.map(|d| std::time::SystemTime::now() + d);
+            let text = labels::nfd_file(&labels::node_labels(&facts, profiles), expires);
+            match &args.write {
+                Some(dir) => {
+                    let path = labels::write_nfd(dir, &text).map_err(Error::from)?;
+                    writeln!(out, "{}", path.display())?;
+                }
+                None => out.write_all(text.as_bytes())?,
+            }
         }
     }
     Ok(ExitCode::Success)
+}
+
+/// The format as `--format` spells it.
+fn format_name(f: TraitsFormat) -> String {
+    use clap::ValueEnum;
+    f.to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned())
 }
 
 /// `check`: would this guest run here, natively, emulated or not (Nova's prefilter).
@@ -134,11 +180,12 @@ pub fn check(
                 .as_str()
                 .unwrap_or("?")
         )?;
-        for (t, ok) in &report.traits {
+        for t in &report.traits {
             writeln!(
                 out,
-                "trait:     {t} {}",
-                if *ok { "(present)" } else { "(missing)" }
+                "trait:     {} {}",
+                t.name,
+                if t.present { "(present)" } else { "(missing)" }
             )?;
         }
         for w in &report.why {
@@ -160,7 +207,13 @@ fn add_tcg_caps(cli: &Cli, profiles: &ProfileSet, facts: &mut HostFacts) -> anyh
             .iter()
             .map(|p| (p.binary.clone(), Accel::Tcg))
             .collect();
-        block_on(facts.add_caps(&CapsCache::user(), &wanted))?;
+        // An emulator that does not answer loses its traits: say so, not silently.
+        for (bin, accel, e) in block_on(facts.add_caps(&CapsCache::user(), &wanted))? {
+            eprintln!(
+                "qemu-direct: {bin} under {accel}: {} (its traits are left out)",
+                error_chain(&e)
+            );
+        }
     }
     Ok(())
 }

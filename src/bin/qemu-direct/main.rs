@@ -79,7 +79,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             run::run(&cli, args, &profiles, host)
         }
         Command::Cpu { command } => cpu::command(&cli, command, &profiles, probe()?, &mut out),
-        Command::Traits { json } => host::traits(&cli, &profiles, probe()?, *json, &mut out),
+        Command::Traits(args) => host::traits(&cli, &profiles, args, probe, &mut out),
         Command::Check { spec, json } => {
             host::check(&cli, spec, &profiles, probe()?, *json, &mut out)
         }
@@ -100,9 +100,18 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         Command::Console { name, follow } => control::console(name, *follow),
         Command::Wait(args) if args.agent => guest::wait_agent(args),
         Command::Wait(args) => control::wait(args),
-        Command::Stop { name, timeout } => control::stop(name, *timeout),
-        Command::Snapshot { name, to, stop } => snapshot::snapshot(name, to, *stop),
-        Command::Migrate { name, to } => snapshot::migrate(name, to),
+        Command::Stop {
+            name,
+            timeout,
+            json,
+        } => control::stop(name, *timeout, *json),
+        Command::Snapshot {
+            name,
+            to,
+            stop,
+            json,
+        } => snapshot::snapshot(name, to, *stop, *json),
+        Command::Migrate { name, to, json } => snapshot::migrate(name, to, *json),
         Command::Supervise => run::supervise(),
     };
     code.map(|c| c as u8)

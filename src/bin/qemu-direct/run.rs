@@ -58,7 +58,7 @@ pub fn run(
     announce(&plan, &argv, args.verbose);
     let opts = options(args, unique_name);
     if args.detach {
-        detach(&plan, &opts, incoming)
+        detach(&plan, &opts, incoming, args.json)
     } else {
         foreground(&plan, &opts, incoming)
     }
@@ -239,6 +239,7 @@ pub fn detach(
     plan: &LaunchPlan,
     opts: &RunOptions,
     incoming: Option<Incoming>,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let ready = match start_detached(plan, opts, incoming)? {
         Ok(r) => r,
@@ -248,7 +249,11 @@ pub fn detach(
         "qemu-direct: instance '{}' running detached, QEMU pid {}, accelerator {} (as QEMU reports it)",
         ready.name, ready.pid, ready.accel
     );
-    println!("{}\t{}", ready.name, ready.dir.display());
+    if json {
+        crate::control::print_json(&ready)?;
+    } else {
+        println!("{}\t{}", ready.name, ready.dir.display());
+    }
     Ok(ExitCode::Success)
 }
 

@@ -15,7 +15,7 @@ use qemu_direct::{
 use crate::{Usage, cli::SpecArgs, control, run, support::runtime};
 
 /// `snapshot NAME --to DIR [--stop]`: the folder on stdout, what was saved on stderr.
-pub fn snapshot(name: &str, to: &Path, stop: bool) -> anyhow::Result<ExitCode> {
+pub fn snapshot(name: &str, to: &Path, stop: bool, json: bool) -> anyhow::Result<ExitCode> {
     let inst = control::find(name)?;
     let plan = read_plan(&inst)?;
     let root = root_of(&inst);
@@ -39,7 +39,21 @@ pub fn snapshot(name: &str, to: &Path, stop: bool) -> anyhow::Result<ExitCode> {
         anyhow::Ok(saved)
     })?;
     say_saved(name, &saved, stop);
-    println!("{}", saved.dir.display());
+    if json {
+        let m = &saved.manifest;
+        control::print_json(&serde_json::json!({
+            "name": name,
+            "dir": saved.dir.to_string_lossy(),
+            "stopped": stop,
+            "paused_secs": saved.paused.as_secs_f64(),
+            "total_secs": saved.total.as_secs_f64(),
+            "files": m.files,
+            "method": m.method,
+            "qemu_version": m.qemu.version,
+        }))?;
+    } else {
+        println!("{}", saved.dir.display());
+    }
     Ok(ExitCode::Success)
 }
 
@@ -143,7 +157,7 @@ fn spec_flag_given(s: &SpecArgs) -> Option<&'static str> {
 
 /// `migrate NAME --to NEW`: the new instance started detached and listening, the guest
 /// migrated live into it, seen running there, and the old instance stopped.
-pub fn migrate(name: &str, to: &str) -> anyhow::Result<ExitCode> {
+pub fn migrate(name: &str, to: &str, json: bool) -> anyhow::Result<ExitCode> {
     let inst = control::find(name)?;
     let plan = read_plan(&inst)?;
     let root = root_of(&inst);
@@ -200,7 +214,18 @@ pub fn migrate(name: &str, to: &str) -> anyhow::Result<ExitCode> {
         stats.total.as_millis(),
         stats.bytes as f64 / f64::from(1 << 20)
     );
-    println!("{}\t{}", ready.name, ready.dir.display());
+    if json {
+        control::print_json(&serde_json::json!({
+            "name": name,
+            "to": ready.name,
+            "dir": ready.dir.to_string_lossy(),
+            "downtime_secs": stats.downtime.as_secs_f64(),
+            "total_secs": stats.total.as_secs_f64(),
+            "bytes": stats.bytes,
+        }))?;
+    } else {
+        println!("{}\t{}", ready.name, ready.dir.display());
+    }
     Ok(ExitCode::Success)
 }
 
