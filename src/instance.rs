@@ -217,6 +217,12 @@ pub fn log_dir() -> Option<PathBuf> {
     Some(state.join("qemu-direct/logs"))
 }
 
+/// Where `export libvirt` writes the cloud-init seeds its domains name, as `NAME/cidata.img`:
+/// `$XDG_STATE_HOME/qemu-direct/seeds`, else `~/.local/state/qemu-direct/seeds`.
+pub fn seed_dir() -> Option<PathBuf> {
+    log_dir().map(|logs| logs.with_file_name("seeds"))
+}
+
 /// Creates `path` with mode 0700 if missing, then checks that it is a real directory owned by
 /// us that nobody else can use: in a shared `/tmp`, another user could have made it first.
 pub(crate) fn private_dir(path: &Path) -> Result<(), InstanceError> {

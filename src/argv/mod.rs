@@ -207,6 +207,17 @@ fn disks(plan: &LaunchPlan) -> Vec<OsString> {
             os(format!("{},drive={id}", d.device)),
         ]);
     }
+    if let Some(seed) = &plan.seed {
+        let mut drive = OsString::from("if=none,id=cidata,file=");
+        drive.push(escape(seed.path.as_os_str()));
+        drive.push(",format=raw,readonly=on");
+        v.extend([
+            os("-drive"),
+            drive,
+            os("-device"),
+            os(format!("{},drive=cidata", seed.device)),
+        ]);
+    }
     v
 }
 

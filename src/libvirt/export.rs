@@ -354,6 +354,27 @@ fn disks(plan: &LaunchPlan, d: &mut Node, un: &mut Vec<String>) -> Result<(), Li
         }
         d.push(disk_node(&disk.disk, &format!("vd{}", disk_letters(i)))?);
     }
+    if let Some(seed) = &plan.seed {
+        if !seed.path.is_absolute() {
+            un.push(
+                "cloud-init seed: made at launch; `qemu-direct export libvirt` writes it and \
+                 names it"
+                    .into(),
+            );
+            return Ok(());
+        }
+        let seed_disk = Disk {
+            path: seed.path.clone(),
+            format: DiskFormat::Raw,
+            writable: false,
+            size: None,
+        };
+        let mut n = disk_node(&seed_disk, &format!("vd{}", disk_letters(plan.disks.len())))?;
+        // Read-only rather than transient: the guest never writes to its seed.
+        n.children.retain(|c| c.name != "transient");
+        n.push(Node::new("readonly"));
+        d.push(n);
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use crate::spec::net::Net;
 
-use super::{DiskPlan, NicPlan, context::Context};
+use super::{DiskPlan, NicPlan, SeedPlan, context::Context};
 
 /// The spec's disks in order, noting those whose writes go to an overlay.
 pub(super) fn disks(cx: &mut Context) -> Vec<DiskPlan> {
@@ -36,6 +36,25 @@ pub(super) fn disks(cx: &mut Context) -> Vec<DiskPlan> {
         }
     }
     disks
+}
+
+/// cloud-init's seed, if asked for, as a read-only disk on the profile's bus.
+pub(super) fn seed(cx: &mut Context) -> Option<SeedPlan> {
+    let data = cx.spec.cloud_init.clone()?;
+    let login = match &data.ssh {
+        Some(l) => format!(": user {} logs in with {}", l.user, l.public_key.display()),
+        None => String::new(),
+    };
+    cx.notes.push(format!(
+        "cloud-init: a NoCloud seed (FAT, label cidata) made at launch in the instance directory \
+         ({}, a fresh instance-id), attached read-only{login}",
+        SeedPlan::FILE
+    ));
+    Some(SeedPlan {
+        path: SeedPlan::FILE.into(),
+        device: format!("virtio-blk{}", cx.profile.device_suffix),
+        data,
+    })
 }
 
 /// The spec's network card, if any.

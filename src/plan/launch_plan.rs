@@ -61,6 +61,9 @@ pub struct LaunchPlan {
     pub kernel: Option<KernelPlan>,
     /// Disks, in order.
     pub disks: Vec<DiskPlan>,
+    /// cloud-init's seed volume, after the disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedPlan>,
     /// Network cards, in order.
     #[serde(default)]
     pub nics: Vec<NicPlan>,
@@ -162,6 +165,25 @@ impl DiskPlan {
     pub fn wants_overlay(&self) -> bool {
         !self.disk.writable && self.disk.format != DiskFormat::Dir
     }
+}
+
+/// cloud-init's NoCloud seed: a small FAT volume labelled `cidata` that the launch writes into
+/// the instance directory, attached read-only as a virtio disk after the plan's disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedPlan {
+    /// The volume: a file name relative to the instance directory in a plan not launched yet
+    /// ([`SeedPlan::FILE`]), its full path once launched.
+    #[serde(with = "pathser")]
+    pub path: PathBuf,
+    /// QEMU device, e.g. `virtio-blk-pci`.
+    pub device: String,
+    /// What goes into it.
+    pub data: crate::spec::cloud_init::CloudInit,
+}
+
+impl SeedPlan {
+    /// The seed's file name in the instance directory.
+    pub const FILE: &str = "cidata.img";
 }
 
 /// A network card and the network behind it.

@@ -34,7 +34,7 @@ pub use agent::AgentPlan;
 pub use binary::missing_emulator;
 pub use error::PlanError;
 pub use launch_plan::{
-    ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan,
+    ConsolePlan, DescriptorFirmware, DiskPlan, KernelPlan, LaunchPlan, Machine, NicPlan, SeedPlan,
 };
 pub use limits::{MAX_MEMORY, MIN_MEMORY};
 pub use probing::resolve_probing;
@@ -82,6 +82,7 @@ pub fn resolve_with(
     let cpu = cpu::resolve(&mut cx, &cpu_request, &machine, memory)?;
     let kernel = kernel::kernel(&cx);
     let disks = devices::disks(&mut cx);
+    let seed = devices::seed(&mut cx);
     let nics = devices::nics(&cx);
     let agent = agent::agent(&mut cx);
     let (shares, memory_backend) = shares::shares(&mut cx)?;
@@ -111,6 +112,7 @@ pub fn resolve_with(
         smp,
         kernel,
         disks,
+        seed,
         nics,
         firmware: bios_file,
         descriptor_firmware,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     spec::{
+        cloud_init::CloudInitInput,
         disk::DiskInput,
         error::SpecError,
         share::ShareInput,
@@ -84,6 +85,10 @@ pub struct SpecInput {
     /// Extra QEMU options, appended after qemu-direct's own (`--qemu-arg`); those it manages
     /// are refused.
     pub qemu_args: Option<Vec<String>>,
+    /// cloud-init's NoCloud seed (`[cloud_init]`: `user_data`, `meta_data`, `network_config`,
+    /// `ssh_key`, `ssh`); see [`crate::spec::cloud_init`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitInput>,
     /// Nova image properties and flavor extra specs, `KEY = "VALUE"`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -116,6 +121,16 @@ impl SpecInput {
         .flatten()
         .chain(input.disks.iter_mut().flatten().map(|d| &mut d.path))
         .chain(input.shares.iter_mut().flatten().map(|s| &mut s.path))
+        .chain(input.cloud_init.iter_mut().flat_map(|c| {
+            [
+                &mut c.user_data,
+                &mut c.meta_data,
+                &mut c.network_config,
+                &mut c.ssh_key,
+            ]
+            .into_iter()
+            .flatten()
+        }))
         .chain(firmware_file)
         {
             if p.is_relative() {
@@ -169,6 +184,9 @@ impl SpecInput {
             let below = self.cpu_model_extra_flags.get_or_insert_with(Vec::new);
             below.retain(|b| !flags.iter().any(|t| name(t) == name(b)));
             below.extend(flags);
+        }
+        if let Some(top) = top.cloud_init {
+            self.cloud_init = Some(self.cloud_init.take().unwrap_or_default().overlay(top));
         }
         self.properties.extend(top.properties);
         self

@@ -7,6 +7,7 @@
 //! `input` (the raw description and its layering), `validate` (raw to checked, one concern per
 //! file), `config` (host-wide defaults).
 
+pub mod cloud_init;
 pub mod config;
 pub mod disk;
 mod error;

@@ -166,6 +166,9 @@ pub struct VmSpec {
     /// Extra QEMU options, checked against those qemu-direct manages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qemu_args: Vec<String>,
+    /// cloud-init's NoCloud seed, attached read-only as a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<crate::spec::cloud_init::CloudInit>,
 }
 
 /// Extra QEMU options that attach something a firmware can boot from.

@@ -1,5 +1,6 @@
 //! Small helpers every layer may use; they import nothing else of ours.
 
+pub mod fat;
 pub mod file_stamp;
 pub mod json;
 pub mod name;

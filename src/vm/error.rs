@@ -107,6 +107,15 @@ pub enum VmError {
         /// What qemu-img said.
         why: String,
     },
+    /// cloud-init's seed volume could not be written.
+    #[error("cannot write the cloud-init seed {}", path.display())]
+    Seed {
+        /// The volume.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// QEMU could not lock a disk image: another process (a QEMU) has it open.
     #[error("disk image {image} is in use by another process (QEMU: {detail})")]
     ImageLocked {

@@ -47,6 +47,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         tb_size: None,
         emulator: None,
         cpu: Default::default(),
+        cloud_init: None,
     }
 }
 

@@ -8,6 +8,8 @@
 //! - `cpu`: CPU modes, features and phys-bits seen by real guests; baseline, cache, traits.
 //! - `cpu_rules`: every CPU/maxphysaddr validation rule through the real binary: exit 2, a named
 //!   error, no QEMU started.
+//! - `cloud_init`: cloud-init seeds read back, attached to a real guest and read by it,
+//!   exported to libvirt; bad seeds refused.
 //! - `disks`: overlays, persist, image locks, NIC per arch, hostfwd; `--disk`/`--net` syntax.
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
 //! - `cloud`: the Debian cloud image of `scripts/build-test-image.sh` (`QD_TEST_IMAGES`; skipped
@@ -49,6 +51,7 @@ mod agent;
 mod boot;
 mod cli;
 mod cloud;
+mod cloud_init;
 mod common;
 mod cpu;
 mod cpu_rules;

@@ -396,7 +396,8 @@ pub struct SpecArgs {
     /// A disk, repeatable: an image (raw or qcow2, as its header says, or format=) that the
     /// guest sees whole but whose writes go to a throw-away overlay unless persist, or a
     /// directory shown read-only as a FAT disk. Write a comma in PATH as ',,'.
-    #[arg(long, value_name = "PATH[,format=raw|qcow2][,persist]")]
+    /// size=SIZE (e.g. 20G) gives the overlay that virtual size, at least the image's.
+    #[arg(long, value_name = "PATH[,format=raw|qcow2][,persist][,size=SIZE]")]
     pub disk: Vec<OsString>,
     /// Persist every disk (the same as ,persist on each --disk; kept for old scripts).
     #[arg(long)]
@@ -411,6 +412,19 @@ pub struct SpecArgs {
     /// ro: the guest may only read. Write a comma in HOSTDIR as ',,'.
     #[arg(long, value_name = "HOSTDIR[:TAG][,ro][,fs=9p|virtiofs|auto]")]
     pub share: Vec<OsString>,
+    /// cloud-init: a NoCloud seed (a FAT volume labelled cidata, made in the instance
+    /// directory, attached read-only) with this user-data (#cloud-config YAML, or a #! script or
+    /// another format cloud-init reads), and meta-data (an instance-id is added) and
+    /// network-config if given. Write a comma in a path as ',,'.
+    #[arg(long, value_name = "USER-DATA[,meta-data=FILE][,network-config=FILE]")]
+    pub cloud_init: Option<OsString>,
+    /// cloud-init: a seed whose user-data creates the user qd, who logs in with this OpenSSH
+    /// public key and may sudo (`qemu-direct ssh NAME`). A private key is refused.
+    #[arg(long, value_name = "FILE.pub")]
+    pub ssh_key: Option<PathBuf>,
+    /// --ssh-key with your own key: ~/.ssh/id_ed25519.pub, else ~/.ssh/id_rsa.pub.
+    #[arg(long)]
+    pub ssh: bool,
     /// No guest agent channel (by default the guest gets a virtio-serial port
     /// org.qemu.guest_agent.0 for qemu-ga, on agent.sock in the instance directory).
     #[arg(long)]

@@ -11,6 +11,7 @@ use qemu_direct::{
     plan::{self, LaunchPlan},
     profile::ProfileSet,
     spec::SpecInput,
+    spec::cloud_init::CloudInitInput,
     spec::config::Config,
     spec::disk::DiskInput,
     spec::share::ShareInput,
@@ -120,12 +121,24 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
         cpu_check: args.cpu_check.clone(),
         maxphysaddr: args.maxphysaddr.clone(),
         qemu_args: (!args.qemu_args.is_empty()).then(|| args.qemu_args.clone()),
+        cloud_init: cloud_init(args)?,
         properties: Default::default(),
     };
     for p in &args.properties {
         flags.add_property(p)?;
     }
     Ok(base.overlay(flags))
+}
+
+/// `--cloud-init`, `--ssh-key` and `--ssh` as a `[cloud_init]` table.
+fn cloud_init(args: &SpecArgs) -> Result<Option<CloudInitInput>, Error> {
+    let mut ci = match &args.cloud_init {
+        Some(arg) => CloudInitInput::parse(arg)?,
+        None => CloudInitInput::default(),
+    };
+    ci.ssh_key = args.ssh_key.clone();
+    ci.ssh = args.ssh;
+    Ok((!ci.is_empty()).then_some(ci))
 }
 
 /// The plan for `input` on `host`, probing emulators (through the cache) unless the host

@@ -55,6 +55,31 @@ pub fn show(
     Ok(ExitCode::Success)
 }
 
+/// The plan's cloud-init seed, written where the exported domain can name it (replacing the
+/// one of an earlier export of the same name).
+fn write_seed(plan: &mut qemu_direct::plan::LaunchPlan) -> anyhow::Result<()> {
+    let name = plan.name.clone();
+    let Some(seed) = plan.seed.as_mut() else {
+        return Ok(());
+    };
+    let dir = qemu_direct::instance::seed_dir()
+        .ok_or_else(|| {
+            anyhow::anyhow!("no place for the cloud-init seed: set HOME or XDG_STATE_HOME")
+        })?
+        .join(&name);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(qemu_direct::plan::SeedPlan::FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    qemu_direct::spec::cloud_init::write_seed(&seed.data, &name, &path)
+        .map_err(|e| anyhow::anyhow!("cannot write the cloud-init seed {}: {e}", path.display()))?;
+    eprintln!("qemu-direct: cloud-init seed written to {}", path.display());
+    seed.path = path;
+    Ok(())
+}
+
 /// `export libvirt`: the domain XML on stdout, what it cannot express on stderr (or, with
 /// `strict`, as the error).
 pub fn export_libvirt(
@@ -65,7 +90,8 @@ pub fn export_libvirt(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let input = spec_input(spec, profiles)?;
-    let plan = make_plan(cli, input, profiles, host_facts(cli, profiles, false)?)?;
+    let mut plan = make_plan(cli, input, profiles, host_facts(cli, profiles, false)?)?;
+    write_seed(&mut plan)?;
     let export = qemu_direct::libvirt::export(&plan, profiles).map_err(Error::from)?;
     if strict && !export.unexpressed.is_empty() {
         return Err(Error::from(qemu_direct::libvirt::LibvirtError::Unexpressed(

@@ -1,6 +1,7 @@
 //! The guest's devices: disks, the network, shared folders.
 
 use crate::spec::{
+    cloud_init::{self, CloudInit},
     disk::{self, Disk, DiskInput},
     error::SpecError,
     input::SpecInput,
@@ -39,6 +40,16 @@ impl SpecInput {
 }
 
 impl SpecInput {
+    /// cloud-init's seed, if asked for; `--ssh` looks in `$HOME/.ssh`.
+    pub(super) fn cloud_init(&self) -> Result<Option<CloudInit>, SpecError> {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        self.cloud_init
+            .as_ref()
+            .filter(|c| !c.is_empty())
+            .map(|c| cloud_init::validate(c, home.as_deref()))
+            .transpose()
+    }
+
     /// Every shared folder, checked, and no tag twice.
     pub(super) fn shares(&self) -> Result<Vec<Share>, SpecError> {
         let shares = self

@@ -35,6 +35,7 @@ impl SpecInput {
         let emulator = self.emulator()?;
         let cpu = self.cpu_request(&nova)?;
         let qemu_args = self.qemu_args()?;
+        let cloud_init = self.cloud_init()?;
         Ok(VmSpec {
             name,
             arch,
@@ -52,6 +53,7 @@ impl SpecInput {
             emulator,
             cpu,
             qemu_args,
+            cloud_init,
         })
     }
 }

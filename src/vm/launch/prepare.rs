@@ -9,7 +9,8 @@ use std::{
 use crate::{
     host::firmware,
     instance::{self, Instance},
-    plan::{LaunchPlan, ShareTransport},
+    plan::{LaunchPlan, SeedPlan, ShareTransport},
+    spec::cloud_init,
     vm::{VmError, overlay},
 };
 
@@ -34,6 +35,7 @@ pub(in crate::vm) async fn instance(
         overlay::create_all(&mut plan, qemu_img, inst.dir()).await?;
     }
     copy_vars(&mut plan, &inst)?;
+    write_seed(&mut plan, &inst)?;
     place_sockets(&mut plan, &inst);
     inst.write_json(instance::PLAN, &plan)?;
     Ok((plan, inst))
@@ -59,6 +61,22 @@ fn copy_vars(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
     {
         fw.vars = Some(firmware::copy_vars(template, inst.dir(), &plan.name)?);
     }
+    Ok(())
+}
+
+/// cloud-init's seed volume, in the instance directory and gone with it, with an instance id
+/// of this instance's own.
+fn write_seed(plan: &mut LaunchPlan, inst: &Instance) -> Result<(), VmError> {
+    let name = plan.name.clone();
+    let Some(seed) = plan.seed.as_mut() else {
+        return Ok(());
+    };
+    let path = inst.dir().join(SeedPlan::FILE);
+    cloud_init::write_seed(&seed.data, &name, &path).map_err(|source| VmError::Seed {
+        path: path.clone(),
+        source,
+    })?;
+    seed.path = path;
     Ok(())
 }
 
