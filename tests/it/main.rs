@@ -15,6 +15,9 @@
 //!   once when the guest ends, the refusals.
 //! - `disks`: overlays, persist, image locks, NIC per arch, hostfwd; `--disk`/`--net` syntax.
 //! - `golden`: argv per arch x accelerator from made-up hosts, against `tests/golden/`.
+//! - `cloud`: the Debian cloud image of `scripts/build-test-image.sh` (`QD_TEST_IMAGES`; skipped
+//!   when unset) under UEFI with a NoCloud seed: SSH, the arch, the grown root, the agent,
+//!   a second instance's fresh instance-id and host keys.
 //! - `cli`: bad input through the real binary: exit 2, one clear line, nothing started or left.
 //! - `boot`: real guests booted with real QEMU (TCG here), x86_64 and aarch64 and the rest.
 //! - `libvirt`: exported XML against libvirt's schema and a real libvirtd (argv parity), import.
@@ -52,6 +55,7 @@
 mod agent;
 mod boot;
 mod cli;
+mod cloud;
 mod cloud_init;
 mod common;
 mod completions;
