@@ -1,7 +1,8 @@
 //! Distro-style cloud images (issue 15): the Debian bookworm image of
 //! `scripts/build-test-image.sh` (UEFI, cloud kernel, cloud-init, sshd, qemu-ga) booted under
-//! its arch's firmware with a NoCloud seed, reached over SSH on a forwarded port and through
-//! the guest agent; its root file system grown to a larger virtual size; a second instance of
+//! its arch's firmware with `--ssh-key` (qemu-direct's NoCloud seed) and `--net user`, reached
+//! with `qemu-direct ssh NAME -- CMD` (the forwarded port shown by `ps`, the host key in the
+//! instance's own known_hosts) and through the guest agent; its root file system grown to a larger virtual size; a second instance of
 //! the same image gets its own instance-id and host keys.
 //!
 //! The images are big and slow to build, so these tests need `QD_TEST_IMAGES` (the folder with
@@ -9,7 +10,6 @@
 //! skip, saying so, when it is unset. Set, a missing image fails the test.
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
@@ -46,15 +46,6 @@ fn image(arch: &str) -> Option<PathBuf> {
     Some(img)
 }
 
-/// A host port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs a host tool that must succeed.
 fn must(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -62,114 +53,61 @@ fn must(cmd: &mut Command) -> Output {
     out
 }
 
-/// A throw-away ed25519 key pair in the world: returns the private key's path (`.pub` beside).
+/// A throw-away ed25519 key pair in the world: returns the public key's path (the private one
+/// beside it, which `qemu-direct ssh` logs in with).
 fn keypair(env: &TestEnv) -> PathBuf {
     let key = env.path("id_ed25519");
-    must(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "qd-test", "-f"])
-            .arg(&key),
-    );
-    key
-}
-
-/// A NoCloud seed made by hand: a FAT volume labelled CIDATA with `meta-data` (the
-/// instance-id) and `user-data` (the public key for the image's default user).
-fn seed(env: &TestEnv, name: &str, instance_id: &str, key: &Path) -> PathBuf {
-    let dir = env.path(&format!("seed-{name}"));
-    std::fs::create_dir(&dir).unwrap();
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    std::fs::write(
-        dir.join("meta-data"),
-        format!("instance-id: {instance_id}\nlocal-hostname: {name}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("user-data"),
-        format!(
-            "#cloud-config\nssh_authorized_keys:\n  - {}\n",
-            public.trim()
-        ),
-    )
-    .unwrap();
-    let img = env.path(&format!("seed-{name}.img"));
-    must(
-        Command::new("mkfs.vfat")
-            .args(["-C", "-n", "CIDATA"])
-            .arg(&img)
-            .arg("2048"),
-    );
-    for f in ["meta-data", "user-data"] {
+    if !key.exists() {
         must(
-            Command::new("mcopy")
-                .env("MTOOLS_SKIP_CHECK", "1")
-                .arg("-i")
-                .arg(&img)
-                .arg(dir.join(f))
-                .arg("::"),
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "qd-test", "-f"])
+                .arg(&key),
         );
     }
-    img
+    env.path("id_ed25519.pub")
 }
 
-/// A cloud guest running detached, reached over SSH as the image's default user.
+/// A cloud guest running detached, reached with `qemu-direct ssh` as the user `qd` that
+/// `--ssh-key` creates.
 struct CloudGuest<'e> {
     env: &'e TestEnv,
     guest: Detached<'e>,
-    port: u16,
-    key: PathBuf,
 }
 
-/// Boots `image` as instance `name` with a seed of `instance_id`, on an overlay of virtual
-/// size [`GROWN`] (`--disk IMG,size=`), UEFI, 1 GiB, 2 vCPUs, SSH forwarded from a free host
-/// port.
-fn boot<'e>(
-    env: &'e TestEnv,
-    arch: &str,
-    name: &str,
-    image: &Path,
-    instance_id: &str,
-) -> CloudGuest<'e> {
-    let key = env.path("id_ed25519");
-    if !key.exists() {
-        keypair(env);
-    }
-    let seed = seed(env, name, instance_id, &key);
-    let port = free_port();
+/// Boots `image` as instance `name` with `--ssh-key` (qemu-direct's seed, a fresh
+/// instance-id) and `--net user` (qemu-direct forwards a free host port to 22), on an overlay
+/// of virtual size [`GROWN`] (`--disk IMG,size=`), UEFI, 1 GiB, 2 vCPUs.
+fn boot<'e>(env: &'e TestEnv, arch: &str, name: &str, image: &Path) -> CloudGuest<'e> {
+    let key = keypair(env);
     // The throw-away overlay of the image, made larger: cloud-init's growpart grows the root.
     let mut disk = image.as_os_str().to_owned();
     disk.push(format!(",size={GROWN_ARG}"));
     let mut cmd = env.cmd(["run", "--name", name, "--arch", arch, "--firmware", "uefi"]);
     cmd.args(["--memory", "1G", "--smp", "2", "--disk"])
         .arg(disk)
-        .arg("--disk")
-        .arg(seed)
-        .arg("--net")
-        .arg(format!("user,hostfwd=tcp:127.0.0.1:{port}-:22"));
+        .arg("--ssh-key")
+        .arg(key)
+        .args(["--net", "user"]);
     let guest = env.launch_detached(cmd);
-    CloudGuest {
-        env,
-        guest,
-        port,
-        key,
-    }
+    CloudGuest { env, guest }
 }
 
 impl CloudGuest<'_> {
-    /// `ssh` to the guest running `cmd`, no prompts, no known_hosts written.
+    /// `qemu-direct ssh NAME -- cmd`: waits for sshd (up to [`SSH_READY`]), then ssh.
     fn ssh(&self, cmd: &str) -> Output {
-        Command::new("ssh")
-            .arg("-i")
-            .arg(&self.key)
-            .args(["-p", &self.port.to_string()])
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .args(["-o", "ConnectTimeout=30", "debian@127.0.0.1", cmd])
-            .output()
-            .expect("run ssh")
+        let limit = format!("{}s", SSH_READY.as_secs());
+        self.env.qd([
+            "ssh",
+            self.guest.name.as_str(),
+            "--timeout",
+            &limit,
+            "--",
+            cmd,
+        ])
     }
 
-    /// Waits until `ssh true` works; fails with the console's tail when the guest ends or
+    /// Waits until `qemu-direct ssh NAME -- true` works: sshd may answer before cloud-init
+    /// has made the user. Fails when `qemu-direct ssh` fails other than ssh's own 255, or
     /// [`SSH_READY`] passes.
     fn wait_ssh(&self) {
         let start = Instant::now();
@@ -183,26 +121,23 @@ impl CloudGuest<'_> {
                 );
                 return;
             }
-            let console = self.env.console(&self.guest.name);
-            let tail: Vec<&str> = console.lines().rev().take(30).collect();
-            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-            assert!(
-                self.guest.dir.exists(),
-                "{} ended before SSH answered; console tail:\n{tail}",
+            let (o, e) = text(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(255),
+                "{}: qemu-direct ssh failed: {o}{e}",
                 self.guest.name
             );
             assert!(
                 start.elapsed() < SSH_READY,
-                "{}: no SSH on port {} after {SSH_READY:?} (last: {:?}); console tail:\n{tail}",
+                "{}: ssh still fails after {SSH_READY:?}: {e}",
                 self.guest.name,
-                self.port,
-                text(&out).1
             );
             std::thread::sleep(Duration::from_secs(5));
         }
     }
 
-    /// `ssh` running `cmd`, which must succeed: its stdout, trimmed.
+    /// `qemu-direct ssh NAME -- cmd`, which must succeed: its stdout, trimmed.
     fn ssh_ok(&self, cmd: &str) -> String {
         let out = self.ssh(cmd);
         let (o, e) = text(&out);
@@ -212,6 +147,18 @@ impl CloudGuest<'_> {
             self.guest.name
         );
         o.trim().to_owned()
+    }
+
+    /// The instance-id in the instance's seed, as qemu-direct wrote it.
+    fn seed_instance_id(&self) -> String {
+        let (_, files) =
+            qemu_direct::util::fat::read_volume(&self.guest.dir.join("cidata.img")).unwrap();
+        let meta = files.iter().find(|(n, _)| n == "meta-data").unwrap();
+        String::from_utf8_lossy(&meta.1)
+            .lines()
+            .find_map(|l| l.strip_prefix("instance-id: "))
+            .unwrap()
+            .to_owned()
     }
 
     /// `qemu-direct exec NAME -- ARGS` through the guest agent, which must succeed: stdout.
@@ -233,10 +180,10 @@ impl CloudGuest<'_> {
 fn boots_answers_ssh_and_grows(arch: &str, second_instance: bool) {
     let Some(image) = image(arch) else { return };
     let env = TestEnv::new();
-    let first = boot(&env, arch, "cloud-a", &image, "iid-cloud-a");
+    let first = boot(&env, arch, "cloud-a", &image);
     // The second instance of the same image boots beside the first (the two share the cores
     // either way), with a seed of its own.
-    let second = second_instance.then(|| boot(&env, arch, "cloud-b", &image, "iid-cloud-b"));
+    let second = second_instance.then(|| boot(&env, arch, "cloud-b", &image));
     first.wait_ssh();
     assert_eq!(first.ssh_ok("uname -m"), arch);
     let disk: u64 = first.ssh_ok("lsblk -bdno SIZE /dev/vda").parse().unwrap();
@@ -252,17 +199,25 @@ fn boots_answers_ssh_and_grows(arch: &str, second_instance: bool) {
         root > GROWN - (300 << 20),
         "root file system of {root} bytes, not grown to ~{GROWN}"
     );
+    let ps = text(&first.env.qd(["ps"])).0;
+    let port = first.env.entry("cloud-a")["ssh_port"].as_u64().unwrap();
+    assert!(ps.contains(&format!(" {port} ")), "ps shows the port: {ps}");
     assert_eq!(
         first.ssh_ok("cat /var/lib/cloud/data/instance-id"),
-        "iid-cloud-a"
+        first.seed_instance_id()
+    );
+    assert!(
+        first.guest.dir.join("known_hosts").is_file(),
+        "the host key went to the instance's own known_hosts"
     );
     assert_eq!(first.exec_ok(&["uname", "-m"]), arch);
     let Some(second) = second else { return };
     second.wait_ssh();
     assert_eq!(
         second.ssh_ok("cat /var/lib/cloud/data/instance-id"),
-        "iid-cloud-b"
+        second.seed_instance_id()
     );
+    assert_ne!(first.seed_instance_id(), second.seed_instance_id());
     let host_key = "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub";
     assert_ne!(
         first.ssh_ok(host_key),
