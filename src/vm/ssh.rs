@@ -225,7 +225,9 @@ impl Vm {
     }
 
     /// Runs `args` in the guest through the system `ssh` as [`SshTarget`] says, once its SSH
-    /// server answers (waiting up to [`SSH_WAIT`], scaled for the accelerator).
+    /// server answers (waiting up to [`SSH_WAIT`], scaled for the accelerator). As with `ssh`
+    /// itself, the guest's shell gets `args` joined by spaces as one command line: quote for
+    /// it (`["echo err >&2; exit 7"]`). Never prompts (`BatchMode`).
     pub async fn ssh_command<I, S>(&self, args: I) -> Result<SshOutput, SshError>
     where
         I: IntoIterator<Item = S>,

@@ -235,3 +235,58 @@ fn x86_64_image_boots_answers_ssh_grows_and_clones_get_new_ids() {
 fn aarch64_image_boots_answers_ssh_and_grows() {
     boots_answers_ssh_and_grows("aarch64", false);
 }
+
+/// The Rust API on the x86_64 image: a `Vm` launched with an `--ssh-key` login and a user
+/// network knows its forwarded port, and `vm.ssh_command` waits for sshd, then runs the
+/// command as `qd` and returns its status and output.
+#[test]
+fn x86_64_image_answers_ssh_command_from_the_rust_api() {
+    use qemu_direct::{host::caps::CapsCache, spec::cloud_init::CloudInitInput, vm::Vm};
+    let Some(image) = image("x86_64") else { return };
+    let env = TestEnv::new();
+    let key = keypair(&env);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let vm = Vm::guest("x86_64")
+            .memory("1G")
+            .smp(2)
+            .spec(|s| {
+                s.disk = Some(image);
+                s.firmware = Some("uefi".into());
+                s.net = Some("user".into());
+                s.cloud_init = Some(CloudInitInput {
+                    ssh_key: Some(key),
+                    ..Default::default()
+                });
+            })
+            .runtime_dir(env.instances())
+            .caps_cache(CapsCache::at(crate::common::shared_cache()))
+            .launch()
+            .await
+            .unwrap();
+        assert!(vm.ssh_port().is_some());
+        let start = Instant::now();
+        // sshd may answer before cloud-init has made the user: ssh's own 255, tried again.
+        let out = loop {
+            let out = vm
+                .ssh_command_within(["uname", "-m"], SSH_READY)
+                .await
+                .unwrap();
+            if out.status.code() != Some(255) || start.elapsed() > SSH_READY {
+                break out;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "x86_64\n");
+        let out = vm.ssh_command(["echo err >&2; exit 7"]).await.unwrap();
+        // As with ssh itself, the arguments are one command line for the guest's shell.
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+        let _ = vm.shutdown_quick().await;
+    });
+}
