@@ -175,3 +175,28 @@ fn ssh_command_waits_for_the_banner() {
         assert!(matches!(e, SshError::Ended { .. }), "{e:?}");
     });
 }
+
+/// The plan: an `--ssh-key` login on a user network gets a forward from a port the kernel
+/// picks; where the user forwards one to 22, that one is used and no second made; no login,
+/// no forward.
+#[test]
+fn the_plan_forwards_port_22_only_for_an_ssh_login() {
+    let Some(g) = guest("x86_64") else { return };
+    let env = TestEnv::new();
+    let (key, _) = keys(env.root());
+    let plan = |extra: &[&str]| {
+        let mut c = env.guest_cmd(&g, ["plan", "--arch", "x86_64"]);
+        c.args(extra);
+        let out = c.output().unwrap();
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{e}");
+        o
+    };
+    let ours = "hostfwd=tcp:127.0.0.1:0-:22";
+    let p = plan(&["--ssh-key", &key, "--net", "user"]);
+    assert!(p.contains(ours) && p.contains("qemu-direct ssh NAME"), "{p}");
+    let p = plan(&["--ssh-key", &key, "--net", "user,hostfwd=tcp::2222-:22"]);
+    assert!(!p.contains(ours) && p.contains("your forward of host port 2222"), "{p}");
+    let p = plan(&["--net", "user"]);
+    assert!(!p.contains(ours) && !p.contains("ssh:"), "{p}");
+}
