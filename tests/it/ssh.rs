@@ -194,9 +194,15 @@ fn the_plan_forwards_port_22_only_for_an_ssh_login() {
     };
     let ours = "hostfwd=tcp:127.0.0.1:0-:22";
     let p = plan(&["--ssh-key", &key, "--net", "user"]);
-    assert!(p.contains(ours) && p.contains("qemu-direct ssh NAME"), "{p}");
+    assert!(
+        p.contains(ours) && p.contains("qemu-direct ssh NAME"),
+        "{p}"
+    );
     let p = plan(&["--ssh-key", &key, "--net", "user,hostfwd=tcp::2222-:22"]);
-    assert!(!p.contains(ours) && p.contains("your forward of host port 2222"), "{p}");
+    assert!(
+        !p.contains(ours) && p.contains("your forward of host port 2222"),
+        "{p}"
+    );
     let p = plan(&["--net", "user"]);
     assert!(!p.contains(ours) && !p.contains("ssh:"), "{p}");
 }
