@@ -27,6 +27,9 @@ fn forced_kvm_reaches_the_firmware_or_is_refused_with_the_reason() {
         "kvm",
         "--memory",
         "128M",
+        // SeaBIOS with nothing to boot: a boot source, so not refused as an empty guest.
+        "--firmware",
+        "bios",
         "--until",
         "No bootable device",
         "--timeout",
