@@ -12,7 +12,7 @@ use crate::common::{TestEnv, Tripwire, files_under, qd, text};
 /// nothing started or was written.
 pub(crate) fn refused(args: &[&str], expect: &str) -> String {
     let env = TestEnv::with_own_cache();
-    let wire = env.tripwire(Tripwire::PassThrough);
+    let wire = env.tripwire(Tripwire::ProbesOnly);
     let state = env.state();
     let out = env
         .cmd(["run"])
@@ -227,7 +227,7 @@ fn host_facts_files_are_validated() {
 fn dry_run_prints_the_argv_and_starts_nothing() {
     // Planning learns the tripwire's QEMU version from a capability probe: cache it here.
     let env = TestEnv::with_own_cache();
-    let wire = env.tripwire(Tripwire::PassThrough);
+    let wire = env.tripwire(Tripwire::ProbesOnly);
     let kernel = env.path("vm linuz,file=x");
     std::fs::write(&kernel, b"not really a kernel").unwrap();
     let out = env

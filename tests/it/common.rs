@@ -856,6 +856,10 @@ pub enum Tripwire {
     /// Then runs the real qemu-system-x86_64 ([`emulator`]). A capability probe (`-machine none`, which
     /// planning may run to learn the QEMU version) runs no guest and is not recorded.
     PassThrough,
+    /// Runs a capability probe with the real QEMU, as [`Tripwire::PassThrough`]; a guest start is
+    /// recorded and fails at once (exit 97). For refusals: one that does not happen then fails
+    /// its test, instead of booting a guest that never ends and hanging the suite.
+    ProbesOnly,
     /// Records every start, and fails at once (exit 97): a regression then fails fast and
     /// loudly instead of booting something.
     Fail,
@@ -874,6 +878,12 @@ impl Tripwire {
                  exec '{}' \"$@\"\n",
                 started.display(),
                 emulator("qemu-system-x86_64").display()
+            ),
+            Tripwire::ProbesOnly => format!(
+                "#!/bin/sh\ncase \" $* \" in *\" -machine none \"*) exec '{}' \"$@\" ;; esac\n\
+                 echo \"$0 $*\" >> '{}'\nexit 97\n",
+                emulator("qemu-system-x86_64").display(),
+                started.display()
             ),
             Tripwire::Fail => format!(
                 "#!/bin/sh\necho \"$0 $*\" >> '{}'\nexit 97\n",
