@@ -7,3 +7,4 @@ pub mod name;
 pub mod pathser;
 pub mod qemu_opt;
 pub mod size;
+pub mod stamped;

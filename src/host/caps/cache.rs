@@ -10,7 +10,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{CACHE_FORMAT, Caps, CapsError, probe, probe_timeout};
-use crate::{profile::Accel, util::file_stamp};
+use crate::{
+    profile::Accel,
+    util::{
+        file_stamp,
+        stamped::{file_stem, user_cache_root},
+    },
+};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -51,19 +57,7 @@ impl CacheKey {
     }
 
     fn file_name(&self) -> String {
-        let stem: String = self
-            .path
-            .to_string_lossy()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{}.{}.json", stem.trim_start_matches('_'), self.accel)
+        format!("{}.{}.json", file_stem(&self.path), self.accel)
     }
 }
 
@@ -121,12 +115,8 @@ impl CapsCache {
     /// The user's cache: `$XDG_CACHE_HOME/qemu-direct/caps`, else `~/.cache/qemu-direct/caps`.
     /// With neither variable set there is no cache and every lookup probes.
     pub fn user() -> CapsCache {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
         CapsCache {
-            dir: base.map(|b| b.join("qemu-direct").join("caps")),
+            dir: user_cache_root().map(|r| r.join("caps")),
         }
     }
 
