@@ -18,6 +18,7 @@ use qemu_direct::{
     plan,
     profile::ProfileSet,
     spec::SpecInput,
+    util::stamped::user_cache_root,
     vm::{Outcome, Vm},
 };
 
@@ -92,15 +93,9 @@ pub async fn boot(guests: &Path, runtime_dir: Option<PathBuf>) -> Result<Summary
 
 /// `$QD_TEST_GUESTS`, else the fetch script's default.
 pub fn guests_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("QD_TEST_GUESTS") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    std::env::var_os("QD_TEST_GUESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("qemu-direct/test-guests")
+        .unwrap_or_else(|| user_cache_root().unwrap_or_default().join("test-guests"))
 }
 
 #[allow(

@@ -16,7 +16,10 @@ use std::{
     },
 };
 
-use qemu_direct::vm::{GuestBuilder, Pool, Vm};
+use qemu_direct::{
+    util::stamped::user_cache_root,
+    vm::{GuestBuilder, Pool, Vm},
+};
 
 /// What a harness returns from a task.
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -120,15 +123,9 @@ async fn check_one(vm: &Vm, check: &Check) -> Result<String, BoxError> {
 
 /// `$QD_TEST_GUESTS`, else the fetch script's default.
 pub fn guests_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("QD_TEST_GUESTS") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    std::env::var_os("QD_TEST_GUESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("qemu-direct/test-guests")
+        .unwrap_or_else(|| user_cache_root().unwrap_or_default().join("test-guests"))
 }
 
 #[allow(

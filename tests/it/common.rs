@@ -729,13 +729,12 @@ pub struct Guest {
 
 /// Where the test guests are: `$QD_TEST_GUESTS`, else the fetch script's default.
 pub fn guests_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("QD_TEST_GUESTS") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    std::env::var_os("QD_TEST_GUESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    cache.join("qemu-direct/test-guests")
+        .unwrap_or_else(|| {
+            let root = qemu_direct::util::stamped::user_cache_root().expect("HOME");
+            root.join("test-guests")
+        })
 }
 
 /// Where the test guests with Debian's generic kernels are (9p, which the cloud kernels of the

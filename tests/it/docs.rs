@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::guests_dir;
 use nix::{
     sys::signal::{Signal, killpg},
     unistd::Pid,
@@ -219,17 +220,6 @@ fn named_files(all: &[(PathBuf, Vec<Block>)]) -> BTreeMap<String, (String, Strin
         }
     }
     files
-}
-
-/// Where the test guests are: `$QD_TEST_GUESTS`, else the fetch script's default.
-fn guests_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("QD_TEST_GUESTS") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-    cache.join("qemu-direct/test-guests")
 }
 
 /// The private world the commands run in: a `PATH` with the binary, XDG directories and no
