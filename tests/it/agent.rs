@@ -5,13 +5,14 @@
 
 use std::{
     io::Write,
-    os::unix::fs::PermissionsExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::PathBuf,
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
 use qemu_direct::{
     host::caps::CapsCache,
     qmp::{CloseReason, QmpError},
@@ -493,15 +494,27 @@ fn vm_run_leaves_no_signal_handlers() {
         return probe_signal_actions(&g, PathBuf::from(dir));
     }
     let env = TestEnv::new();
-    let out = Command::new(std::env::current_exe().unwrap())
+    let mut probe = Command::new(std::env::current_exe().unwrap());
+    probe
         .args([
             "--exact",
             "agent::vm_run_leaves_no_signal_handlers",
             "--nocapture",
         ])
-        .env(SIGNAL_PROBE, env.runtime_dir())
-        .output()
-        .unwrap();
+        .env(SIGNAL_PROBE, env.runtime_dir());
+    // The probe starts from the default actions whatever this process inherited: a shell runs
+    // a background job (`cmd &`) with SIGINT ignored, and an ignored signal stays ignored
+    // across exec.
+    // SAFETY: between fork and exec only sigaction, which is async-signal-safe, is called.
+    unsafe {
+        probe.pre_exec(|| {
+            for sig in [Signal::SIGINT, Signal::SIGTERM] {
+                nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl)?;
+            }
+            Ok(())
+        });
+    }
+    let out = probe.output().unwrap();
     let (o, e) = text(&out);
     assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
     assert!(

@@ -151,14 +151,7 @@ impl CloudGuest<'_> {
 
     /// The instance-id in the instance's seed, as qemu-direct wrote it.
     fn seed_instance_id(&self) -> String {
-        let (_, files) =
-            qemu_direct::util::fat::read_volume(&self.guest.dir.join("cidata.img")).unwrap();
-        let meta = files.iter().find(|(n, _)| n == "meta-data").unwrap();
-        String::from_utf8_lossy(&meta.1)
-            .lines()
-            .find_map(|l| l.strip_prefix("instance-id: "))
-            .unwrap()
-            .to_owned()
+        seed_instance_id(&self.guest.dir)
     }
 
     /// `qemu-direct exec NAME -- ARGS` through the guest agent, which must succeed: stdout.
@@ -172,18 +165,22 @@ impl CloudGuest<'_> {
     }
 }
 
+/// The instance-id in the seed of the instance in `dir`, as qemu-direct wrote it.
+fn seed_instance_id(dir: &Path) -> String {
+    let (_, files) = qemu_direct::util::fat::read_volume(&dir.join("cidata.img")).unwrap();
+    let meta = files.iter().find(|(n, _)| n == "meta-data").unwrap();
+    String::from_utf8_lossy(&meta.1)
+        .lines()
+        .find_map(|l| l.strip_prefix("instance-id: "))
+        .unwrap()
+        .to_owned()
+}
+
 /// Boots the image, then checks over SSH: the arch (`uname -m`), the disk and the root file
 /// system grown to [`GROWN`] (growpart and resize2fs by cloud-init), the instance-id of the
-/// seed; and through the guest agent the same arch. With `second_instance`, a second instance
-/// of the same image, booted beside the first with a seed of its own, has that seed's
-/// instance-id and host keys of its own (cloud-init's per-instance stage ran again).
-fn boots_answers_ssh_and_grows(arch: &str, second_instance: bool) {
-    let Some(image) = image(arch) else { return };
-    let env = TestEnv::new();
-    let first = boot(&env, arch, "cloud-a", &image);
-    // The second instance of the same image boots beside the first (the two share the cores
-    // either way), with a seed of its own.
-    let second = second_instance.then(|| boot(&env, arch, "cloud-b", &image));
+/// seed; and through the guest agent the same arch.
+fn boots_answers_ssh_and_grows<'e>(env: &'e TestEnv, arch: &str, image: &Path) -> CloudGuest<'e> {
+    let first = boot(env, arch, "cloud-a", image);
     first.wait_ssh();
     assert_eq!(first.ssh_ok("uname -m"), arch);
     let disk: u64 = first.ssh_ok("lsblk -bdno SIZE /dev/vda").parse().unwrap();
@@ -199,8 +196,8 @@ fn boots_answers_ssh_and_grows(arch: &str, second_instance: bool) {
         root > GROWN - (300 << 20),
         "root file system of {root} bytes, not grown to ~{GROWN}"
     );
-    let ps = text(&first.env.qd(["ps"])).0;
-    let port = first.env.entry("cloud-a")["ssh_port"].as_u64().unwrap();
+    let ps = text(&env.qd(["ps"])).0;
+    let port = env.entry("cloud-a")["ssh_port"].as_u64().unwrap();
     assert!(ps.contains(&format!(" {port} ")), "ps shows the port: {ps}");
     assert_eq!(
         first.ssh_ok("cat /var/lib/cloud/data/instance-id"),
@@ -211,82 +208,106 @@ fn boots_answers_ssh_and_grows(arch: &str, second_instance: bool) {
         "the host key went to the instance's own known_hosts"
     );
     assert_eq!(first.exec_ok(&["uname", "-m"]), arch);
-    let Some(second) = second else { return };
-    second.wait_ssh();
-    assert_eq!(
-        second.ssh_ok("cat /var/lib/cloud/data/instance-id"),
-        second.seed_instance_id()
-    );
-    assert_ne!(first.seed_instance_id(), second.seed_instance_id());
-    let host_key = "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub";
-    assert_ne!(
-        first.ssh_ok(host_key),
-        second.ssh_ok(host_key),
-        "two instances of one image share a host key"
-    );
+    first
 }
 
+/// The x86_64 image twice, booting side by side: the first instance from the command line
+/// ([`boots_answers_ssh_and_grows`]), the second through the Rust API: a `Vm` launched with an
+/// `--ssh-key` login and a user network knows its forwarded port, and `vm.ssh_command` waits
+/// for sshd, then runs the command as `qd` and returns its status and output. The second has
+/// its own seed's instance-id and host keys of its own (cloud-init's per-instance stage ran
+/// again for it).
 #[test]
 fn x86_64_image_boots_answers_ssh_grows_and_clones_get_new_ids() {
-    boots_answers_ssh_and_grows("x86_64", true);
+    let Some(image) = image("x86_64") else { return };
+    let env = TestEnv::new();
+    // Worker threads keep the Vm's console and QMP tasks going while the first instance's
+    // checks run on this thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let second = rt.block_on(api_boot(&env, &image));
+    let first = boots_answers_ssh_and_grows(&env, "x86_64", &image);
+    rt.block_on(async {
+        let ssh = |cmd: &'static str| {
+            let vm = &second;
+            async move {
+                let out = vm.ssh_command([cmd]).await.unwrap();
+                assert!(out.status.success(), "{cmd}: {:?}", out);
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+        };
+        api_ssh_works(&second).await;
+        let id = ssh("cat /var/lib/cloud/data/instance-id").await;
+        assert_eq!(id, seed_instance_id(second.dir()));
+        assert_ne!(id, first.seed_instance_id());
+        let host_key = "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub";
+        assert_ne!(
+            first.ssh_ok(host_key),
+            ssh(host_key).await,
+            "two instances of one image share a host key"
+        );
+    });
+    let _ = rt.block_on(second.shutdown_quick());
 }
 
 #[test]
 fn aarch64_image_boots_answers_ssh_and_grows() {
-    boots_answers_ssh_and_grows("aarch64", false);
+    let Some(image) = image("aarch64") else {
+        return;
+    };
+    let env = TestEnv::new();
+    boots_answers_ssh_and_grows(&env, "aarch64", &image);
 }
 
-/// The Rust API on the x86_64 image: a `Vm` launched with an `--ssh-key` login and a user
-/// network knows its forwarded port, and `vm.ssh_command` waits for sshd, then runs the
-/// command as `qd` and returns its status and output.
-#[test]
-fn x86_64_image_answers_ssh_command_from_the_rust_api() {
+/// The image as instance `cloud-b` through the Rust API: UEFI, 1 GiB, 2 vCPUs, an `--ssh-key`
+/// seed and the user network.
+async fn api_boot(env: &TestEnv, image: &Path) -> qemu_direct::vm::Vm {
     use qemu_direct::{host::caps::CapsCache, spec::cloud_init::CloudInitInput, vm::Vm};
-    let Some(image) = image("x86_64") else { return };
-    let env = TestEnv::new();
-    let key = keypair(&env);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let vm = Vm::guest("x86_64")
-            .memory("1G")
-            .smp(2)
-            .spec(|s| {
-                s.disk = Some(image);
-                s.firmware = Some("uefi".into());
-                s.net = Some("user".into());
-                s.cloud_init = Some(CloudInitInput {
-                    ssh_key: Some(key),
-                    ..Default::default()
-                });
-            })
-            .runtime_dir(env.instances())
-            .caps_cache(CapsCache::at(crate::common::shared_cache()))
-            .launch()
+    let key = keypair(env);
+    Vm::guest("x86_64")
+        .name("cloud-b")
+        .memory("1G")
+        .smp(2)
+        .spec(|s| {
+            s.disk = Some(image.to_owned());
+            s.firmware = Some("uefi".into());
+            s.net = Some("user".into());
+            s.cloud_init = Some(CloudInitInput {
+                ssh_key: Some(key),
+                ..Default::default()
+            });
+        })
+        .runtime_dir(env.instances())
+        .caps_cache(CapsCache::at(crate::common::shared_cache()))
+        .launch()
+        .await
+        .unwrap()
+}
+
+/// `vm.ssh_command` on a booting guest: waits for sshd, tries again while ssh itself fails
+/// (255: sshd may answer before cloud-init has made the user), then runs the command; its
+/// status and both outputs come back.
+async fn api_ssh_works(vm: &qemu_direct::vm::Vm) {
+    assert!(vm.ssh_port().is_some());
+    let start = Instant::now();
+    let out = loop {
+        let out = vm
+            .ssh_command_within(["uname", "-m"], SSH_READY)
             .await
             .unwrap();
-        assert!(vm.ssh_port().is_some());
-        let start = Instant::now();
-        // sshd may answer before cloud-init has made the user: ssh's own 255, tried again.
-        let out = loop {
-            let out = vm
-                .ssh_command_within(["uname", "-m"], SSH_READY)
-                .await
-                .unwrap();
-            if out.status.code() != Some(255) || start.elapsed() > SSH_READY {
-                break out;
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "x86_64\n");
-        let out = vm.ssh_command(["echo err >&2; exit 7"]).await.unwrap();
-        // As with ssh itself, the arguments are one command line for the guest's shell.
-        assert_eq!(out.status.code(), Some(7));
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-        let _ = vm.shutdown_quick().await;
-    });
+        if out.status.code() != Some(255) || start.elapsed() > SSH_READY {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x86_64\n");
+    let out = vm.ssh_command(["echo err >&2; exit 7"]).await.unwrap();
+    // As with ssh itself, the arguments are one command line for the guest's shell.
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 }
