@@ -41,7 +41,8 @@
 # the image's packages (a simulated install into an empty system, from private lists under
 # DIR/.apt refreshed when older than a day or with --refresh) and the sha256 of this script
 # make a key; when DIR/manifest.txt has the same key and the image's sha256 still matches,
-# nothing is built. Downloaded .debs are kept in DIR/.debs for rebuilds.
+# nothing is built. Downloaded .debs are kept in DIR/.debs for rebuilds, the last build's logs
+# in DIR/mmdebstrap.log and DIR/dpkg.log (dpkg's, timestamped: where the install's time went).
 set -euo pipefail
 set -o errtrace
 umask 022
@@ -278,6 +279,7 @@ install_root() {
 		--setup-hook='mkdir -p "$1/etc/ssh" && for t in rsa ecdsa ed25519; do : >"$1/etc/ssh/ssh_host_${t}_key"; done' \
 		--setup-hook="sync-in '$DEBS' /var/cache/apt/archives/" \
 		--customize-hook="sync-out /var/cache/apt/archives '$DEBS'" \
+		--customize-hook="cp \"\$1/var/log/dpkg.log\" '$BUILD/dpkg.log'" \
 		--customize-hook="'$BUILD/customize' \"\$1\"" \
 		"$SUITE" "$ROOT" "$MIRROR" >"$BUILD/mmdebstrap.log" 2>&1 || {
 		tail -n 40 "$BUILD/mmdebstrap.log" >&2
@@ -341,6 +343,7 @@ finish() {
 	} >"$BUILD/manifest.txt"
 	mv -f "$BUILD/disk.qcow2" "$IMAGE"
 	mv -f "$BUILD/manifest.txt" "$MANIFEST"
+	mv -f "$BUILD/mmdebstrap.log" "$BUILD/dpkg.log" "$DIR/"
 	rm -rf "$BUILD"
 }
 step "manifest" finish
