@@ -11,9 +11,10 @@
 //! root at `/h` around them with a tmpfs `/tmp`. Each check then runs
 //! `chroot /h qemu-direct ...` inside L1 through the agent (`qemu-direct exec`), gets its
 //! output and exit status back, and asserts on them: the KVM verdict and its reason, os-traits,
-//! `check`, `cpu models --accel kvm`, refusals, and L2 guests (the x86_64 test guest) booted
-//! under KVM, each judged by what the L2 guest printed on its console (the marker, its CPU
-//! flags, its address sizes), never by an exit status alone.
+//! `check`, `cpu models --accel kvm`, the KVM capability cache (its entry as L1 sees it),
+//! refusals, and L2 guests (the x86_64 test guest, and the i686 one under `qemu-system-i386`)
+//! booted under KVM, each judged by what the L2 guest printed on its console (the marker, its
+//! CPU flags, its address sizes), never by an exit status alone.
 //!
 //! One L1 boot serves every check (about 8 minutes on 2 cores, L2 boots 30-50 s each), so it is
 //! one `#[ignore]`d test: `scripts/test --kvm-nested` (and its own step of `scripts/test`) runs
