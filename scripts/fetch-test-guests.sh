@@ -10,10 +10,11 @@
 # initramfs /init, copied as it is; per-guest values go to /etc/qd-guest.conf, which it
 # sources); this script only orchestrates. Layout of DIR:
 #
-#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel; the initramfs has
-#                                     busybox, the kernel modules of modules.list, and
-#                                     qemu-ga (qemu-guest-agent) with the shared libraries it
-#                                     needs and nothing else of their packages
+#   <arch>/kernel, <arch>/initrd.gz   x86_64 aarch64 ppc64le s390x mipsel (and i686, only
+#                                     when named: --arch i686); the initramfs has busybox,
+#                                     the kernel modules of modules.list, and qemu-ga
+#                                     (qemu-guest-agent; not i686) with the shared libraries
+#                                     it needs and nothing else of their packages
 #   <arch>/uefi.img                   x86_64 aarch64: FAT disk (no partition table) that
 #                                     UEFI firmware (OVMF, AAVMF) boots as removable media:
 #                                     EFI/BOOT/BOOT{X64,AA64}.EFI is systemd-boot, whose
@@ -95,7 +96,8 @@ Build small QEMU test guests from Debian $SUITE packages into DIR
 (default: \${XDG_CACHE_HOME:-\$HOME/.cache}/qemu-direct/test-guests).
 
   --arch ARCH   only this guest (repeatable, or comma-separated);
-                one of: ${ALL_ARCHES[*]} (default: all)
+                one of: ${ALL_ARCHES[*]}
+                (default: ${DEFAULT_ARCHES[*]}; the others only when named)
   --generic-kernel
                 x86_64 and aarch64 get Debian's generic kernel (linux-image-amd64,
                 -arm64), which has 9p, instead of the cloud one, which has not
@@ -119,8 +121,9 @@ for f in "$ARCHES_FILE" "$MODULES_FILE" "$INIT_FILE"; do
 	[[ -r $f ]] || die "missing $f"
 done
 
-# arches.tsv: arch debarch kernel generic efi console agent ("-" is none); # starts a comment.
-ALL_ARCHES=()
+# arches.tsv: arch debarch kernel generic efi console agent default ("-" is none); # starts a
+# comment. DEFAULT_ARCHES: those built when no --arch is given.
+ALL_ARCHES=() DEFAULT_ARCHES=()
 declare -A DEBARCH=() KERNEL_META=() GENERIC_META=() EFI_ARCH=() CONSOLE=() AGENT_PKG=()
 read_arches() {
 	local line n=0 cols
@@ -129,8 +132,13 @@ read_arches() {
 		line=${line%%#*}
 		read -r -a cols <<<"$line"
 		((${#cols[@]})) || continue
-		((${#cols[@]} == 7)) ||
-			die "$ARCHES_FILE:$n: expected 7 columns (arch debarch kernel generic efi console agent), got ${#cols[@]}"
+		((${#cols[@]} == 8)) ||
+			die "$ARCHES_FILE:$n: expected 8 columns (arch debarch kernel generic efi console agent default), got ${#cols[@]}"
+		case ${cols[7]} in
+		yes) DEFAULT_ARCHES+=("${cols[0]}") ;;
+		no) ;;
+		*) die "$ARCHES_FILE:$n: the default column is yes or no, not '${cols[7]}'" ;;
+		esac
 		[[ -z ${DEBARCH[${cols[0]}]:-} ]] || die "$ARCHES_FILE:$n: arch ${cols[0]} listed twice"
 		ALL_ARCHES+=("${cols[0]}")
 		DEBARCH[${cols[0]}]=${cols[1]}
@@ -143,7 +151,7 @@ read_arches() {
 	((${#ALL_ARCHES[@]})) || die "$ARCHES_FILE lists no arch"
 }
 read_arches
-readonly ALL_ARCHES
+readonly ALL_ARCHES DEFAULT_ARCHES
 
 # Debian architectures of all guests, each once (the private apt's APT::Architectures).
 ALL_DEBARCHES=()
@@ -274,7 +282,7 @@ if (($#)); then
 	DIR=$1
 fi
 if ((${#ARCHES[@]} == 0)); then
-	ARCHES=("${ALL_ARCHES[@]}")
+	ARCHES=("${DEFAULT_ARCHES[@]}")
 else
 	# de-duplicate, canonical order
 	sel=()
@@ -449,7 +457,7 @@ apt_update() {
 	STAGE="updating the private apt lists ($MIRROR $SUITE main)"
 	log "apt-get update ($SUITE main; ${ALL_DEBARCHES[*]})"
 	if run_logged "apt-get update" apt_ apt-get -q update; then
-		touch "$LISTS_STAMP"
+		echo "${ALL_DEBARCHES[*]}" >"$LISTS_STAMP"
 		UPDATED=1
 		return 0
 	fi
@@ -465,6 +473,9 @@ if ((REFRESH)) || [[ ! -f $MANIFEST ]] || [[ ! -f $LISTS_STAMP ]] ||
 	! compgen -G "$APTDIR/lists/*_Packages*" >/dev/null; then
 	need_update=1
 elif [[ -z $(find "$LISTS_STAMP" -mmin -"$LISTS_MAX_AGE_MIN" 2>/dev/null) ]]; then
+	need_update=1
+elif [[ $(<"$LISTS_STAMP") != "${ALL_DEBARCHES[*]}" ]]; then
+	# Lists of another set of architectures (arches.tsv gained a row): fetch the new ones.
 	need_update=1
 fi
 if ((need_update)); then apt_update; fi

@@ -85,6 +85,16 @@ pub enum PlanError {
         /// "; did you mean ...?" or nothing.
         nearest: String,
     },
+    /// Nested virtualization asked for where the profile has no way to give it.
+    #[error("nested_virt: {arch} guests under {accel} {why}")]
+    NoNestedVirt {
+        /// The guest arch.
+        arch: Arch,
+        /// The accelerator chosen.
+        accel: Accel,
+        /// Why not, and what can.
+        why: String,
+    },
     /// The CPU asked for cannot be had here.
     #[error(transparent)]
     Cpu(#[from] CpuError),

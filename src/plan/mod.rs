@@ -74,6 +74,7 @@ pub fn resolve_with(
     let mut cx = Context::new(spec, profile, host, accel)?;
     let (data_dirs, module_dir) = binary::data_dirs(host, &binary, &mut cx.notes);
     let mut machine = machine::machine(&mut cx);
+    machine::nested_virt(&mut cx, &mut machine)?;
     let accel_options = accel::options(&mut cx)?;
     let memory = limits::memory(&cx)?;
     let smp = limits::smp(&cx)?;

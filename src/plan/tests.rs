@@ -356,6 +356,40 @@ fn tb_size_overrides_the_profile_and_is_refused_where_qemu_lacks_it() {
 }
 
 #[test]
+fn nested_virt_is_the_profiles_machine_property_or_refused() {
+    let nested = |a: &str| SpecInput {
+        nested_virt: Some(true),
+        ..arch(a)
+    };
+    let x86 = host("x86_64", KvmState::Missing);
+    let p = plan(nested("aarch64"), &x86).unwrap();
+    assert_eq!(p.machine.options, ["gic-version=max", "virtualization=on"]);
+    // Not asked for: not there.
+    let p = plan(arch("aarch64"), &x86).unwrap();
+    assert_eq!(p.machine.options, ["gic-version=max"]);
+    let e = plan(nested("aarch64"), &host("aarch64", KvmState::Usable)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "nested_virt: aarch64 guests under kvm cannot have it; under tcg they can (--accel tcg)"
+    );
+    let e = plan(nested("x86_64"), &x86).unwrap_err().to_string();
+    assert!(
+        e.starts_with("nested_virt: x86_64 guests under tcg cannot have it: the profile names no")
+            && e.contains("svm in max"),
+        "{e}"
+    );
+    let other_machine = SpecInput {
+        machine: Some("virt-7.2".into()),
+        ..nested("aarch64")
+    };
+    assert_eq!(
+        plan(other_machine, &x86).unwrap_err().to_string(),
+        "nested_virt: aarch64 guests under tcg have it from properties of the machine virt, and \
+         the spec names virt-7.2"
+    );
+}
+
+#[test]
 fn firmware_from_descriptors_or_the_package_to_install() {
     let dir = tempfile::tempdir().unwrap();
     for f in ["CODE.fd", "VARS.fd"] {

@@ -40,6 +40,7 @@ pub(super) fn check_profile(file: &str, p: &MachineProfile) -> Result<(), Profil
             .machine_options
             .iter()
             .chain(&a.kernel_machine_options)
+            .chain(&a.nested_machine_options)
             .chain(&a.cpu_options)
             .chain(&a.accel_options)
         {

@@ -334,6 +334,14 @@ pub struct AccelProfile {
         serialize_with = "gate::serialize_options"
     )]
     pub kernel_machine_options: Vec<ProfileOption>,
+    /// Machine properties that give the guest virtualization extensions, added only when the
+    /// spec asks for them (`nested_virt`); none: this accelerator cannot.
+    #[serde(
+        default,
+        deserialize_with = "gate::deserialize_options",
+        serialize_with = "gate::serialize_options"
+    )]
+    pub nested_machine_options: Vec<ProfileOption>,
     /// Default `-cpu` model.
     pub cpu: String,
     /// `key=value` properties appended to the default CPU model.

@@ -69,6 +69,9 @@ pub struct SpecInput {
     pub secure_boot: Option<bool>,
     /// TCG translation cache size in MiB, instead of the profile's.
     pub tb_size: Option<u32>,
+    /// Give the guest virtualization extensions, so that it can run KVM itself (nested
+    /// virtualization), where the profile says how (its `nested_machine_options`).
+    pub nested_virt: Option<bool>,
     /// A QEMU binary to use instead of the profile's from `PATH`.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,
@@ -162,6 +165,7 @@ impl SpecInput {
             firmware,
             secure_boot,
             tb_size,
+            nested_virt,
             emulator,
             cpu_check,
             maxphysaddr,

@@ -264,12 +264,13 @@ fn firmware_is_a_kind_or_a_file() {
     let p = dir.path().join("vm.toml");
     std::fs::write(
         &p,
-        "firmware = \"uefi\"\nsecure_boot = true\ntb_size = 128\n",
+        "firmware = \"uefi\"\nsecure_boot = true\ntb_size = 128\nnested_virt = true\n",
     )
     .unwrap();
     let file = SpecInput::from_file(&p).unwrap();
     assert_eq!(file.firmware.as_deref(), Some(Path::new("uefi")));
     assert_eq!((file.secure_boot, file.tb_size), (Some(true), Some(128)));
+    assert_eq!(file.nested_virt, Some(true));
     std::fs::write(&p, "firmware = \"fw.bin\"\n").unwrap();
     let file = SpecInput::from_file(&p).unwrap();
     assert_eq!(file.firmware, Some(dir.path().join("fw.bin")));

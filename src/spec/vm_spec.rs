@@ -157,6 +157,10 @@ pub struct VmSpec {
     /// TCG translation cache size in MiB, instead of the profile's.
     #[serde(default)]
     pub tb_size: Option<u32>,
+    /// Virtualization extensions for the guest (nested virtualization), through the profile's
+    /// `nested_machine_options`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nested_virt: bool,
     /// QEMU binary override.
     #[serde(default, with = "pathser::option")]
     pub emulator: Option<PathBuf>,

@@ -264,3 +264,31 @@ fn riscv64_firmware_boots_from_a_directory_disk() {
         .unwrap();
     assert_booted("riscv64", &out, &env);
 }
+
+/// `--nested-virt` (aarch64 under TCG): the guest's CPU starts at EL2 and its kernel's KVM
+/// comes up (the machine property `virtualization=on` is in the argv); without it, the same
+/// kernel finds no hypervisor mode.
+#[test]
+fn nested_virt_gives_an_aarch64_guest_kvm() {
+    let Some(g) = guest("aarch64") else { return };
+    let env = TestEnv::new();
+    let console = |extra: &[&str]| {
+        let mut args = vec!["--accel", "tcg", "--timeout", BOOT_TIMEOUT, "--verbose"];
+        args.extend(extra);
+        let out = env.run(&g, args).output().expect("run qemu-direct");
+        let (o, e) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}\n{e}\n{o}");
+        assert!(o.contains(&guest_proto::ready("aarch64")), "{o}");
+        (o, e)
+    };
+    let (o, e) = console(&["--nested-virt"]);
+    assert!(e.contains("virtualization=on"), "{e}");
+    assert!(
+        o.lines()
+            .any(|l| l.contains("kvm [") && l.contains("mode initialized successfully")),
+        "no KVM in the guest:\n{o}"
+    );
+    let (o, e) = console(&[]);
+    assert!(!e.contains("virtualization=on"), "{e}");
+    assert!(o.contains("HYP mode not available"), "{o}");
+}

@@ -45,6 +45,7 @@ fn spec(arch: &str, accel: AccelRequest) -> VmSpec {
         firmware: None,
         qemu_args: Vec::new(),
         tb_size: None,
+        nested_virt: false,
         emulator: None,
         cpu: Default::default(),
         cloud_init: None,

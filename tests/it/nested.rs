@@ -11,9 +11,10 @@
 //! root at `/h` around them with a tmpfs `/tmp`. Each check then runs
 //! `chroot /h qemu-direct ...` inside L1 through the agent (`qemu-direct exec`), gets its
 //! output and exit status back, and asserts on them: the KVM verdict and its reason, os-traits,
-//! `check`, `cpu models --accel kvm`, refusals, and L2 guests (the x86_64 test guest) booted
-//! under KVM, each judged by what the L2 guest printed on its console (the marker, its CPU
-//! flags, its address sizes), never by an exit status alone.
+//! `check`, `cpu models --accel kvm`, the KVM capability cache (its entry as L1 sees it),
+//! refusals, and L2 guests (the x86_64 test guest, and the i686 one under `qemu-system-i386`)
+//! booted under KVM, each judged by what the L2 guest printed on its console (the marker, its
+//! CPU flags, its address sizes), never by an exit status alone.
 //!
 //! One L1 boot serves every check (about 8 minutes on 2 cores, L2 boots 30-50 s each), so it is
 //! one `#[ignore]`d test: `scripts/test --kvm-nested` (and its own step of `scripts/test`) runs
@@ -36,7 +37,7 @@ use crate::common::{Detached, TestEnv, guest, guest_proto, guests_dir, text};
 /// Where L1 mounts the host's folders and builds its root (`tests/guest/nested-l1.sh`).
 const ROOT: &str = "/h";
 /// The emulators L1 offers its qemu-direct (its `PATH`); each one more costs ~10 s of probing.
-const EMULATORS: &[&str] = &["qemu-system-x86_64"];
+const EMULATORS: &[&str] = &["qemu-system-x86_64", "qemu-system-i386"];
 /// Bounds one L2 boot inside L1 (they take 30-50 s; a hang must not stall the step).
 const L2_TIMEOUT: &str = "300s";
 /// Bounds one command in L1, L2 boot included, through the agent.
@@ -199,26 +200,40 @@ impl<'e> L1<'e> {
         run
     }
 
-    /// Boots the x86_64 test guest (L2) in L1 with `args`; retries once (saying so) when the
-    /// boot itself fails (no marker, or not the exit `want` asks for; not a refusal, exit 2).
+    /// Boots the x86_64 test guest (L2) in L1 with `args`; see [`L1::l2_of`].
     fn l2(&self, args: &[&str], want: i32) -> L2 {
-        let mut all = vec!["run", "--arch", "x86_64", "--timeout", L2_TIMEOUT];
-        all.extend(["--kernel", "/guests/x86_64/kernel"]);
-        all.extend(["--initrd", "/guests/x86_64/initrd.gz"]);
+        self.l2_of("x86_64", args, want)
+    }
+
+    /// Boots the `arch` test guest (L2) in L1 with `args`; retries once (saying so) when the
+    /// boot itself fails (no marker, or not the exit `want` asks for; not a refusal, exit 2).
+    fn l2_of(&self, arch: &str, args: &[&str], want: i32) -> L2 {
+        let (kernel, initrd) = (
+            format!("/guests/{arch}/kernel"),
+            format!("/guests/{arch}/initrd.gz"),
+        );
+        let mut all = vec!["run", "--arch", arch, "--timeout", L2_TIMEOUT];
+        all.extend(["--kernel", &kernel, "--initrd", &initrd]);
         all.extend(args);
-        let ready = guest_proto::ready("x86_64");
+        let ready = guest_proto::ready(arch);
         let first = self.qd(&all);
+        let arch = arch.to_owned();
         // Exit 2: refused before QEMU started; nothing a second boot would change.
         if first.code == Some(2) || (first.code == Some(want) && first.stdout.contains(&ready)) {
-            return L2 { run: first };
+            return L2 { arch, run: first };
         }
         eprintln!("nested: RETRY (once) of an L2 boot that failed:\n{first}");
-        L2 { run: self.qd(&all) }
+        L2 {
+            arch,
+            run: self.qd(&all),
+        }
     }
 }
 
 /// An L2 boot's run: its console is the run's stdout.
 struct L2 {
+    /// The test guest booted, whose marker it prints.
+    arch: String,
     run: Run,
 }
 
@@ -227,7 +242,7 @@ impl L2 {
     fn expect(&self, code: i32) -> &L2 {
         self.run.expect(code);
         assert!(
-            self.run.stdout.contains(&guest_proto::ready("x86_64")),
+            self.run.stdout.contains(&guest_proto::ready(&self.arch)),
             "no marker from L2:\n{}",
             self.run
         );
@@ -300,12 +315,20 @@ fn kvm_inside_an_emulated_x86_64_guest() {
         return;
     }
     guest("x86_64").expect("the x86_64 test guest (L2)");
+    // Only fetched when named: scripts/test's nested step does.
+    assert!(
+        guests_dir().join("i686/initrd.gz").is_file(),
+        "no i686 test guest (a 32-bit L2) in {0}: run scripts/fetch-test-guests.sh --arch i686 {0}",
+        guests_dir().display()
+    );
     let started = Instant::now();
     let Some(l1) = L1::boot(&env) else { return };
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 9] = [
         ("probe, traits, check", verdict),
         ("emulate beyond the host's bits refused", emulate_refused),
         ("cpu models --accel kvm", models),
+        ("the KVM caps cache: hit, new CPU, new kernel", caps_cache),
+        ("i686 under KVM", i686),
         ("host-passthrough, maxphysaddr passthrough", passthrough),
         ("maximum, maxphysaddr passthrough:LIMIT", passthrough_limit),
         (
@@ -414,6 +437,125 @@ fn models(l1: &L1) {
         rows.iter().all(|r| !r.contains("x2apic")),
         "a model lacks x2apic under KVM: {run}"
     );
+}
+
+/// The cache file of qemu-system-x86_64's capabilities under KVM in L1, as it is now.
+struct Entry {
+    /// Its inode: a probe writes a new file and renames it over the old one, a hit reads.
+    inode: String,
+    /// Its key's host CPU identity.
+    host_cpu: String,
+}
+
+/// The sh script that prints the inode of the KVM cache entry and the entry (`$1`: a sed
+/// expression to apply to it first, or none).
+const ENTRY_SH: &str = r#"set -e
+f=$(ls /h/tmp/cache/qemu-direct/caps/*qemu-system-x86_64.kvm.json)
+[ -z "${1:-}" ] || sed -i "$1" "$f"
+ls -i "$f"
+cat "$f""#;
+
+impl L1<'_> {
+    /// The KVM cache entry, after applying the sed expression `edit` (if any) to it.
+    fn kvm_entry(&self, edit: Option<&str>) -> Entry {
+        let run = self.sh(ENTRY_SH, edit.as_slice());
+        run.expect(0);
+        let (ls, json) = run.stdout.split_once('\n').expect("ls -i, then the entry");
+        let entry: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {run}"));
+        let host_cpu = entry["key"]["host_cpu"].as_str();
+        Entry {
+            inode: ls.split_whitespace().next().unwrap_or_default().to_owned(),
+            host_cpu: host_cpu
+                .unwrap_or_else(|| panic!("no key.host_cpu: {run}"))
+                .to_owned(),
+        }
+    }
+
+    /// `cpu models --arch x86_64 --accel kvm`'s table.
+    fn kvm_models(&self) -> String {
+        let run = self.qd(&["cpu", "models", "--arch", "x86_64", "--accel", "kvm"]);
+        run.expect(0);
+        assert!(run.stdout.contains("under kvm:"), "{run}");
+        run.stdout
+    }
+}
+
+/// The KVM half of the capability cache, keyed by the host CPU and kernel: the entry that
+/// `probe` wrote names L1's CPU vendor, its SVM flag and L1's kernel release (the TCG entry
+/// names no CPU); `cpu models --accel kvm` answers from it (the file stays as it is) with the
+/// same table; an entry whose CPU identity, then whose kernel release, is not this host's is
+/// probed again (a new file, with L1's own identity back) with the same answers.
+fn caps_cache(l1: &L1) {
+    let facts = l1.sh(
+        "uname -r; grep -m1 '^vendor_id' /proc/cpuinfo; \
+         cat /h/tmp/cache/qemu-direct/caps/*qemu-system-x86_64.tcg.json",
+        &[],
+    );
+    facts.expect(0);
+    let mut lines = facts.stdout.lines();
+    let (release, vendor) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let vendor = vendor.split_once(':').map_or("", |(_, v)| v.trim());
+    let tcg: Value = serde_json::from_str(lines.next().unwrap_or("")).expect("the TCG entry");
+    assert!(
+        !vendor.is_empty() && !release.is_empty() && tcg["key"].get("host_cpu").is_none(),
+        "{facts}"
+    );
+    let first = l1.kvm_entry(None);
+    let id = &first.host_cpu;
+    for part in [format!("vendor_id={vendor}"), format!("kernel={release}")] {
+        assert!(id.contains(&part), "the key lacks {part}: {id}");
+    }
+    assert!(
+        id.split("; ")
+            .any(|p| p.starts_with("flags=") && p.contains(" svm ")),
+        "no svm flag in the key: {id}"
+    );
+    let table = l1.kvm_models();
+    let hit = l1.kvm_entry(None);
+    assert_eq!(hit.inode, first.inode, "a second cpu models probed again");
+    assert_eq!(&hit.host_cpu, id);
+    for (what, edit) in [
+        ("CPU", "s/vendor_id=/vendor_id=NotThisCPU/"),
+        ("kernel", "s/; kernel=/; kernel=0.0.0-not-this-/"),
+    ] {
+        let edited = l1.kvm_entry(Some(edit));
+        assert_ne!(&edited.host_cpu, id, "the edit {edit} changed nothing");
+        assert_eq!(l1.kvm_models(), table, "after another {what}");
+        let again = l1.kvm_entry(None);
+        assert_ne!(
+            again.inode, edited.inode,
+            "an entry of another {what} was used, not probed again"
+        );
+        assert_eq!(&again.host_cpu, id, "after another {what}");
+    }
+}
+
+/// An i686 guest (`qemu-system-i386`) under KVM on L1, an x86_64 host: it runs its 32-bit
+/// kernel natively (`uname -m` i686) with L1's CPU, less long mode, which QEMU's 32-bit target
+/// hides.
+fn i686(l1: &L1) {
+    let l2 = l1.l2_of("i686", &["--append", "quiet"], 0);
+    l2.expect(0);
+    let e = &l2.run.stderr;
+    assert!(
+        e.contains("KVM: /dev/kvm is usable") && e.contains("accelerator kvm (as QEMU reports it)"),
+        "{}",
+        l2.run
+    );
+    assert_eq!(
+        guest_proto::line(&l2.run.stdout, "uname"),
+        "i686",
+        "{}",
+        l2.run
+    );
+    let flags = l2.flags();
+    assert!(
+        l1.flags.contains("lm") && !flags.contains("lm"),
+        "{flags:?}"
+    );
+    for f in ["sse2", "cx8", "pae"] {
+        assert!(flags.contains(f), "L2 lacks {f}: {flags:?}");
+    }
 }
 
 /// The default CPU under KVM is host-passthrough: L2 sees L1's own flags (SVM, nested paging,

@@ -480,6 +480,9 @@ pub struct SpecArgs {
     /// TCG translation cache size in MiB [default: the profile's, 256].
     #[arg(long, value_name = "MIB")]
     pub tb_size: Option<u32>,
+    /// Virtualization extensions for the guest, so it can run KVM itself (aarch64 under TCG).
+    #[arg(long)]
+    pub nested_virt: bool,
     /// QEMU binary to use instead of the profile's from PATH.
     #[arg(long, value_name = "FILE")]
     pub emulator: Option<PathBuf>,

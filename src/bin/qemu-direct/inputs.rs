@@ -115,6 +115,7 @@ pub fn spec_input(args: &SpecArgs, profiles: &ProfileSet) -> Result<SpecInput, E
         firmware: args.firmware.clone(),
         secure_boot: args.secure_boot.then_some(true),
         tb_size: args.tb_size,
+        nested_virt: args.nested_virt.then_some(true),
         emulator: args.emulator.clone(),
         cpu_mode: args.cpu_mode.clone(),
         cpu_models: (!args.cpu_model.is_empty()).then(|| args.cpu_model.clone()),

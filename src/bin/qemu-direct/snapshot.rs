@@ -143,6 +143,7 @@ fn spec_flag_given(s: &SpecArgs) -> Option<&'static str> {
         ("firmware", s.firmware.is_some()),
         ("secure-boot", s.secure_boot),
         ("tb-size", s.tb_size.is_some()),
+        ("nested-virt", s.nested_virt),
         ("emulator", s.emulator.is_some()),
         ("cpu-mode", s.cpu_mode.is_some()),
         ("cpu-model", !s.cpu_model.is_empty()),

@@ -50,6 +50,7 @@ impl SpecInput {
             shares,
             firmware,
             tb_size,
+            nested_virt: self.nested_virt.unwrap_or(false),
             emulator,
             cpu,
             qemu_args,
