@@ -186,6 +186,10 @@ pub struct ProbeOptions {
     pub kvm_device: PathBuf,
     /// Also run each emulator's `--version` (slower; only `probe` shows versions).
     pub versions: bool,
+    /// Also look for `virtiofsd` and ask it what it is (`--help`): an exec that only guests
+    /// with shared folders and the commands that show the host need. Without it,
+    /// [`HostFacts::virtiofsd`] is left unset and planning looks when a share needs it.
+    pub virtiofsd: bool,
 }
 
 impl Default for ProbeOptions {
@@ -193,6 +197,7 @@ impl Default for ProbeOptions {
         ProbeOptions {
             kvm_device: PathBuf::from("/dev/kvm"),
             versions: false,
+            virtiofsd: true,
         }
     }
 }
@@ -344,7 +349,11 @@ impl HostFacts {
             // firmware` shows why.
             firmware: Descriptors::system().ok(),
             qemu_prefix: None,
-            virtiofsd: Virtiofsd::find(),
+            virtiofsd: if opts.virtiofsd {
+                Virtiofsd::find()
+            } else {
+                None
+            },
         }
     }
 

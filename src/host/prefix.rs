@@ -23,7 +23,7 @@ use crate::{
     host::firmware::Descriptors,
     host::{Emulator, HostFacts},
     profile::ProfileSet,
-    util::{pathser, stamped::StampedCache},
+    util::pathser,
 };
 
 /// Where a prefix keeps its programs, most usual first.
@@ -118,8 +118,7 @@ impl QemuPrefix {
     }
 
     /// Opens the prefix `dir`: it must hold emulators, and `probe_with` (one of them, the
-    /// first by name when `None`) must run; its `-L help` decides the `-L` folders (kept per
-    /// binary while it is unchanged: a QEMU start costs tens of ms on every command).
+    /// first by name when `None`) must run; its `-L help` decides the `-L` folders.
     pub fn open(dir: &Path, probe_with: Option<&Path>) -> Result<QemuPrefix, PrefixError> {
         let dir = std::path::absolute(dir)
             .and_then(|d| d.canonicalize())
@@ -140,15 +139,11 @@ impl QemuPrefix {
                 .next()
                 .ok_or_else(|| PrefixError::NoEmulators { dir: dir.clone() })?,
         };
-        let builtin = StampedCache::user("data-dirs")
-            .get(&binary, |b| {
-                builtin_data_dirs(b).map_err(std::io::Error::other)
-            })
-            .map_err(|e| PrefixError::DoesNotRun {
-                dir: dir.clone(),
-                binary: binary.clone(),
-                reason: e.to_string(),
-            })?;
+        let builtin = builtin_data_dirs(&binary).map_err(|reason| PrefixError::DoesNotRun {
+            dir: dir.clone(),
+            binary: binary.clone(),
+            reason,
+        })?;
         let data_dirs = own_data_dirs(&dir, &builtin);
         let module_dir = if data_dirs.is_empty() {
             None

@@ -8,7 +8,7 @@
 //! `--readonly` in newer releases, and unprivileged with `--sandbox none` (no namespace sandbox;
 //! what needs root in the folder, chown, then fails). Both take a listening socket as
 //! `--fd=N`, which is how the launcher hands it one. Which one a binary is, is read from its
-//! `--help` (kept per binary while it is unchanged).
+//! `--help`.
 
 use std::{
     fmt,
@@ -18,7 +18,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::{pathser, stamped::StampedCache};
+use crate::util::pathser;
 
 /// Where `virtiofsd` is looked for after `PATH`: the Rust one's and QEMU's own places.
 pub const PLACES: &[&str] = &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
@@ -76,63 +76,31 @@ pub struct Virtiofsd {
     pub sandbox_none: bool,
 }
 
-/// What a binary's `--help` says it is: which `virtiofsd`, if either, and whether it has
-/// `--readonly`. Kept per binary ([`StampedCache`]): exec'ing it on every command cost more
-/// than the rest of planning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Identity {
-    kind: Option<VirtiofsdKind>,
-    readonly: bool,
-}
-
-impl Identity {
-    fn from_help(help: &str) -> Identity {
-        let kind = if help.contains("--shared-dir") {
-            Some(VirtiofsdKind::Rust)
-        } else if help.contains("-o source=") {
-            Some(VirtiofsdKind::C)
-        } else {
-            None
-        };
-        Identity {
-            kind,
-            readonly: kind == Some(VirtiofsdKind::Rust) && help.contains("--readonly"),
-        }
-    }
-
-    /// Asks the binary (a cached answer while it is unchanged).
-    fn of(cache: &StampedCache, path: &Path) -> Option<Identity> {
-        cache
-            .get(path, |p| help_text(p).map(|h| Identity::from_help(&h)))
-            .ok()
-    }
-}
-
 impl Virtiofsd {
     /// The first `virtiofsd` on `PATH` or in [`PLACES`] that answers `--help` as one of the
     /// two; `None` if there is none.
     pub fn find() -> Option<Virtiofsd> {
-        let cache = StampedCache::user("virtiofsd");
         let on_path = which::which("virtiofsd").ok();
         on_path
             .into_iter()
             .chain(PLACES.iter().map(PathBuf::from))
             .filter(|p| p.is_file())
             .find_map(|p| {
-                let id = Identity::of(&cache, &p)?;
-                Virtiofsd::from_identity(&p, id, nix::unistd::geteuid().is_root())
+                let help = help_text(&p)?;
+                Virtiofsd::identify(&p, &help, nix::unistd::geteuid().is_root())
             })
     }
 
     /// Which `virtiofsd` `help` (its `--help` output) describes, and what it can do run by root
     /// or not; `None` if neither.
     pub fn identify(path: &Path, help: &str, root: bool) -> Option<Virtiofsd> {
-        Virtiofsd::from_identity(path, Identity::from_help(help), root)
-    }
-
-    fn from_identity(path: &Path, id: Identity, root: bool) -> Option<Virtiofsd> {
-        let kind = id.kind?;
+        let kind = if help.contains("--shared-dir") {
+            VirtiofsdKind::Rust
+        } else if help.contains("-o source=") {
+            VirtiofsdKind::C
+        } else {
+            return None;
+        };
         let unusable = (kind == VirtiofsdKind::C && !root).then(|| {
             format!(
                 "{kind} ({}) runs only as root; the Rust virtiofsd (Debian package \
@@ -143,7 +111,7 @@ impl Virtiofsd {
         Some(Virtiofsd {
             path: path.to_owned(),
             kind,
-            readonly: id.readonly,
+            readonly: kind == VirtiofsdKind::Rust && help.contains("--readonly"),
             unusable,
             sandbox_none: kind == VirtiofsdKind::Rust && !root,
         })
@@ -152,14 +120,15 @@ impl Virtiofsd {
 
 /// `--help` on stdout and stderr together (the C one prints its usage to stdout, some builds to
 /// stderr).
-fn help_text(path: &Path) -> std::io::Result<String> {
+fn help_text(path: &Path) -> Option<String> {
     let out = Command::new(path)
         .arg("--help")
         .stdin(Stdio::null())
-        .output()?;
+        .output()
+        .ok()?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok(text)
+    Some(text)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::{
     cpu::CpuError,
     host::caps::CapsCache,
-    host::{Emulator, HostFacts},
+    host::{Emulator, HostFacts, virtiofsd::Virtiofsd},
     profile::ProfileSet,
     spec::VmSpec,
     spec::config::Config,
@@ -33,6 +33,10 @@ pub async fn resolve_probing(
     // An --emulator in a QEMU prefix of its own brings that prefix's data folders.
     if probe && let Some(path) = &spec.emulator {
         host.infer_prefix(path);
+    }
+    // Looked for only when a share may need it (see `ProbeOptions::virtiofsd`).
+    if probe && !spec.shares.is_empty() && host.virtiofsd.is_none() {
+        host.virtiofsd = Virtiofsd::find();
     }
     let (accel, unversioned) = match resolve_with(spec, profiles, host, config) {
         Err(PlanError::Cpu(CpuError::NoCaps { accel, .. })) if probe => (accel, None),

@@ -1,6 +1,6 @@
-//! Values worked out from a file (a binary's hash, what a `--help` says), kept in a cache folder
-//! while the file's real path, size and mtime stay the same: exec'ing or reading a 20-50 MB
-//! binary on every command would cost more than the command.
+//! Values worked out from a file (a QEMU binary's sha256), kept in a cache folder while the
+//! file's real path, size and mtime stay the same: reading a 20-50 MB binary on every command
+//! would cost more than the command.
 
 use std::{
     fs,

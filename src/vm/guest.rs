@@ -181,7 +181,12 @@ impl GuestBuilder {
     pub async fn plan(&self) -> Result<LaunchPlan, VmError> {
         let profiles = ProfileSet::embedded()?;
         let spec = self.spec.clone().validate(&profiles)?;
-        let mut host = HostFacts::probe(&profiles, &ProbeOptions::default());
+        // virtiofsd is looked for by the plan, only when a share needs it.
+        let opts = ProbeOptions {
+            virtiofsd: false,
+            ..ProbeOptions::default()
+        };
+        let mut host = HostFacts::probe(&profiles, &opts);
         let cache = &self.caps_cache;
         let plan =
             plan::resolve_probing(&spec, &profiles, &mut host, &self.config, cache, true).await?;

@@ -106,16 +106,17 @@ impl CloudGuest<'_> {
         ])
     }
 
-    /// Waits until `qemu-direct ssh NAME -- true` works: sshd may answer before cloud-init
-    /// has made the user. Fails when `qemu-direct ssh` fails other than ssh's own 255, or
-    /// [`SSH_READY`] passes.
+    /// Waits until `qemu-direct ssh NAME -- cloud-init status --wait` works: sshd answers,
+    /// cloud-init has made the user, and cloud-init has finished (until then it may restart
+    /// sshd under a session, and the root may not be grown yet). Tries again while ssh itself
+    /// fails (255); fails when anything else fails, or [`SSH_READY`] passes.
     fn wait_ssh(&self) {
         let start = Instant::now();
         loop {
-            let out = self.ssh("true");
+            let out = self.ssh("cloud-init status --wait >/dev/null");
             if out.status.success() {
                 eprintln!(
-                    "{}: SSH answered after {:?}",
+                    "{}: SSH answered and cloud-init finished after {:?}",
                     self.guest.name,
                     start.elapsed()
                 );
@@ -143,8 +144,9 @@ impl CloudGuest<'_> {
         let (o, e) = text(&out);
         assert!(
             out.status.success(),
-            "{}: ssh {cmd}: {o}{e}",
-            self.guest.name
+            "{}: ssh {cmd}: {}: {o}{e}",
+            self.guest.name,
+            out.status
         );
         o.trim().to_owned()
     }
@@ -288,14 +290,15 @@ async fn api_boot(env: &TestEnv, image: &Path) -> qemu_direct::vm::Vm {
 }
 
 /// `vm.ssh_command` on a booting guest: waits for sshd, tries again while ssh itself fails
-/// (255: sshd may answer before cloud-init has made the user), then runs the command; its
-/// status and both outputs come back.
+/// (255: sshd may answer before cloud-init has made the user) until cloud-init has finished,
+/// then runs commands; their status and both outputs come back.
 async fn api_ssh_works(vm: &qemu_direct::vm::Vm) {
     assert!(vm.ssh_port().is_some());
     let start = Instant::now();
+    // cloud-init may restart sshd under a session until it has finished: wait for that too.
     let out = loop {
         let out = vm
-            .ssh_command_within(["uname", "-m"], SSH_READY)
+            .ssh_command_within(["cloud-init status --wait >/dev/null"], SSH_READY)
             .await
             .unwrap();
         if out.status.code() != Some(255) || start.elapsed() > SSH_READY {
@@ -304,7 +307,9 @@ async fn api_ssh_works(vm: &qemu_direct::vm::Vm) {
         tokio::time::sleep(Duration::from_secs(5)).await;
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let out = vm.ssh_command(["uname", "-m"]).await.unwrap();
+    assert!(out.status.success(), "{:?}", out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "x86_64\n");
     let out = vm.ssh_command(["echo err >&2; exit 7"]).await.unwrap();
     // As with ssh itself, the arguments are one command line for the guest's shell.

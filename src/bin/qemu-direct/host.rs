@@ -26,7 +26,7 @@ pub fn probe(
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     // Versions come from the capability probe's QMP greeting, not N more processes.
-    let mut facts = host_facts(cli, profiles, false)?;
+    let mut facts = host_facts(cli, profiles, true)?;
     if cli.host_facts.is_none() {
         add_all_caps(profiles, &mut facts)?;
     }

@@ -40,9 +40,9 @@ pub fn load_config(cli: &Cli, profiles: &ProfileSet) -> Result<Config, Error> {
     })
 }
 
-/// This host's facts, or those --host-facts recorded; `versions` asks each emulator its
-/// version.
-pub fn host_facts(cli: &Cli, profiles: &ProfileSet, versions: bool) -> anyhow::Result<HostFacts> {
+/// This host's facts, or those --host-facts recorded. `virtiofsd`: look for it now, for the
+/// commands that show the host; a plan looks for it itself when a share needs it.
+pub fn host_facts(cli: &Cli, profiles: &ProfileSet, virtiofsd: bool) -> anyhow::Result<HostFacts> {
     match &cli.host_facts {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -58,7 +58,8 @@ pub fn host_facts(cli: &Cli, profiles: &ProfileSet, versions: bool) -> anyhow::R
                 profiles,
                 &ProbeOptions {
                     kvm_device: cli.kvm_device.clone(),
-                    versions,
+                    versions: false,
+                    virtiofsd,
                 },
             );
             if let Some(dir) = &cli.qemu_prefix {

@@ -50,7 +50,9 @@ fn main() -> ProcessExit {
 /// the others end with one of ours.
 fn real_main(cli: Cli) -> anyhow::Result<u8> {
     let profiles = inputs::profiles(&cli)?;
+    // For a plan (virtiofsd looked for only if a share needs it), or to show the host.
     let probe = || inputs::host_facts(&cli, &profiles, false);
+    let host_view = || inputs::host_facts(&cli, &profiles, true);
     let mut out = std::io::stdout().lock();
 
     let code = match &cli.command {
@@ -82,9 +84,9 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             run::run(&cli, args, &profiles, host)
         }
         Command::Cpu { command } => cpu::command(&cli, command, &profiles, probe()?, &mut out),
-        Command::Traits(args) => host::traits(&cli, &profiles, args, probe, &mut out),
+        Command::Traits(args) => host::traits(&cli, &profiles, args, host_view, &mut out),
         Command::Check { spec, json } => {
-            host::check(&cli, spec, &profiles, probe()?, *json, &mut out)
+            host::check(&cli, spec, &profiles, host_view()?, *json, &mut out)
         }
         Command::Firmware { arch, json } => {
             let prefix = inputs::qemu_prefix(&cli)?;
